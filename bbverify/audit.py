@@ -1,0 +1,86 @@
+"""Observing decisions: an audit logger and a hook for metrics.
+
+Every call of :meth:`bbverify.Verifier.verify` ends in one :class:`Decision`.
+It is logged on the ``bbverify.audit`` logger (INFO for allow, WARNING for
+deny) and passed to the verifier's ``on_decision`` hook, if any. A decision
+names the pipeline, never the token.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .claims import PipelineClaims
+from .errors import PolicyDenied, VerificationError
+
+__all__ = ["AUDIT_LOGGER", "Decision", "DecisionHook"]
+
+AUDIT_LOGGER = logging.getLogger("bbverify.audit")
+_log = logging.getLogger("bbverify")
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of one verification, for audit logs and metrics."""
+
+    allowed: bool
+    code: str  #: ``"ok"`` when allowed, else the error's stable code
+    status_code: int  #: 200 when allowed, else the HTTP status of the error
+    rule: str | None  #: the rule that denied, for policy denials
+    message: str
+    client_ip: str | None
+    workspace: str | None = None
+    repository: str | None = None
+    environment: str | None = None
+    pipeline: str | None = None
+    step: str | None = None
+    branch: str | None = None
+
+    @classmethod
+    def build(
+        cls,
+        claims: PipelineClaims | None,
+        client_ip: str | None,
+        error: VerificationError | None = None,
+    ) -> Decision:
+        """Describe an allow (``error`` is None) or a denial."""
+        ids: dict[str, Any] = claims.summary() if claims is not None else {}
+        if error is None:
+            return cls(True, "ok", 200, None, "allowed", client_ip, **ids)
+        rule = error.rule if isinstance(error, PolicyDenied) else None
+        return cls(False, error.code, error.status_code, rule, error.message, client_ip, **ids)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A plain dict, ready for JSON logs."""
+        return asdict(self)
+
+
+DecisionHook = Callable[[Decision], object]
+
+
+def emit(decision: Decision, hook: DecisionHook | None) -> None:
+    """Log ``decision`` on the audit logger and pass it to ``hook``."""
+    level = logging.INFO if decision.allowed else logging.WARNING
+    if AUDIT_LOGGER.isEnabledFor(level):
+        AUDIT_LOGGER.log(
+            level,
+            "%s code=%s rule=%s repository=%s environment=%s pipeline=%s step=%s client_ip=%s",
+            "allow" if decision.allowed else "deny",
+            decision.code,
+            decision.rule,
+            decision.repository,
+            decision.environment,
+            decision.pipeline,
+            decision.step,
+            decision.client_ip,
+            extra={"bbverify": decision.as_dict()},
+        )
+    if hook is not None:
+        try:
+            hook(decision)
+        except Exception:
+            # A broken metrics hook must not change the decision.
+            _log.exception("on_decision hook raised; ignored")

@@ -1,0 +1,343 @@
+"""The ``bbverify`` command: ``demo``, ``inspect``, ``verify``, ``ip-ranges``.
+
+Exit status: 0 success (token accepted, demo as expected), 1 rejected or a
+failed check, 2 usage or configuration error. Errors go to stderr; colour is
+used only on a terminal (and never when ``NO_COLOR`` is set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from . import __version__
+from .errors import ConfigurationError, VerificationError
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
+
+
+class _Style:
+    """ANSI colour for terminals only."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.on = stream.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+
+    def _wrap(self, code: str, text: str) -> str:
+        return f"\033[{code}m{text}\033[0m" if self.on else text
+
+    def green(self, text: str) -> str:
+        return self._wrap("32", text)
+
+    def red(self, text: str) -> str:
+        return self._wrap("31", text)
+
+    def yellow(self, text: str) -> str:
+        return self._wrap("33", text)
+
+    def bold(self, text: str) -> str:
+        return self._wrap("1", text)
+
+
+def _err(message: str) -> None:
+    print(f"bbverify: {message}", file=sys.stderr)
+
+
+def _read_token(arg: str) -> str:
+    text = sys.stdin.read() if arg == "-" else arg
+    text = text.strip()
+    if text.lower().startswith("bearer "):
+        text = text[7:].strip()
+    return text
+
+
+# -- inspect ----------------------------------------------------------------------
+
+
+def _lenient_b64(segment: str) -> bytes:
+    # inspect is for debugging rejected tokens, so it decodes what verify refuses.
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+def relative(seconds: float) -> str:
+    """``in 4 min`` / ``3 h ago`` for a signed number of seconds from now."""
+    size = abs(seconds)
+    if size < 90:
+        amount = f"{size:.0f} s"
+    elif size < 90 * 60:
+        amount = f"{size / 60:.0f} min"
+    elif size < 48 * 3600:
+        amount = f"{size / 3600:.1f} h"
+    else:
+        amount = f"{size / 86400:.1f} days"
+    return f"in {amount}" if seconds >= 0 else f"{amount} ago"
+
+
+def decode_unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Header and payload of a compact JWS, without any verification."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise ValueError(f"a JWT has 3 dot-separated parts; this has {len(parts)}")
+    try:
+        header = json.loads(_lenient_b64(parts[0]))
+        payload = json.loads(_lenient_b64(parts[1]))
+    except (binascii.Error, ValueError, RecursionError) as exc:
+        raise ValueError(f"not base64url-encoded JSON ({type(exc).__name__})") from None
+    if not isinstance(header, dict) or not isinstance(payload, dict):
+        raise ValueError("header and payload must be JSON objects")
+    return header, payload
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    style = _Style(sys.stdout)
+    token = _read_token(args.token)
+    try:
+        header, payload = decode_unverified(token)
+    except ValueError as exc:
+        _err(f"cannot decode token: {exc}")
+        return EXIT_REJECTED
+    if args.json:
+        print(json.dumps({"verified": False, "header": header, "payload": payload}, indent=2))
+        return EXIT_OK
+    print(style.yellow("NOT VERIFIED: decoded only; nothing here has been checked."))
+    print(style.bold("Header"))
+    for k, v in header.items():
+        print(f"  {k}: {json.dumps(v)}")
+    print(style.bold("Claims"))
+    now = time.time()
+    for k, v in payload.items():
+        line = f"  {k}: {json.dumps(v)}"
+        if k in ("iat", "exp", "nbf") and type(v) in (int, float):
+            try:
+                when = datetime.fromtimestamp(v, UTC).isoformat()
+                line += f"  ({when}, {relative(v - now)})"
+            except (OverflowError, OSError, ValueError):
+                line += "  (not a usable date)"
+        print(line)
+    print(style.bold("Pipeline"))
+    sub = payload.get("sub")
+    parts = sub.split(":") if isinstance(sub, str) else []
+    kind = "deployment step" if len(parts) == 3 else "build step" if len(parts) == 2 else "unknown"
+    for label, key in (
+        ("workspace", "workspaceUuid"),
+        ("repository", "repositoryUuid"),
+        ("environment", "deploymentEnvironmentUuid"),
+        ("pipeline", "pipelineUuid"),
+        ("step", "stepUuid"),
+        ("branch", "branchName"),
+    ):
+        print(f"  {label:<12} {payload.get(key, '-')}")
+    print(f"  {'kind':<12} {kind}")
+    exp = payload.get("exp")
+    if type(exp) in (int, float):
+        status = style.red("expired") if exp <= now else style.green("not expired")
+        print(f"  {'status':<12} {status} ({relative(exp - now)})")
+    return EXIT_OK
+
+
+# -- verify -----------------------------------------------------------------------
+
+
+def _build_verifier(args: argparse.Namespace) -> Any:
+    from . import config
+
+    overrides: dict[str, Any] = {}
+    if args.workspace:
+        overrides["workspace"] = args.workspace
+    if args.issuer:
+        overrides["issuer"] = args.issuer
+    if args.audience:
+        overrides["audience"] = args.audience if len(args.audience) > 1 else args.audience[0]
+    if args.jwks_url:
+        overrides["jwks_url"] = args.jwks_url
+    if args.config:
+        return config.verifier_from_toml(args.config, **overrides)
+    return config.verifier_from_env(os.environ, **overrides)
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    style = _Style(sys.stdout)
+    token = _read_token(args.token)
+    try:
+        verifier = _build_verifier(args)
+    except (ConfigurationError, OSError) as exc:
+        _err(f"configuration error: {exc}")
+        return EXIT_USAGE
+    try:
+        claims = verifier.verify(token, client_ip=args.client_ip)
+    except VerificationError as exc:
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "accepted": False,
+                        "code": exc.code,
+                        "status": exc.status_code,
+                        "message": exc.message,
+                        "rule": getattr(exc, "rule", None),
+                    }
+                )
+            )
+        else:
+            print(style.red(f"REJECTED ({exc.status_code} {exc.code}): {exc.message}"))
+        return EXIT_REJECTED
+    if args.json:
+        print(json.dumps({"accepted": True, "code": "ok", "claims": claims.summary()}))
+    else:
+        print(style.green("ACCEPTED"))
+        for k, v in claims.summary().items():
+            print(f"  {k:<12} {v if v is not None else '-'}")
+        left = relative(claims.expires_at.timestamp() - time.time())
+        print(f"  {'expires':<12} {claims.expires_at.isoformat()} ({left})")
+    return EXIT_OK
+
+
+# -- ip-ranges --------------------------------------------------------------------
+
+
+def _cmd_ip_ranges(args: argparse.Namespace) -> int:
+    from . import ipranges
+
+    try:
+        cidrs = ipranges.load_cidrs(
+            args.source, product=args.product, direction=args.direction, region=args.region
+        )
+    except (ConfigurationError, OSError, ValueError) as exc:
+        _err(f"cannot read the IP-range feed: {exc}")
+        return EXIT_REJECTED
+    text = json.dumps(cidrs, indent=2) + "\n" if args.format == "json" else "".join(c + "\n" for c in cidrs)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        print(f"wrote {len(cidrs)} ranges to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+# -- demo -------------------------------------------------------------------------
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(verbose=args.verbose, as_json=args.json)
+
+
+# -- parser -----------------------------------------------------------------------
+
+_EPILOG = """examples:
+  bbverify demo
+  bbverify inspect "$BITBUCKET_STEP_OIDC_TOKEN"
+  echo "$TOKEN" | bbverify inspect -
+  bbverify verify "$TOKEN" --workspace acme --audience ari:cloud:bitbucket::workspace/<uuid>
+  bbverify verify - --config bbverify.toml --client-ip 34.199.54.113 --json < token.txt
+  bbverify ip-ranges --source https://ip-ranges.atlassian.com/ --product bitbucket --direction egress
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    parser = argparse.ArgumentParser(
+        prog="bbverify",
+        description="Verify Bitbucket Pipelines OIDC tokens and try the rules offline.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"bbverify {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = sub.add_parser(
+        "demo",
+        help="run the end-to-end demo offline (fake issuer + protected app on loopback)",
+        description="Start a fake Bitbucket issuer and a protected app on 127.0.0.1, send them "
+        "tokens for several scenarios, and print what each got. Exits 0 when every scenario "
+        "got the expected answer.",
+        epilog="example:\n  bbverify demo\n  bbverify demo --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    demo.add_argument("--verbose", "-v", action="store_true", help="also print each response body")
+    demo.add_argument("--json", action="store_true", help="print the results as JSON")
+    demo.set_defaults(func=_cmd_demo)
+
+    inspect = sub.add_parser(
+        "inspect",
+        help="decode a token WITHOUT verifying it and show its claims",
+        description="Decode a token without verifying it: header, claims, dates, the pipeline it "
+        "names. Nothing is checked; use 'verify' for that.",
+        epilog='examples:\n  bbverify inspect "$BITBUCKET_STEP_OIDC_TOKEN"\n  bbverify inspect - < token.txt',
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    inspect.add_argument("token", help="the token, or - to read it from standard input")
+    inspect.add_argument("--json", action="store_true", help="print header and claims as JSON")
+    inspect.set_defaults(func=_cmd_inspect)
+
+    verify = sub.add_parser(
+        "verify",
+        help="fully verify a token with the library's rules",
+        description="Verify a token exactly as the library would. Settings come from --config "
+        "(TOML), then BBVERIFY_* environment variables, then these flags. Exit 0 accepted, "
+        "1 rejected, 2 usage or configuration error.",
+        epilog="examples:\n"
+        '  bbverify verify "$TOKEN" --workspace acme --audience ari:cloud:bitbucket::workspace/<uuid>\n'
+        "  BBVERIFY_WORKSPACE=acme BBVERIFY_AUDIENCE=... bbverify verify - --json < token.txt",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    verify.add_argument("token", help="the token, or - to read it from standard input")
+    verify.add_argument("--workspace", help="workspace slug (derives the issuer)")
+    verify.add_argument("--issuer", help="exact issuer URL instead of --workspace")
+    verify.add_argument("--audience", action="append", help="accepted audience (repeatable)")
+    verify.add_argument("--jwks-url", help="fetch keys here instead of using discovery")
+    verify.add_argument("--config", help="TOML configuration file (see docs/configuration.md)")
+    verify.add_argument("--client-ip", help="client IP the IP-range rule should see")
+    verify.add_argument("--json", action="store_true", help="machine-readable output")
+    verify.set_defaults(func=_cmd_verify)
+
+    ipr = sub.add_parser(
+        "ip-ranges",
+        help="read Atlassian's IP-range feed and print the CIDRs the IP rule uses",
+        description="Read Atlassian's published IP-range feed (URL or file), filter it by product "
+        "and direction, and print or write the CIDR list.",
+        epilog="examples:\n  bbverify ip-ranges --source feed.json\n"
+        "  bbverify ip-ranges --source https://ip-ranges.atlassian.com/ --format json -o ranges.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ipr.add_argument(
+        "--source", default="https://ip-ranges.atlassian.com/", help="feed URL (https) or file path"
+    )
+    ipr.add_argument("--product", default="bitbucket", help="product to keep (default: bitbucket)")
+    ipr.add_argument("--direction", default="egress", help="direction to keep (default: egress)")
+    ipr.add_argument("--region", help="region to keep (default: all)")
+    ipr.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+    ipr.add_argument("--output", "-o", help="write to this file instead of standard output")
+    ipr.set_defaults(func=_cmd_ip_ranges)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``bbverify`` command."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
+        return int(exc.code or 0)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

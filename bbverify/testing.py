@@ -1,0 +1,449 @@
+"""A fake Bitbucket Pipelines issuer, for tests and offline demos.
+
+:class:`FakeIssuer` generates RSA keys, serves the discovery document and
+``keys.json`` on a real HTTP server on 127.0.0.1, and mints tokens shaped
+like Bitbucket's (braced UUIDs, both ``sub`` forms, string or array ``aud``).
+It can rotate keys and be told to fail in the ways real issuers fail::
+
+    from bbverify.testing import FakeIssuer
+
+    with FakeIssuer() as issuer:
+        verifier = issuer.verifier()
+        token = issuer.mint(environment_uuid=issuer.environment_uuid)
+        claims = verifier.verify(token)
+
+With pytest, the ``bbverify_issuer`` fixture (installed with the package)
+gives a started issuer that stops after the test.
+
+Nothing here is for production: the private keys live in memory and the
+server speaks plain HTTP on loopback only.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from .verifier import Verifier
+
+__all__ = ["FAILURE_MODES", "FakeIssuer", "SigningKey", "b64url", "generate_rsa_key", "sign_rs256"]
+
+#: Ways the fake issuer can be told to misbehave (see :meth:`FakeIssuer.fail`).
+FAILURE_MODES = (
+    "down",  # connection closed without an answer
+    "500",  # HTTP 500
+    "404",  # HTTP 404
+    "garbage",  # 200 with a body that is not JSON
+    "empty",  # 200 with {"keys": []}
+    "slow",  # answers after `delay` seconds
+    "hang",  # sends headers, then nothing for `delay` seconds
+    "drip",  # sends the body one byte every `delay` seconds
+    "huge",  # 200 with a body of several megabytes
+    "redirect",  # 302 to another host
+)
+
+
+def b64url(data: bytes) -> str:
+    """Unpadded base64url, as JWS uses it."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def generate_rsa_key(bits: int = 2048) -> rsa.RSAPrivateKey:
+    """A new RSA private key with the usual exponent 65537."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=bits)
+
+
+def sign_rs256(key: rsa.RSAPrivateKey, signing_input: bytes) -> bytes:
+    """RSASSA-PKCS1-v1_5 with SHA-256 over ``signing_input``."""
+    return key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
+
+
+def _int_b64(value: int) -> str:
+    return b64url(value.to_bytes((value.bit_length() + 7) // 8, "big"))
+
+
+@dataclass
+class SigningKey:
+    """One key of the fake issuer: its ``kid`` and RSA private key."""
+
+    kid: str
+    private_key: rsa.RSAPrivateKey
+
+    def public_jwk(self) -> dict[str, Any]:
+        """The public half as a JWK, the way Bitbucket publishes it."""
+        numbers = self.private_key.public_key().public_numbers()
+        return {
+            "kty": "RSA",
+            "kid": self.kid,
+            "use": "sig",
+            "alg": "RS256",
+            "n": _int_b64(numbers.n),
+            "e": _int_b64(numbers.e),
+        }
+
+    def public_pem(self) -> bytes:
+        """The public key in PEM (SubjectPublicKeyInfo)."""
+        return self.private_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+
+def _braced() -> str:
+    return "{" + str(uuid.uuid4()) + "}"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # keep test output clean
+
+    def do_GET(self) -> None:
+        issuer = self.server.issuer
+        path = self.path.split("?", 1)[0]
+        if path == issuer.path_prefix + "/.well-known/openid-configuration":
+            issuer._count("discovery")
+            body = json.dumps(issuer.discovery_document()).encode()
+        elif path == issuer.path_prefix + "/keys.json":
+            issuer._count("jwks")
+            if issuer._failure is not None and self._misbehave(*issuer._failure):
+                return
+            body = json.dumps(issuer.jwks()).encode()
+        else:
+            self._send(404, b'{"error":"not found"}')
+            return
+        self._send(200, body)
+
+    def _send(self, status: int, body: bytes, extra: Mapping[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _misbehave(self, mode: str, delay: float) -> bool:
+        """Answer according to the failure mode; False means answer normally."""
+        stop = self.server.stopping
+        if mode == "down":
+            self.close_connection = True
+            self.connection.close()
+            return True
+        if mode in ("500", "404"):
+            self._send(int(mode), b"oops")
+            return True
+        if mode == "garbage":
+            self._send(200, b"<html>not json</html>")
+            return True
+        if mode == "empty":
+            self._send(200, b'{"keys": []}')
+            return True
+        if mode == "huge":
+            self._send(200, b'{"keys": [' + b" " * (4 * 1024 * 1024) + b"]}")
+            return True
+        if mode == "redirect":
+            self._send(302, b"", {"Location": "https://evil.example/keys.json"})
+            return True
+        if mode == "slow":
+            stop.wait(delay)
+            return False
+        body = json.dumps(self.server.issuer.jwks()).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.flush()
+        try:
+            if mode == "hang":
+                stop.wait(delay)
+                self.wfile.write(body)
+            elif mode == "drip":
+                for i in range(len(body)):
+                    if stop.wait(delay):
+                        break
+                    self.wfile.write(body[i : i + 1])
+                    self.wfile.flush()
+        except OSError:
+            pass  # the client gave up, as it should
+        self.close_connection = True
+        return True
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, issuer: FakeIssuer, host: str, port: int) -> None:
+        self.issuer = issuer
+        self.stopping = threading.Event()
+        super().__init__((host, port), _Handler)
+
+
+class FakeIssuer:
+    """A Bitbucket-shaped OIDC issuer on a loopback HTTP server.
+
+    Args:
+        workspace: workspace slug used in the issuer path.
+        workspace_uuid: braced UUID for ``workspaceUuid`` (random by default).
+        keys: how many signing keys to publish (the first signs by default).
+        key_bits: RSA modulus size.
+        host, port: where to listen (127.0.0.1 and a free port by default).
+    """
+
+    def __init__(
+        self,
+        workspace: str = "demo-workspace",
+        *,
+        workspace_uuid: str | None = None,
+        keys: int = 1,
+        key_bits: int = 2048,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.workspace = workspace
+        self.workspace_uuid = workspace_uuid or _braced()
+        self.repository_uuid = _braced()
+        self.environment_uuid = _braced()
+        self._host, self._port = host, port
+        self._key_bits = key_bits
+        self._lock = threading.Lock()
+        # A random kid prefix keeps two fake issuers from ever sharing a kid.
+        self._kid_prefix = uuid.uuid4().hex[:8]
+        self._next_kid = 1
+        self._keys: list[SigningKey] = [self._new_key() for _ in range(keys)]
+        self._retired_key = self._keys[0] if self._keys else self._new_key()
+        self._extra_jwks: list[dict[str, Any]] = []
+        self._failure: tuple[str, float] | None = None
+        self._counts: dict[str, int] = {"jwks": 0, "discovery": 0}
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle --------------------------------------------------------------
+
+    def start(self) -> FakeIssuer:
+        """Start serving (idempotent); returns self."""
+        if self._server is None:
+            self._server = _Server(self, self._host, self._port)
+            self._port = self._server.server_address[1]
+            self._thread = threading.Thread(
+                target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+            )
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and release the port."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.stopping.set()
+            server.shutdown()
+            server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> FakeIssuer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- addresses --------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:PORT`` (the server must be started)."""
+        if self._server is None:
+            raise RuntimeError("FakeIssuer is not started")
+        return f"http://{self._host}:{self._port}"
+
+    @property
+    def path_prefix(self) -> str:
+        return f"/2.0/workspaces/{self.workspace}/pipelines-config/identity/oidc"
+
+    @property
+    def issuer(self) -> str:
+        """The issuer URL, shaped like Bitbucket's but on loopback."""
+        return self.base_url + self.path_prefix
+
+    @property
+    def jwks_url(self) -> str:
+        return self.issuer + "/keys.json"
+
+    @property
+    def audience(self) -> str:
+        """Bitbucket's default audience for this workspace (no braces)."""
+        return "ari:cloud:bitbucket::workspace/" + self.workspace_uuid.strip("{}")
+
+    def discovery_document(self) -> dict[str, Any]:
+        return {
+            "issuer": self.issuer,
+            "jwks_uri": self.jwks_url,
+            "response_types_supported": ["id_token"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "claims_supported": ["sub", "aud", "exp", "iat", "iss"],
+        }
+
+    def verifier(self, **options: Any) -> Verifier:
+        """A :class:`~bbverify.Verifier` for this issuer; ``options`` override."""
+        options.setdefault("issuer", self.issuer)
+        options.setdefault("audience", self.audience)
+        return Verifier(**options)
+
+    # -- keys -------------------------------------------------------------------
+
+    @property
+    def signing_key(self) -> SigningKey:
+        """The key that signs by default (the newest published one)."""
+        with self._lock:
+            return self._keys[-1] if self._keys else self._retired_key
+
+    @property
+    def keys(self) -> list[SigningKey]:
+        with self._lock:
+            return list(self._keys)
+
+    def jwks(self) -> dict[str, Any]:
+        """The published key set."""
+        with self._lock:
+            return {"keys": [k.public_jwk() for k in self._keys] + list(self._extra_jwks)}
+
+    def rotate(self, *, keep_old: bool = True) -> SigningKey:
+        """Publish a new key that signs from now on; drop the others unless ``keep_old``."""
+        with self._lock:
+            new = self._new_key()
+            if not keep_old:
+                self._retired_key = self._keys[-1] if self._keys else new
+                self._keys = []
+            self._keys.append(new)
+            return new
+
+    def _new_key(self) -> SigningKey:
+        key = SigningKey(
+            kid=f"{self._kid_prefix}-{self._next_kid}", private_key=generate_rsa_key(self._key_bits)
+        )
+        self._next_kid += 1
+        return key
+
+    def remove_key(self, kid: str) -> None:
+        """Stop publishing ``kid`` (tokens it signs then fail after a refresh)."""
+        with self._lock:
+            for k in self._keys:
+                if k.kid == kid:
+                    self._retired_key = k
+            self._keys = [k for k in self._keys if k.kid != kid]
+
+    def add_jwk(self, jwk: Mapping[str, Any]) -> None:
+        """Publish an extra raw JWK (weak keys, duplicates, junk) as given."""
+        with self._lock:
+            self._extra_jwks.append(dict(jwk))
+
+    # -- failures ---------------------------------------------------------------
+
+    def fail(self, mode: str, delay: float = 1.0) -> None:
+        """Make ``keys.json`` misbehave; see :data:`FAILURE_MODES`."""
+        if mode not in FAILURE_MODES:
+            raise ValueError(f"unknown failure mode {mode!r}; choose from {FAILURE_MODES}")
+        self._failure = (mode, delay)
+
+    def recover(self) -> None:
+        """Serve ``keys.json`` normally again."""
+        self._failure = None
+
+    def _count(self, what: str) -> None:
+        with self._lock:
+            self._counts[what] += 1
+
+    @property
+    def jwks_requests(self) -> int:
+        """How many times ``keys.json`` was requested."""
+        return self._counts["jwks"]
+
+    @property
+    def discovery_requests(self) -> int:
+        return self._counts["discovery"]
+
+    # -- tokens -----------------------------------------------------------------
+
+    def claims(
+        self,
+        *,
+        repository_uuid: str | None = None,
+        environment_uuid: str | None = None,
+        step_uuid: str | None = None,
+        pipeline_uuid: str | None = None,
+        branch: str | None = "main",
+        audience: str | Sequence[str] | None = None,
+        lifetime: float = 3600.0,
+        issued_at: float | None = None,
+        extra: Mapping[str, Any] | None = None,
+        drop: Iterable[str] = (),
+    ) -> dict[str, Any]:
+        """A Bitbucket-shaped payload; ``extra`` overrides or adds claims."""
+        iat = int(time.time() if issued_at is None else issued_at)
+        repo = repository_uuid or self.repository_uuid
+        step = step_uuid or _braced()
+        payload: dict[str, Any] = {
+            "sub": f"{repo}:{environment_uuid}:{step}" if environment_uuid else f"{repo}:{step}",
+            "aud": self.audience
+            if audience is None
+            else (audience if isinstance(audience, str) else list(audience)),
+            "stepUuid": step,
+            "iss": self.issuer,
+            "repositoryUuid": repo,
+            "branchName": branch,
+            "exp": int(iat + lifetime),
+            "iat": iat,
+            "pipelineUuid": pipeline_uuid or _braced(),
+            "workspaceUuid": self.workspace_uuid,
+        }
+        if environment_uuid:
+            payload["deploymentEnvironmentUuid"] = environment_uuid
+        if branch is None:
+            del payload["branchName"]
+        payload.update(extra or {})
+        for name in drop:
+            payload.pop(name, None)
+        return payload
+
+    def mint(
+        self,
+        *,
+        header: Mapping[str, Any] | None = None,
+        key: SigningKey | None = None,
+        **claim_options: Any,
+    ) -> str:
+        """A signed token; ``claim_options`` go to :meth:`claims`, ``header`` overrides."""
+        return self.sign(self.claims(**claim_options), header=header, key=key)
+
+    def sign(
+        self,
+        payload: Mapping[str, Any] | bytes,
+        *,
+        header: Mapping[str, Any] | bytes | None = None,
+        key: SigningKey | None = None,
+    ) -> str:
+        """Sign any payload (a mapping, or raw bytes used as they are) with RS256."""
+        key = key or self.signing_key
+        if isinstance(header, bytes):
+            header_bytes = header
+        else:
+            h: dict[str, Any] = {"kid": key.kid, "typ": "JWT", "alg": "RS256"}
+            h.update(header or {})
+            header_bytes = json.dumps({k: v for k, v in h.items() if v is not None}).encode()
+        payload_bytes = payload if isinstance(payload, bytes) else json.dumps(dict(payload)).encode()
+        signing_input = f"{b64url(header_bytes)}.{b64url(payload_bytes)}".encode()
+        return signing_input.decode() + "." + b64url(sign_rs256(key.private_key, signing_input))

@@ -1,0 +1,194 @@
+"""Strict compact-JWS parsing.
+
+Everything here runs before the signature is checked, on bytes an attacker
+chose, so it is deliberately narrow: a size cap before anything else, exactly
+three non-empty segments, canonical base64url with no padding, JSON objects
+only, no duplicate member names, no NaN/Infinity; nesting too deep for the
+parser is caught (the size cap bounds it anyway). Anything
+else is ``InvalidToken`` with code ``malformed``; nothing else escapes.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import InvalidToken
+
+__all__ = [
+    "DEFAULT_MAX_TOKEN_BYTES",
+    "Header",
+    "ParsedToken",
+    "b64url_decode",
+    "parse_header",
+    "parse_json_object",
+    "split",
+]
+
+#: Bitbucket step tokens are about 1.2 kB; 8 kB leaves room for ten extra audiences.
+DEFAULT_MAX_TOKEN_BYTES = 8192
+
+_B64URL_RE = re.compile(r"[A-Za-z0-9_-]+")
+# The last character of a base64 run carries spare bits that must be zero for
+# the encoding to be canonical (RFC 4648 section 3.5). Index into the alphabet:
+_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_CANONICAL_LAST_2 = frozenset(c for i, c in enumerate(_ALPHABET) if i & 0x0F == 0)
+_CANONICAL_LAST_3 = frozenset(c for i, c in enumerate(_ALPHABET) if i & 0x03 == 0)
+_PAD = ("", "", "==", "=")
+_TO_STD = bytes.maketrans(b"-_", b"+/")
+
+
+def _malformed(message: str) -> InvalidToken:
+    return InvalidToken(message, code="malformed")
+
+
+def b64url_decode(segment: str, what: str = "segment") -> bytes:
+    """Decode canonical, unpadded base64url; raise ``InvalidToken`` otherwise."""
+    if not _B64URL_RE.fullmatch(segment):
+        raise _malformed(f"{what} is not unpadded base64url")
+    rem = len(segment) & 3
+    if rem == 1:
+        raise _malformed(f"{what} has an impossible base64url length")
+    if (rem == 2 and segment[-1] not in _CANONICAL_LAST_2) or (
+        rem == 3 and segment[-1] not in _CANONICAL_LAST_3
+    ):
+        raise _malformed(f"{what} is not canonical base64url")
+    try:
+        return binascii.a2b_base64((segment + _PAD[rem]).encode("ascii").translate(_TO_STD), strict_mode=True)
+    except (binascii.Error, ValueError):  # pragma: no cover - excluded by the checks above
+        raise _malformed(f"{what} is not base64url") from None
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise _malformed("JSON object has duplicate member names")
+    return obj
+
+
+def _no_constants(name: str) -> Any:
+    raise _malformed(f"JSON contains {name}, which is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _malformed("JSON number is out of range")
+    return value
+
+
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_no_duplicates,
+    parse_constant=_no_constants,
+    parse_float=_finite_float,
+)
+
+
+def parse_json_object(data: bytes, what: str = "segment") -> dict[str, Any]:
+    """Parse UTF-8 JSON that must be an object; strict as described above."""
+    try:
+        text = data.decode("utf-8")
+        value = _DECODER.decode(text)
+    except InvalidToken:
+        raise
+    except (ValueError, RecursionError, MemoryError):
+        # ValueError covers bad UTF-8, bad JSON and over-long integers.
+        raise _malformed(f"{what} is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise _malformed(f"{what} is not a JSON object")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedToken:
+    """A token split into its parts; nothing here has been verified."""
+
+    header_segment: str
+    payload_segment: str
+    signing_input: bytes
+    signature: bytes
+
+
+def split(token: object, max_bytes: int = DEFAULT_MAX_TOKEN_BYTES) -> ParsedToken:
+    """Split a compact JWS and decode its signature; the payload stays encoded.
+
+    The payload is decoded only after the signature holds, so unauthenticated
+    JSON never reaches the claim parser.
+    """
+    if isinstance(token, bytes | bytearray):
+        if len(token) > max_bytes:
+            raise InvalidToken("token is larger than the size cap", code="token_too_large")
+        try:
+            token = bytes(token).decode("ascii")
+        except UnicodeDecodeError:
+            raise _malformed("token is not ASCII") from None
+    if not isinstance(token, str):
+        raise _malformed("token must be a string")
+    if len(token) > max_bytes:
+        raise InvalidToken("token is larger than the size cap", code="token_too_large")
+    if not token.isascii():
+        raise _malformed("token is not ASCII")
+    parts = token.split(".")
+    if len(parts) != 3:
+        if len(parts) == 5:
+            raise _malformed("token is a JWE (five segments); only signed JWS tokens are accepted")
+        raise _malformed("token must have exactly three dot-separated segments")
+    header_seg, payload_seg, sig_seg = parts
+    if not header_seg or not payload_seg or not sig_seg:
+        raise _malformed("token has an empty segment")
+    if not _B64URL_RE.fullmatch(payload_seg) or len(payload_seg) & 3 == 1:
+        raise _malformed("payload is not unpadded base64url")
+    signature = b64url_decode(sig_seg, "signature")
+    return ParsedToken(
+        header_segment=header_seg,
+        payload_segment=payload_seg,
+        signing_input=f"{header_seg}.{payload_seg}".encode("ascii"),
+        signature=signature,
+    )
+
+
+#: Header parameters that would make the token depend on something other than
+#: the configured key set, or change how the payload is read (RFC 7515 4.1,
+#: RFC 7797). They are refused outright, never followed.
+_REFUSED_HEADERS = ("jku", "jwk", "x5u", "x5c", "crit", "b64", "cty", "enc", "zip")
+_HMAC_OR_NONE = ("HS", "NONE")
+MAX_KID_LENGTH = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """The two header values verification needs."""
+
+    alg: str
+    kid: str | None
+
+
+def parse_header(segment: str, allowed_algorithms: frozenset[str]) -> Header:
+    """Decode and check a protected header against the algorithm allowlist."""
+    header = parse_json_object(b64url_decode(segment, "header"), "header")
+    alg = header.get("alg")
+    if not isinstance(alg, str):
+        raise InvalidToken("header has no algorithm", code="malformed")
+    if alg.strip().upper().startswith(_HMAC_OR_NONE) or alg not in allowed_algorithms:
+        # 'none' in any spelling and every HMAC algorithm are refused whatever
+        # the allowlist says: with a public key they are forgeable.
+        raise InvalidToken(
+            f"algorithm {alg[:20]!r} is not accepted (allowed: {', '.join(sorted(allowed_algorithms))})",
+            code="unsupported_algorithm",
+        )
+    for name in _REFUSED_HEADERS:
+        if name in header:
+            raise InvalidToken(f"header parameter {name!r} is not accepted", code="unsupported_header")
+    typ = header.get("typ")
+    if typ is not None and (not isinstance(typ, str) or typ.lower() not in ("jwt", "application/jwt")):
+        raise InvalidToken("header 'typ' must be JWT when present", code="unsupported_header")
+    kid = header.get("kid")
+    if kid is not None and (
+        not isinstance(kid, str) or not kid or len(kid) > MAX_KID_LENGTH or not kid.isprintable()
+    ):
+        raise InvalidToken("header 'kid' must be a short printable string", code="malformed")
+    return Header(alg=alg, kid=kid)

@@ -1,0 +1,16 @@
+"""Shared fixtures. The ``bbverify_issuer`` fixture comes from bbverify's own pytest plugin."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from bbverify.testing import FakeIssuer
+
+
+@pytest.fixture(scope="module")
+def issuer() -> Iterator[FakeIssuer]:
+    """A fake issuer shared by the tests of one module (key generation is slow)."""
+    with FakeIssuer() as fake:
+        yield fake
