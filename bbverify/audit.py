@@ -61,6 +61,15 @@ class Decision:
 DecisionHook = Callable[[Decision], object]
 
 
+def wanted(allowed: bool, hook: DecisionHook | None) -> bool:
+    """Whether a decision would reach anyone (a hook, or an enabled audit level).
+
+    Lets the verifier skip building a :class:`Decision` nobody reads: on the
+    cached path that construction would cost more than the rest of the call.
+    """
+    return hook is not None or AUDIT_LOGGER.isEnabledFor(logging.INFO if allowed else logging.WARNING)
+
+
 def emit(decision: Decision, hook: DecisionHook | None) -> None:
     """Log ``decision`` on the audit logger and pass it to ``hook``."""
     level = logging.INFO if decision.allowed else logging.WARNING

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
@@ -54,16 +54,23 @@ def normalize_uuid(value: object, *, key: str | None = None) -> str:
 MAX_CLAIM_DEPTH = 32
 
 
+_CONTAINERS = (dict, list)
+
+
 def _freeze(value: Any, depth: int = 0) -> Any:
     # Nested JSON is frozen too, so that ``raw`` is read-only all the way down.
     if depth > MAX_CLAIM_DEPTH:
         raise InvalidToken("payload is nested too deeply", code="malformed")
     if isinstance(value, dict):
-        return MappingProxyType(
-            {k: _freeze(v, depth + 1) if isinstance(v, dict | list) else v for k, v in value.items()}
-        )
+        # Copy in C, then replace only the (rare) containers: Bitbucket claims
+        # are nearly all strings and numbers, and this runs for every new token.
+        frozen = dict(value)
+        for k, v in value.items():
+            if isinstance(v, _CONTAINERS):
+                frozen[k] = _freeze(v, depth + 1)
+        return MappingProxyType(frozen)
     if isinstance(value, list):
-        return tuple(_freeze(v, depth + 1) if isinstance(v, dict | list) else v for v in value)
+        return tuple(_freeze(v, depth + 1) if isinstance(v, _CONTAINERS) else v for v in value)
     return value
 
 
@@ -87,25 +94,29 @@ class PipelineClaims:
     audience: tuple[str, ...]
     issued_at: datetime
     expires_at: datetime
-    raw: Mapping[str, Any]
+    # Left out of the hash (a mapping is unhashable) so that claims can be set
+    # members and cache keys; equality still compares it.
+    raw: Mapping[str, Any] = field(hash=False)
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> PipelineClaims:
         """Build claims from a payload that the verifier has already checked."""
         aud = payload["aud"]
+        # Positional, in field order: keyword matching for twelve fields costs
+        # more than the rest of this method (measured, benchmarks/README.md).
         return cls(
-            workspace_uuid=payload["workspaceUuid"],
-            repository_uuid=payload["repositoryUuid"],
-            pipeline_uuid=payload["pipelineUuid"],
-            step_uuid=payload["stepUuid"],
-            deployment_environment_uuid=payload.get("deploymentEnvironmentUuid"),
-            branch_name=payload.get("branchName"),
-            subject=payload["sub"],
-            issuer=payload["iss"],
-            audience=(aud,) if isinstance(aud, str) else tuple(aud),
-            issued_at=datetime.fromtimestamp(payload["iat"], UTC),
-            expires_at=datetime.fromtimestamp(payload["exp"], UTC),
-            raw=_freeze(payload),
+            payload["workspaceUuid"],
+            payload["repositoryUuid"],
+            payload["pipelineUuid"],
+            payload["stepUuid"],
+            payload.get("deploymentEnvironmentUuid"),
+            payload.get("branchName"),
+            payload["sub"],
+            payload["iss"],
+            (aud,) if isinstance(aud, str) else tuple(aud),
+            datetime.fromtimestamp(payload["iat"], UTC),
+            datetime.fromtimestamp(payload["exp"], UTC),
+            _freeze(payload),
         )
 
     @property

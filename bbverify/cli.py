@@ -138,7 +138,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         print(f"  {label:<12} {payload.get(key, '-')}")
     print(f"  {'kind':<12} {kind}")
     exp = payload.get("exp")
-    if type(exp) in (int, float):
+    if isinstance(exp, int | float) and not isinstance(exp, bool):
         status = style.red("expired") if exp <= now else style.green("not expired")
         print(f"  {'status':<12} {status} ({relative(exp - now)})")
     return EXIT_OK

@@ -134,11 +134,20 @@ def _protected(issuer: FakeIssuer, production: str, *, timeout: float = 2.0) -> 
     )
 
 
+# A step token lives for the step's max-time plus Bitbucket's 5-minute buffer.
+STEP_LIFETIME = (20 + 5) * 60
+LONG_STEP_LIFETIME = (120 + 5) * 60  # Bitbucket's default max-time is 120 minutes
+
+
 def _scenarios(issuer: FakeIssuer, production: str) -> list[Scenario]:
     now = time.time()
-    good_build = issuer.mint(branch="main")
-    tampered_payload = issuer.claims(extra={"repositoryUuid": issuer.repository_uuid})
-    tampered = issuer.sign(tampered_payload)
+
+    def mint(**options: Any) -> str:
+        options.setdefault("lifetime", STEP_LIFETIME)
+        return issuer.mint(**options)
+
+    good_build = mint(branch="main")
+    tampered = issuer.sign(issuer.claims(lifetime=STEP_LIFETIME))
     # Flip one byte of the signature: the payload is intact, the signature is not.
     head, _, sig = tampered.rpartition(".")
     tampered = head + "." + ("A" if sig[0] != "A" else "B") + sig[1:]
@@ -147,7 +156,7 @@ def _scenarios(issuer: FakeIssuer, production: str) -> list[Scenario]:
         Scenario(
             "allowed production deployment",
             "/deploy",
-            issuer.mint(environment_uuid=production),
+            mint(environment_uuid=production),
             BITBUCKET_SAMPLE_IP,
             200,
             "ok",
@@ -155,7 +164,7 @@ def _scenarios(issuer: FakeIssuer, production: str) -> list[Scenario]:
         Scenario(
             "another repository",
             "/build",
-            issuer.mint(repository_uuid="{" + str(uuid.uuid4()) + "}"),
+            mint(repository_uuid="{" + str(uuid.uuid4()) + "}"),
             BITBUCKET_SAMPLE_IP,
             403,
             "repository_not_allowed",
@@ -171,7 +180,7 @@ def _scenarios(issuer: FakeIssuer, production: str) -> list[Scenario]:
         Scenario(
             "deploy to another environment",
             "/deploy",
-            issuer.mint(environment_uuid="{" + str(uuid.uuid4()) + "}"),
+            mint(environment_uuid="{" + str(uuid.uuid4()) + "}"),
             BITBUCKET_SAMPLE_IP,
             403,
             "environment_not_allowed",
@@ -179,18 +188,18 @@ def _scenarios(issuer: FakeIssuer, production: str) -> list[Scenario]:
         Scenario(
             "expired token",
             "/build",
-            issuer.mint(issued_at=now - 7200, lifetime=3600),
+            mint(issued_at=now - 3600),
             BITBUCKET_SAMPLE_IP,
             401,
             "expired",
         ),
         Scenario(
-            "step running longer than 20 minutes",
+            "step allowed 120 minutes (rule: 20)",
             "/build",
-            issuer.mint(issued_at=now - 40 * 60, lifetime=3600),
+            mint(lifetime=LONG_STEP_LIFETIME),
             BITBUCKET_SAMPLE_IP,
             403,
-            "step_too_long",
+            "token_lifetime_too_long",
         ),
         Scenario("tampered signature", "/build", tampered, BITBUCKET_SAMPLE_IP, 401, "bad_signature"),
         Scenario(
@@ -205,7 +214,7 @@ def _scenarios(issuer: FakeIssuer, production: str) -> list[Scenario]:
         Scenario(
             "keys endpoint down (cold start)",
             "/build",
-            issuer.mint(),
+            mint(),
             BITBUCKET_SAMPLE_IP,
             503,
             "keys_unavailable",

@@ -279,8 +279,15 @@ class RemoteKeySet:
     def cached_key(self, kid: str | None, alg: str) -> VerifyingKey | None:
         """The key if usable without any fetch now (stale-but-allowed counts)."""
         fetched = self._fetched_at
-        if fetched is None or self._now() - fetched >= self.max_stale:
+        if fetched is None:
             return None
+        age = self._now() - fetched
+        if age >= self.max_stale:
+            return None
+        if age >= self.cache_ttl and self._inflight is None:
+            # Callers that only ever hit their own caches (the verified-token
+            # cache) must still refresh, or a removed key would keep vouching.
+            self._start_fetch(force=False)
         return _select(self._by_kid, self._all, kid, alg)
 
     def get_key(self, kid: str | None, alg: str) -> VerifyingKey:
@@ -392,7 +399,9 @@ class RemoteKeySet:
             ) from None
 
     def _run_fetch(self, future: Future[bool]) -> None:
-        deadline = self._now() + self.timeout
+        # Network deadlines use the real clock: ``monotonic`` is injectable for
+        # cache ages, and a frozen test clock must not let a fetch run forever.
+        deadline = time.monotonic() + self.timeout
         ok = False
         try:
             by_kid, all_keys = self._fetch(deadline)
@@ -425,15 +434,20 @@ class RemoteKeySet:
         return self._own_session
 
     def _get_json(self, url: str, deadline: float) -> object:
-        remaining = deadline - self._now()
+        remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise _FetchAborted("deadline passed before the request")
-        headers = {"Accept": "application/json", "User-Agent": "bbverify"}
+        # identity: the body is read raw (to cap it while it arrives), so a
+        # compressed answer would not be JSON; and a small gzip can expand hugely.
+        headers = {"Accept": "application/json", "Accept-Encoding": "identity", "User-Agent": "bbverify"}
         with self._http().get(
             url, timeout=(remaining, remaining), allow_redirects=False, stream=True, headers=headers
         ) as resp:
             if resp.status_code != 200:
                 raise _FetchAborted(f"{url} answered HTTP {resp.status_code}")
+            encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+            if encoding not in ("", "identity"):
+                raise _FetchAborted(f"{url} answered with Content-Encoding {encoding[:40]!r}, not identity")
             declared = resp.headers.get("Content-Length")
             if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
                 raise _FetchAborted(f"{url} body of {declared} bytes exceeds the cap")
@@ -448,7 +462,7 @@ class RemoteKeySet:
                 size += len(chunk)
                 if size > self.max_body_bytes:
                     raise _FetchAborted(f"{url} body exceeds {self.max_body_bytes} bytes")
-                if self._now() > deadline:
+                if time.monotonic() > deadline:
                     raise _FetchAborted(f"{url} did not finish within {self.timeout:g}s")
                 chunks.append(chunk)
         try:

@@ -4,19 +4,60 @@ A rule is any callable ``rule(claims, context)``. It allows by returning
 ``None`` or ``True`` and denies by raising :class:`~bbverify.errors.PolicyDenied`
 (or by returning ``False``, which denies with code ``policy_denied``). Any
 other exception a user rule raises also denies: bbverify fails closed.
+
+Built-in rules check their configuration when they are built (a bad UUID or
+CIDR raises :class:`~bbverify.errors.ConfigurationError` at start-up) and
+deny with a stable ``code`` and a message that tells an operator what to
+change:
+
+==========================  =======================================================
+rule                        codes
+==========================  =======================================================
+:class:`Workspaces`         ``workspace_not_allowed``
+:class:`Repositories`       ``repository_not_allowed``
+:class:`Environments`       ``environment_required``, ``environment_not_allowed``
+:class:`Branches`           ``branch_required``, ``branch_not_allowed``
+:class:`IPRanges`           ``ip_not_allowed``, ``client_ip_unknown``,
+                            ``client_ip_invalid``, ``ip_ranges_unavailable``
+:class:`StepDuration`       ``step_too_long``, ``token_lifetime_too_long``
+:func:`any_of`, :func:`not_`  ``policy_denied``
+==========================  =======================================================
+
+:func:`all_of` passes the first inner denial through unchanged.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import logging
+import math
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
-from .claims import PipelineClaims
-from .errors import PolicyDenied
+from .claims import PipelineClaims, normalize_uuid, try_normalize_uuid
+from .errors import ConfigurationError, PolicyDenied
+from .ipranges import DEFAULT_FEED_URL, AddressSet, AtlassianIPRanges, IPNetwork, parse_cidr, parse_client_ip
 
-__all__ = ["RequestContext", "Rule", "apply_rules", "rule_name"]
+__all__ = [
+    "UNDECIDED_CODES",
+    "Branches",
+    "Environments",
+    "IPRanges",
+    "Repositories",
+    "RequestContext",
+    "Rule",
+    "StepDuration",
+    "Workspaces",
+    "all_of",
+    "any_of",
+    "apply_rules",
+    "as_rules",
+    "check_rule",
+    "not_",
+    "rule_name",
+]
 
 _log = logging.getLogger("bbverify.policies")
 
@@ -49,8 +90,17 @@ def rule_name(rule: object) -> str:
 
 def apply_rules(rules: Iterable[Rule], claims: PipelineClaims, context: RequestContext) -> None:
     """Run ``rules`` in order (all must allow); raise ``PolicyDenied`` on the first denial."""
+    # The body of check_rule, inlined: this loop runs on every request, cached
+    # tokens included, and a call per rule is a measurable share of that path.
     for rule in rules:
-        check_rule(rule, claims, context)
+        try:
+            result = rule(claims, context)
+        except PolicyDenied:
+            raise
+        except Exception as exc:
+            raise _rule_failed(rule, exc) from None
+        if result is False:
+            raise _rule_returned_false(rule)
 
 
 def check_rule(rule: Rule, claims: PipelineClaims, context: RequestContext) -> None:
@@ -60,17 +110,24 @@ def check_rule(rule: Rule, claims: PipelineClaims, context: RequestContext) -> N
     except PolicyDenied:
         raise
     except Exception as exc:
-        # A buggy user rule must not let a request through, nor crash the app.
-        _log.exception("rule %s raised; denying", rule_name(rule))
-        raise PolicyDenied(
-            f"rule {rule_name(rule)} failed with {type(exc).__name__}; denied to fail closed",
-            code="policy_error",
-            rule=rule_name(rule),
-        ) from None
+        raise _rule_failed(rule, exc) from None
     if result is False:
-        raise PolicyDenied(
-            f"rule {rule_name(rule)} returned False", code="policy_denied", rule=rule_name(rule)
-        )
+        raise _rule_returned_false(rule)
+
+
+def _rule_failed(rule: Rule, exc: Exception) -> PolicyDenied:
+    # A buggy user rule must not let a request through, nor crash the app.
+    # Called inside the except block, so the log carries the rule's traceback.
+    _log.exception("rule %s raised; denying", rule_name(rule))
+    return PolicyDenied(
+        f"rule {rule_name(rule)} failed with {type(exc).__name__}; denied to fail closed",
+        code="policy_error",
+        rule=rule_name(rule),
+    )
+
+
+def _rule_returned_false(rule: Rule) -> PolicyDenied:
+    return PolicyDenied(f"rule {rule_name(rule)} returned False", code="policy_denied", rule=rule_name(rule))
 
 
 def as_rules(rules: Rule | Sequence[Rule] | None) -> tuple[Rule, ...]:
@@ -80,3 +137,429 @@ def as_rules(rules: Rule | Sequence[Rule] | None) -> tuple[Rule, ...]:
     if callable(rules):
         return (rules,)
     return tuple(rules)
+
+
+# -- built-in rules ---------------------------------------------------------------
+
+
+class _BuiltinRule:
+    """Shared plumbing: a ``name`` and a helper to deny in that name."""
+
+    name: str = "rule"
+
+    def _deny(self, message: str, code: str) -> PolicyDenied:
+        return PolicyDenied(message, code=code, rule=self.name)
+
+    def __call__(self, claims: PipelineClaims, context: RequestContext) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+
+def _flatten(values: tuple[str | Iterable[str], ...]) -> list[object]:
+    # Accept Repositories("a", "b") as well as Repositories(["a", "b"]).
+    out: list[object] = []
+    for v in values:
+        if isinstance(v, str) or not isinstance(v, Iterable):
+            out.append(v)
+        else:
+            out.extend(v)
+    return out
+
+
+def _uuid_set(values: tuple[str | Iterable[str], ...], key: str) -> tuple[str, ...]:
+    items = _flatten(values)
+    if not items:
+        raise ConfigurationError("give at least one UUID (an empty allow list would admit nobody)", key=key)
+    normalised = [normalize_uuid(v, key=f"{key}[{i}]") for i, v in enumerate(items)]
+    return tuple(dict.fromkeys(normalised))
+
+
+class _UUIDAllowList(_BuiltinRule):
+    _key = ""
+    _what = ""
+    _code = ""
+
+    def __init__(self, *uuids: str | Iterable[str]) -> None:
+        self.uuids: tuple[str, ...] = _uuid_set(uuids, self._key)
+        self._allowed = frozenset(self.uuids)
+
+    def _claim(self, claims: PipelineClaims) -> str:
+        raise NotImplementedError  # pragma: no cover
+
+    def __call__(self, claims: PipelineClaims, context: RequestContext) -> None:
+        value = self._claim(claims)
+        # Bitbucket already writes {lowercase}; normalise only other spellings.
+        if value not in self._allowed and try_normalize_uuid(value) not in self._allowed:
+            raise self._deny(
+                f"{self._what} {value} is not allowed; add it to the {type(self).__name__} rule "
+                f"if it should have access",
+                self._code,
+            )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(repr(u) for u in self.uuids)})"
+
+
+class Workspaces(_UUIDAllowList):
+    """Admit only tokens whose ``workspaceUuid`` is one of ``uuids``.
+
+    The verifier's ``workspace_uuid`` already pins one workspace; this rule
+    is for a server that admits several (with one issuer per workspace).
+    """
+
+    name = "workspaces"
+    _key = "workspaces"
+    _what = "workspace"
+    _code = "workspace_not_allowed"
+
+    def _claim(self, claims: PipelineClaims) -> str:
+        return claims.workspace_uuid
+
+
+class Repositories(_UUIDAllowList):
+    """Admit only tokens whose ``repositoryUuid`` is one of ``uuids`` (braces optional, any case)."""
+
+    name = "repositories"
+    _key = "repositories"
+    _what = "repository"
+    _code = "repository_not_allowed"
+
+    def _claim(self, claims: PipelineClaims) -> str:
+        return claims.repository_uuid
+
+
+class Environments(_UUIDAllowList):
+    """Admit only deployment steps whose ``deploymentEnvironmentUuid`` is one of ``uuids``.
+
+    A token from a step without a deployment environment is denied with
+    ``environment_required``.
+    """
+
+    name = "environments"
+    _key = "environments"
+    _what = "deployment environment"
+    _code = "environment_not_allowed"
+
+    def _claim(self, claims: PipelineClaims) -> str:
+        return claims.deployment_environment_uuid or ""
+
+    def __call__(self, claims: PipelineClaims, context: RequestContext) -> None:
+        if claims.deployment_environment_uuid is None:
+            raise self._deny(
+                "this rule only admits deployment steps, and the token has no deploymentEnvironmentUuid; "
+                "run the step with 'deployment: <environment>' in bitbucket-pipelines.yml",
+                "environment_required",
+            )
+        super().__call__(claims, context)
+
+
+_GLOB_CHARS = frozenset("*?[")
+
+
+class Branches(_BuiltinRule):
+    """Admit only tokens whose ``branchName`` equals a name or matches a glob.
+
+    Patterns use :func:`fnmatch.fnmatchcase` (case-sensitive, ``*`` also
+    crosses ``/``): ``"main"``, ``"release/*"``. A token without
+    ``branchName`` (tag and custom pipelines) is denied with
+    ``branch_required`` unless ``allow_missing=True``.
+    """
+
+    name = "branches"
+
+    def __init__(self, *patterns: str | Iterable[str], allow_missing: bool = False) -> None:
+        items = _flatten(patterns)
+        if not items:
+            raise ConfigurationError("give at least one branch name or pattern", key="branches")
+        for i, p in enumerate(items):
+            if not isinstance(p, str) or not p.strip() or p != p.strip():
+                raise ConfigurationError(
+                    f"{p!r} is not a branch name or pattern (non-empty, no surrounding spaces)",
+                    key=f"branches[{i}]",
+                )
+        self.patterns: tuple[str, ...] = tuple(dict.fromkeys(str(p) for p in items))
+        self._exact = frozenset(p for p in self.patterns if _GLOB_CHARS.isdisjoint(p))
+        self._globs = tuple(p for p in self.patterns if not _GLOB_CHARS.isdisjoint(p))
+        if not isinstance(allow_missing, bool):
+            raise ConfigurationError("must be true or false", key="allow_missing_branch")
+        self.allow_missing = allow_missing
+
+    def __call__(self, claims: PipelineClaims, context: RequestContext) -> None:
+        branch = claims.branch_name
+        if branch is None:
+            if self.allow_missing:
+                return
+            raise self._deny(
+                "the token has no branchName (a tag or custom pipeline?); this rule admits only "
+                f"branches {list(self.patterns)}; pass allow_missing=True to admit such steps",
+                "branch_required",
+            )
+        if branch in self._exact or any(fnmatch.fnmatchcase(branch, g) for g in self._globs):
+            return
+        raise self._deny(
+            f"branch {branch[:200]!r} is not allowed; allowed branches: {list(self.patterns)}",
+            "branch_not_allowed",
+        )
+
+    def __repr__(self) -> str:
+        args = ", ".join(repr(p) for p in self.patterns)
+        return f"Branches({args}{', allow_missing=True' if self.allow_missing else ''})"
+
+
+class IPRanges(_BuiltinRule):
+    """Admit only requests whose client IP is inside the given networks.
+
+    ``cidrs`` are IPv4 or IPv6 networks (or single addresses), checked when
+    the rule is built. ``feed`` adds the ranges of an
+    :class:`~bbverify.ipranges.AtlassianIPRanges` (see
+    :meth:`from_atlassian_feed`); the rule admits the union of both.
+
+    The client IP is the one the adapter resolved. A request without one is
+    denied with ``client_ip_unknown``, a malformed one (zone id, port, junk)
+    with ``client_ip_invalid``; IPv4-mapped IPv6 addresses match IPv4 ranges.
+    """
+
+    name = "ip_ranges"
+
+    def __init__(self, cidrs: str | Iterable[str] = (), *, feed: AtlassianIPRanges | None = None) -> None:
+        items = [cidrs] if isinstance(cidrs, str) else list(cidrs)
+        networks: list[IPNetwork] = [parse_cidr(c, key=f"ip_ranges[{i}]") for i, c in enumerate(items)]
+        if not networks and feed is None:
+            raise ConfigurationError(
+                "give at least one CIDR or a feed (an empty list would admit nobody)", key="ip_ranges"
+            )
+        self.static = AddressSet(networks)
+        self.feed = feed
+
+    @classmethod
+    def from_atlassian_feed(
+        cls,
+        source: str | os.PathLike[str] = DEFAULT_FEED_URL,
+        product: str | Iterable[str] | None = "bitbucket",
+        direction: str | Iterable[str] | None = "egress",
+        *,
+        refresh_interval: float = 3600.0,
+        region: str | Iterable[str] | None = None,
+        extra: Iterable[str] = (),
+        lazy: bool = False,
+        **options: Any,
+    ) -> IPRanges:
+        """A rule admitting Atlassian's published ranges (plus ``extra`` CIDRs).
+
+        ``source`` is the feed URL (default ``https://ip-ranges.atlassian.com/``)
+        or a local copy. Loads now and raises ``ConfigurationError`` if that
+        fails, unless ``lazy=True``. ``options`` go to
+        :class:`~bbverify.ipranges.AtlassianIPRanges` (``timeout``,
+        ``failure_backoff``, ``session``, ``clock``, ...).
+        """
+        feed = AtlassianIPRanges(
+            source,
+            product=product,
+            direction=direction,
+            region=region,
+            refresh_interval=refresh_interval,
+            lazy=lazy,
+            **options,
+        )
+        return cls(extra, feed=feed)
+
+    def __call__(self, claims: PipelineClaims, context: RequestContext) -> None:
+        raw = context.client_ip
+        if raw is None:
+            raise self._deny(
+                "the client IP is unknown, so the IP rule cannot admit the request; check that the "
+                "adapter passes client_ip (and its trusted-proxy setting)",
+                "client_ip_unknown",
+            )
+        try:
+            address = parse_client_ip(raw)
+        except ValueError as exc:
+            raise self._deny(str(exc), "client_ip_invalid") from None
+        if address in self.static:
+            return
+        if self.feed is not None:
+            ranges = self.feed.ranges()
+            if ranges is None:
+                raise self._deny(
+                    f"the IP ranges from {self.feed.source} are not loaded yet "
+                    f"({self.feed.last_error or 'loading'}); retry shortly",
+                    "ip_ranges_unavailable",
+                )
+            if address in ranges:
+                return
+        raise self._deny(
+            f"client IP {address} is not in the allowed ranges; if this pipeline runs there legitimately "
+            "(a self-hosted runner, say), add its range to the IPRanges rule, or check that a proxy "
+            "in front of this service is trusted so that the real client IP is used",
+            "ip_not_allowed",
+        )
+
+    def __repr__(self) -> str:
+        parts = [repr([str(n) for n in self.static.networks])] if self.static else []
+        if self.feed is not None:
+            parts.append(f"feed={self.feed!r}")
+        return f"IPRanges({', '.join(parts)})"
+
+
+class StepDuration(_BuiltinRule):
+    """Admit only tokens from steps no longer than ``max_minutes`` (plus a start buffer).
+
+    Bitbucket issues a step's token for the step's ``max-time`` plus a start
+    buffer of ``start_buffer_minutes`` (5 by default). With ``limit =
+    (max_minutes + start_buffer_minutes) * 60`` seconds the rule denies:
+
+    * ``step_too_long`` when ``now - iat > limit``: the step has been running
+      longer than this service accepts (a token copied out of a log ages out
+      here before it expires),
+    * ``token_lifetime_too_long`` when ``exp - iat > limit``: the step was
+      configured with a longer ``max-time`` than this service accepts.
+      ``check_lifetime=False`` turns this check off, leaving only the age
+      check: tokens of longer steps are then admitted during their first
+      ``limit`` seconds.
+    """
+
+    name = "step_duration"
+
+    def __init__(
+        self, max_minutes: float, *, start_buffer_minutes: float = 5.0, check_lifetime: bool = True
+    ) -> None:
+        for key, value in (("max_minutes", max_minutes), ("start_buffer_minutes", start_buffer_minutes)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise ConfigurationError(f"must be a number of minutes, not {value!r}", key=key)
+        if max_minutes <= 0:
+            raise ConfigurationError(f"must be positive, not {max_minutes!r}", key="max_minutes")
+        if start_buffer_minutes < 0:
+            raise ConfigurationError(
+                f"must not be negative, not {start_buffer_minutes!r}", key="start_buffer_minutes"
+            )
+        if not isinstance(check_lifetime, bool):
+            raise ConfigurationError("must be true or false", key="check_lifetime")
+        self.max_minutes = float(max_minutes)
+        self.start_buffer_minutes = float(start_buffer_minutes)
+        self.check_lifetime = check_lifetime
+        self.limit_seconds = (self.max_minutes + self.start_buffer_minutes) * 60.0
+
+    def _limit_text(self) -> str:
+        return f"{self.max_minutes:g}+{self.start_buffer_minutes:g} minutes this service accepts"
+
+    def __call__(self, claims: PipelineClaims, context: RequestContext) -> None:
+        iat = claims.issued_at.timestamp()
+        limit = self.limit_seconds
+        age = context.now - iat
+        if age > limit:
+            raise self._deny(
+                f"the step started {age / 60:.0f} minutes ago, longer than the {self._limit_text()}; "
+                "call this service earlier in the step, or raise max_minutes",
+                "step_too_long",
+            )
+        lifetime = claims.expires_at.timestamp() - iat
+        if self.check_lifetime and lifetime > limit:
+            raise self._deny(
+                f"the token is valid for {lifetime / 60:.0f} minutes, more than the {self._limit_text()}; "
+                "set the step's max-time to at most max_minutes, or raise max_minutes",
+                "token_lifetime_too_long",
+            )
+
+    def __repr__(self) -> str:
+        extra = ""
+        if self.start_buffer_minutes != 5.0:
+            extra += f", start_buffer_minutes={self.start_buffer_minutes:g}"
+        if not self.check_lifetime:
+            extra += ", check_lifetime=False"
+        return f"StepDuration(max_minutes={self.max_minutes:g}{extra})"
+
+
+# -- composition --------------------------------------------------------------------
+
+#: Denial codes meaning "the rule could not decide" rather than "the rule says no".
+#: :func:`not_` passes these through instead of inverting them, so that a broken
+#: rule, or a request whose client IP is unknown, is never admitted by negation.
+UNDECIDED_CODES = frozenset(
+    {"policy_error", "client_ip_unknown", "client_ip_invalid", "ip_ranges_unavailable"}
+)
+
+
+def _check_rules(rules: tuple[object, ...], what: str) -> tuple[Rule, ...]:
+    if not rules:
+        raise ConfigurationError("give at least one rule", key=what)
+    for i, r in enumerate(rules):
+        if not callable(r):
+            raise ConfigurationError(f"{r!r} is not a rule (a callable)", key=f"{what}[{i}]")
+    return rules  # type: ignore[return-value]
+
+
+class _AllOf(_BuiltinRule):
+    def __init__(self, rules: tuple[Rule, ...]) -> None:
+        self.rules = rules
+        self.name = f"all_of({', '.join(rule_name(r) for r in rules)})"
+
+    def __call__(self, claims: PipelineClaims, context: RequestContext) -> None:
+        apply_rules(self.rules, claims, context)
+
+    def __repr__(self) -> str:
+        return f"all_of({', '.join(repr(r) for r in self.rules)})"
+
+
+class _AnyOf(_BuiltinRule):
+    def __init__(self, rules: tuple[Rule, ...]) -> None:
+        self.rules = rules
+        self.name = f"any_of({', '.join(rule_name(r) for r in rules)})"
+
+    def __call__(self, claims: PipelineClaims, context: RequestContext) -> None:
+        reasons: list[str] = []
+        for rule in self.rules:
+            try:
+                check_rule(rule, claims, context)
+            except PolicyDenied as denied:
+                reasons.append(f"{denied.rule}: {denied.code}: {denied.message}")
+            else:
+                return
+        raise self._deny("no alternative admitted the request (" + "; ".join(reasons) + ")", "policy_denied")
+
+    def __repr__(self) -> str:
+        return f"any_of({', '.join(repr(r) for r in self.rules)})"
+
+
+class _Not(_BuiltinRule):
+    def __init__(self, rule: Rule, message: str | None) -> None:
+        self.rule = rule
+        self.name = f"not_({rule_name(rule)})"
+        self.message = message
+
+    def __call__(self, claims: PipelineClaims, context: RequestContext) -> None:
+        try:
+            check_rule(self.rule, claims, context)
+        except PolicyDenied as denied:
+            if denied.code in UNDECIDED_CODES:
+                raise
+            return
+        raise self._deny(
+            self.message or f"{rule_name(self.rule)} admits this request, and this rule excludes it",
+            "policy_denied",
+        )
+
+    def __repr__(self) -> str:
+        return f"not_({self.rule!r})"
+
+
+def all_of(*rules: Rule) -> Rule:
+    """A rule admitting when every rule admits; the first denial passes through unchanged."""
+    return _AllOf(_check_rules(rules, "all_of"))
+
+
+def any_of(*rules: Rule) -> Rule:
+    """A rule admitting when at least one rule admits (tried in order).
+
+    When all deny, it denies with ``policy_denied`` and a message collecting
+    each alternative's reason.
+    """
+    return _AnyOf(_check_rules(rules, "any_of"))
+
+
+def not_(rule: Rule, *, message: str | None = None) -> Rule:
+    """A rule admitting exactly when ``rule`` denies (for exclusions, e.g. a blocked repository).
+
+    Denies with ``policy_denied`` (and ``message`` if given) when ``rule``
+    admits. Denials in :data:`UNDECIDED_CODES` pass through: ``not_`` never
+    turns "could not decide" into "admit".
+    """
+    return _Not(_check_rules((rule,), "not_")[0], message)

@@ -19,7 +19,7 @@ from typing import Any
 import requests
 
 from . import keys as _keys
-from .audit import Decision, DecisionHook, emit
+from .audit import Decision, DecisionHook, emit, wanted
 from .claims import PipelineClaims, normalize_uuid
 from .errors import ConfigurationError, InvalidToken, VerificationError
 from .jwk import SUPPORTED_ALGORITHMS, VerifyingKey
@@ -75,10 +75,11 @@ def _timestamp(payload: Mapping[str, Any], name: str, required: bool) -> float |
 
 
 _BITBUCKET_REQUIRED = ("workspaceUuid", "repositoryUuid", "pipelineUuid", "stepUuid")
+_REQUIRED_STRINGS = (*_BITBUCKET_REQUIRED, "sub")
 
 
 def _check_bitbucket_claims(payload: Mapping[str, Any]) -> None:
-    for name in (*_BITBUCKET_REQUIRED, "sub"):
+    for name in _REQUIRED_STRINGS:
         value = payload.get(name)
         if value is None:
             raise InvalidToken(f"claim {name!r} is required", code="missing_claim")
@@ -106,15 +107,16 @@ class _TokenCache:
     entry when full, so memory stays bounded whatever the traffic.
     """
 
-    __slots__ = ("_data", "_lock", "maxsize")
+    __slots__ = ("_data", "_lock", "get", "maxsize")
 
     def __init__(self, maxsize: int) -> None:
         self.maxsize = maxsize
         self._data: dict[str, tuple[PipelineClaims, float, Header, VerifyingKey]] = {}
         self._lock = threading.Lock()
-
-    def get(self, token: str) -> tuple[PipelineClaims, float, Header, VerifyingKey] | None:
-        return self._data.get(token)
+        # The bound dict method itself: a cache hit is then one C call. The
+        # dict is never replaced (clear() empties it), so the binding stays valid.
+        self.get: Callable[[str], tuple[PipelineClaims, float, Header, VerifyingKey] | None]
+        self.get = self._data.get
 
     def put(self, token: str, entry: tuple[PipelineClaims, float, Header, VerifyingKey]) -> None:
         if self.maxsize <= 0:
@@ -287,7 +289,9 @@ class Verifier:
             claims = self._cached(token)
             if claims is None:
                 parsed, header = self._prepare(token)
-                key = self.keys.get_key(header.kid, header.alg)
+                keys = self.keys
+                # The lock-free look-up first; get_key (which may fetch) only on a miss.
+                key = keys.cached_key(header.kid, header.alg) or keys.get_key(header.kid, header.alg)
                 claims = self._finish(token, parsed, header, key)
             self._authorize(claims, client_ip, policies, method, path)
         except VerificationError as exc:
@@ -312,7 +316,8 @@ class Verifier:
             claims = self._cached(token)
             if claims is None:
                 parsed, header = self._prepare(token)
-                key = await self.keys.aget_key(header.kid, header.alg)
+                keys = self.keys
+                key = keys.cached_key(header.kid, header.alg) or await keys.aget_key(header.kid, header.alg)
                 claims = self._finish(token, parsed, header, key)
             self._authorize(claims, client_ip, policies, method, path)
         except VerificationError as exc:
@@ -416,10 +421,14 @@ class Verifier:
         rules = self.policies + as_rules(extra) if extra else self.policies
         if rules:
             apply_rules(rules, claims, RequestContext(client_ip, self._clock(), method, path))
-        emit(Decision.build(claims, client_ip), self.on_decision)
+        hook = self.on_decision
+        if wanted(True, hook):  # building a Decision nobody reads would cost more than a cache hit
+            emit(Decision.build(claims, client_ip), hook)
 
     def _denied(self, exc: VerificationError, claims: PipelineClaims | None, client_ip: str | None) -> None:
-        emit(Decision.build(claims, client_ip, exc), self.on_decision)
+        hook = self.on_decision
+        if wanted(False, hook):
+            emit(Decision.build(claims, client_ip, exc), hook)
 
     def _internal(self, exc: Exception, claims: PipelineClaims | None, client_ip: str | None) -> InvalidToken:
         # Should not happen; if it does, refuse the token rather than leak the error.

@@ -1,0 +1,223 @@
+"""Pure ASGI middleware: protect any ASGI app (Starlette, FastAPI, others).
+
+::
+
+    from bbverify.asgi import PipelineAuthMiddleware
+
+    app = PipelineAuthMiddleware(app, verifier=verifier, exclude_paths=["/healthz"])
+
+Every HTTP request and WebSocket handshake needs a valid token, except on
+excluded paths; lifespan events pass straight through. On success the claims
+are in ``scope["bbverify.claims"]``, and ``scope["user"]`` / ``scope["auth"]``
+are set the way Starlette's ``AuthenticationMiddleware`` sets them, so
+``request.user``, ``request.auth`` and ``@requires("pipeline")`` work.
+
+Verification awaits the key fetch (:meth:`bbverify.Verifier.averify`), so the
+event loop never blocks and concurrent requests share one fetch. This module
+imports no framework.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
+from typing import Any
+
+from .claims import PipelineClaims
+from .errors import ConfigurationError, VerificationError
+from .http import (
+    CLAIMS_KEY,
+    CLIENT_IP_KEY,
+    DEFAULT_REALM,
+    VERIFIER_KEY,
+    ErrorHandler,
+    ErrorResponse,
+    Guard,
+    TrustedProxiesSpec,
+)
+from .policies import Rule
+from .verifier import Verifier
+
+__all__ = ["PipelineAuthMiddleware", "PipelineCredentials", "PipelineUser", "scopes_for"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: WebSocket close code for "policy violation" (RFC 6455 section 7.4.1).
+WS_POLICY_VIOLATION = 1008
+
+
+class PipelineUser:
+    """The authenticated pipeline, shaped like Starlette's ``BaseUser``."""
+
+    __slots__ = ("claims",)
+
+    def __init__(self, claims: PipelineClaims) -> None:
+        self.claims = claims
+
+    @property
+    def is_authenticated(self) -> bool:
+        return True
+
+    @property
+    def display_name(self) -> str:
+        """``repository {uuid}`` plus the environment for deployment steps."""
+        name = f"repository {self.claims.repository_uuid}"
+        if self.claims.deployment_environment_uuid:
+            name += f" environment {self.claims.deployment_environment_uuid}"
+        return name
+
+    @property
+    def identity(self) -> str:
+        """The token's subject (repository, environment and step)."""
+        return self.claims.subject
+
+    def __repr__(self) -> str:
+        return f"PipelineUser({self.claims.subject!r})"
+
+
+class PipelineCredentials:
+    """The scopes granted, shaped like Starlette's ``AuthCredentials``."""
+
+    __slots__ = ("scopes",)
+
+    def __init__(self, scopes: Sequence[str]) -> None:
+        self.scopes = list(scopes)
+
+
+def scopes_for(claims: PipelineClaims) -> list[str]:
+    """``["pipeline"]``, plus ``"deployment"`` for tokens of deployment steps."""
+    return ["pipeline", "deployment"] if claims.is_deployment else ["pipeline"]
+
+
+def set_scope_claims(scope: Scope, claims: PipelineClaims, verifier: Verifier) -> None:
+    """Record verified claims in an ASGI scope (also used by the FastAPI dependency)."""
+    scope[CLAIMS_KEY] = claims
+    scope[VERIFIER_KEY] = verifier
+    scope["user"] = PipelineUser(claims)
+    scope["auth"] = PipelineCredentials(scopes_for(claims))
+
+
+def header_values(scope: Scope, name: bytes) -> list[bytes]:
+    """Every value of header ``name`` (lowercase bytes) in an ASGI scope, in order."""
+    return [v for k, v in scope.get("headers") or () if k.lower() == name]
+
+
+def peer_address(scope: Scope) -> str | None:
+    """The socket peer's host from ``scope["client"]``, if the server gives one."""
+    client = scope.get("client")
+    if client and isinstance(client[0], str):
+        return client[0]
+    return None
+
+
+async def send_error(
+    guard: Guard, error: VerificationError, scope: Scope, receive: Receive, send: Send
+) -> None:
+    """Answer an HTTP request with the refusal for ``error`` (or the user's ``on_error``)."""
+    custom = guard.custom_error(error)
+    if custom is not None and not isinstance(custom, ErrorResponse) and callable(custom):
+        await custom(scope, receive, send)  # a framework response, e.g. Starlette's
+        return
+    response = custom if isinstance(custom, ErrorResponse) else guard.error_response(error)
+    await send_http(response, send, "http.response")
+
+
+async def send_http(response: ErrorResponse, send: Send, prefix: str) -> None:
+    headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
+    headers.append((b"content-length", str(len(response.body)).encode()))
+    await send({"type": f"{prefix}.start", "status": response.status, "headers": headers})
+    await send({"type": f"{prefix}.body", "body": response.body, "more_body": False})
+
+
+class PipelineAuthMiddleware:
+    """ASGI middleware that requires a valid pipeline token on every request.
+
+    Args:
+        app: the ASGI application to protect.
+        verifier: the :class:`~bbverify.Verifier` that decides.
+        exclude_paths: paths served without a token (exact match on
+            ``scope["path"]``), for example ``["/healthz"]``.
+        exclude_prefixes: path prefixes served without a token.
+        trusted_proxies: ``None`` (the socket peer is the client), a hop
+            count, or a list of proxy CIDRs; see :func:`bbverify.http.client_ip`.
+        policies: extra rules for every request this middleware protects.
+        realm: the ``realm`` of ``WWW-Authenticate``.
+        on_error: ``on_error(error)`` returning an
+            :class:`~bbverify.http.ErrorResponse` or an ASGI app (a Starlette
+            ``Response``) to send instead of the default answer.
+        websocket_denial: ``"close"`` (default) closes a refused WebSocket
+            handshake with code 1008; ``"http"`` sends the full HTTP refusal
+            (401/403/503 with headers and JSON) when the server supports the
+            ``websocket.http.response`` extension, else closes with 1008.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        verifier: Verifier,
+        exclude_paths: Iterable[str] | None = None,
+        exclude_prefixes: Iterable[str] | None = None,
+        trusted_proxies: TrustedProxiesSpec = None,
+        policies: Rule | Sequence[Rule] | None = None,
+        realm: str = DEFAULT_REALM,
+        on_error: ErrorHandler | None = None,
+        websocket_denial: str = "close",
+    ) -> None:
+        self.app = app
+        self.guard = Guard(
+            verifier,
+            policies,
+            exclude_paths=exclude_paths,
+            exclude_prefixes=exclude_prefixes,
+            trusted_proxies=trusted_proxies,
+            realm=realm,
+            on_error=on_error,
+        )
+        if websocket_denial not in ("close", "http"):
+            raise ConfigurationError("must be 'close' or 'http'", key="websocket_denial")
+        self.websocket_denial = websocket_denial
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope.get("type")
+        if kind not in ("http", "websocket"):
+            await self.app(scope, receive, send)  # lifespan and anything newer
+            return
+        path = scope.get("path") or "/"
+        if self.guard.is_excluded(path):
+            await self.app(scope, receive, send)
+            return
+        guard = self.guard
+        client = guard.client_ip(peer_address(scope), header_values(scope, b"x-forwarded-for"))
+        method = scope.get("method", "GET") if kind == "http" else "GET"
+        try:
+            claims = await guard.averify(
+                header_values(scope, b"authorization"), client=client, method=method, path=path
+            )
+        except VerificationError as exc:
+            if kind == "http":
+                await send_error(guard, exc, scope, receive, send)
+            else:
+                await self._refuse_websocket(exc, scope, receive, send)
+            return
+        set_scope_claims(scope, claims, guard.verifier)
+        scope[CLIENT_IP_KEY] = client
+        await self.app(scope, receive, send)
+
+    async def _refuse_websocket(
+        self, error: VerificationError, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        # The handshake must be answered after websocket.connect arrives.
+        message = await receive()
+        if message.get("type") != "websocket.connect":
+            return  # the client is already gone
+        extensions = scope.get("extensions") or {}
+        if self.websocket_denial == "http" and "websocket.http.response" in extensions:
+            custom = self.guard.custom_error(error)
+            response = custom if isinstance(custom, ErrorResponse) else self.guard.error_response(error)
+            await send_http(response, send, "websocket.http.response")
+            return
+        await send({"type": "websocket.close", "code": WS_POLICY_VIOLATION, "reason": ""})

@@ -1,0 +1,411 @@
+"""Build a Verifier and its rules from declarative settings (TOML, env vars, Flask config).
+
+One schema, three spellings (the full reference is ``docs/configuration.md``):
+
+* a mapping / TOML table: verifier settings at the top, rules under ``rules``::
+
+      [bbverify]
+      workspace = "acme"
+      audience = ["ari:cloud:bitbucket::workspace/..."]
+      [bbverify.rules]
+      repositories = ["{...}"]
+      max_step_minutes = 20
+
+* environment variables (or any mapping of them, such as a Flask
+  ``app.config``): every setting, verifier or rule, is
+  ``BBVERIFY_<NAME>`` with the name upper-cased (``BBVERIFY_REPOSITORIES``).
+  String values are parsed (lists are comma-separated, booleans are
+  ``true``/``false``); real Python values are checked as they are.
+
+Everything is checked when the verifier is built. Any mistake, including an
+unknown setting (a typo must never silently drop a rule), raises
+:class:`~bbverify.errors.ConfigurationError` whose ``key`` names the setting
+as it was spelled: ``rules.repositories[1]`` or ``BBVERIFY_REPOSITORIES``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigurationError
+from .policies import (
+    Branches,
+    Environments,
+    IPRanges,
+    Repositories,
+    Rule,
+    StepDuration,
+    Workspaces,
+    as_rules,
+)
+from .verifier import Verifier
+
+__all__ = [
+    "RULE_SETTINGS",
+    "VERIFIER_SETTINGS",
+    "Setting",
+    "rules_from_env",
+    "rules_from_mapping",
+    "verifier_from_env",
+    "verifier_from_mapping",
+    "verifier_from_toml",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One configuration setting: its name, type and meaning."""
+
+    name: str
+    kind: str  #: ``str``, ``list``, ``float``, ``int`` or ``bool``
+    doc: str
+
+
+VERIFIER_SETTINGS: tuple[Setting, ...] = (
+    Setting("workspace", "str", "workspace slug; the issuer URL is derived from it"),
+    Setting("issuer", "str", "exact issuer URL instead of workspace"),
+    Setting("audience", "list", "accepted audience(s); default from workspace_uuid"),
+    Setting("workspace_uuid", "str", "workspace UUID; pins workspaceUuid and the default audience"),
+    Setting("jwks_url", "str", "fetch keys here instead of discovery"),
+    Setting("algorithms", "list", "accepted signature algorithms (default RS256)"),
+    Setting("leeway", "float", "clock-skew allowance in seconds (default 10, max 300)"),
+    Setting("max_token_bytes", "int", "largest token accepted (default 8192)"),
+    Setting("cache_size", "int", "verified tokens remembered (0 disables)"),
+    Setting("timeout", "float", "key fetch deadline in seconds"),
+    Setting("cache_ttl", "float", "seconds before keys are refreshed in the background"),
+    Setting("cooldown", "float", "minimum seconds between refetches for unknown kids"),
+    Setting("max_stale", "float", "seconds stale keys may serve while the issuer is down"),
+    Setting("failure_backoff", "float", "seconds before retrying a failed key fetch"),
+)
+
+RULE_SETTINGS: tuple[Setting, ...] = (
+    Setting("workspaces", "list", "allowed workspace UUIDs"),
+    Setting("repositories", "list", "allowed repository UUIDs"),
+    Setting("environments", "list", "allowed deployment environment UUIDs (deployment steps only)"),
+    Setting("branches", "list", "allowed branch names or glob patterns"),
+    Setting("allow_missing_branch", "bool", "admit tokens without branchName (needs branches)"),
+    Setting("ip_ranges", "list", "allowed client CIDRs"),
+    Setting("ip_ranges_feed", "str", "Atlassian IP-range feed URL or file path"),
+    Setting("ip_ranges_product", "list", "feed product filter (default bitbucket)"),
+    Setting("ip_ranges_direction", "list", "feed direction filter (default egress)"),
+    Setting("ip_ranges_region", "list", "feed region filter (default: all regions)"),
+    Setting("ip_ranges_refresh_seconds", "float", "feed refresh interval (default 3600)"),
+    Setting("ip_ranges_lazy", "bool", "load the feed on first use instead of at start-up"),
+    Setting("max_step_minutes", "float", "longest step max-time accepted, in minutes"),
+    Setting("step_start_buffer_minutes", "float", "Bitbucket's start buffer added (default 5)"),
+    Setting("step_check_lifetime", "bool", "also deny tokens valid for longer than the limit (default true)"),
+)
+
+_VERIFIER = {s.name: s for s in VERIFIER_SETTINGS}
+_RULES = {s.name: s for s in RULE_SETTINGS}
+_VERIFIER_PARAMS = frozenset(inspect.signature(Verifier.__init__).parameters) - {"self"}
+_INDEX_RE = re.compile(r"^(?P<base>[a-z_]+)(?:\[(?P<index>\d+)\])?$")
+
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+
+
+class _Names:
+    """How settings are spelled in errors: ``rules.repositories[1]`` or ``BBVERIFY_REPOSITORIES``."""
+
+    def __init__(self, env_prefix: str | None) -> None:
+        self.env_prefix = env_prefix
+
+    def key(self, name: str, *, rule: bool, index: int | None = None) -> str:
+        if self.env_prefix is not None:
+            # A flat variable holds the whole list; the message names the item.
+            return self.env_prefix + name.upper()
+        base = f"rules.{name}" if rule else name
+        return base if index is None else f"{base}[{index}]"
+
+
+def _coerce(value: object, setting: Setting, key: str, *, parse_strings: bool) -> Any:
+    kind = setting.kind
+    if kind == "str":
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)  # a feed path from Python code
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigurationError(f"must be a non-empty string, not {value!r}", key=key)
+        return value.strip()
+    if kind == "list":
+        if isinstance(value, str):
+            items = [v.strip() for v in value.split(",")] if parse_strings else [value]
+            items = [v for v in items if v]
+        elif isinstance(value, list | tuple):
+            items = list(value)
+            for item in items:
+                if not isinstance(item, str):
+                    raise ConfigurationError(f"must be a list of strings; {item!r} is not a string", key=key)
+        else:
+            raise ConfigurationError(f"must be a list of strings, not {type(value).__name__}", key=key)
+        if not items:
+            raise ConfigurationError("is empty; remove the setting to turn it off", key=key)
+        return items
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if parse_strings and isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise ConfigurationError(f"must be true or false, not {value!r}", key=key)
+    # numbers
+    number: object = value
+    if parse_strings and isinstance(value, str):
+        try:
+            number = int(value.strip()) if kind == "int" else float(value.strip())
+        except ValueError:
+            raise ConfigurationError(f"must be a number, not {value!r}", key=key) from None
+    if isinstance(number, bool) or not isinstance(number, int | float):
+        raise ConfigurationError(f"must be a number, not {value!r}", key=key)
+    if kind == "int" and not isinstance(number, int):
+        raise ConfigurationError(f"must be a whole number, not {value!r}", key=key)
+    if not math.isfinite(number) or number < 0:
+        raise ConfigurationError(f"must be a non-negative number, not {value!r}", key=key)
+    return number
+
+
+def _rekey(exc: ConfigurationError, names: _Names, mapping: Mapping[str, str], default: str) -> None:
+    """Re-raise ``exc`` with its key spelled as the user wrote the setting."""
+    match = _INDEX_RE.match(exc.key or "")
+    base = match.group("base") if match else None
+    index = int(match.group("index")) if match and match.group("index") else None
+    name = mapping.get(base or "", default)
+    message = str(exc)
+    if exc.key and message.startswith(exc.key + ": "):
+        message = message[len(exc.key) + 2 :]
+    raise ConfigurationError(message, key=names.key(name, rule=True, index=index)) from None
+
+
+def _build_rules(values: Mapping[str, Any], names: _Names) -> list[Rule]:
+    def rkey(name: str) -> str:
+        return names.key(name, rule=True)
+
+    for dependent, needs in (
+        ("allow_missing_branch", "branches"),
+        ("ip_ranges_product", "ip_ranges_feed"),
+        ("ip_ranges_direction", "ip_ranges_feed"),
+        ("ip_ranges_region", "ip_ranges_feed"),
+        ("ip_ranges_refresh_seconds", "ip_ranges_feed"),
+        ("ip_ranges_lazy", "ip_ranges_feed"),
+        ("step_start_buffer_minutes", "max_step_minutes"),
+        ("step_check_lifetime", "max_step_minutes"),
+    ):
+        if dependent in values and needs not in values:
+            raise ConfigurationError(f"has no effect without {rkey(needs)}", key=rkey(dependent))
+
+    rules: list[Rule] = []
+
+    def build(factory: Callable[[], Rule], default: str, mapping: Mapping[str, str] | None = None) -> None:
+        try:
+            rules.append(factory())
+        except ConfigurationError as exc:
+            _rekey(exc, names, mapping or {}, default)
+
+    for name, cls in (
+        ("workspaces", Workspaces),
+        ("repositories", Repositories),
+        ("environments", Environments),
+    ):
+        if name in values:
+            build(lambda cls=cls, name=name: cls(values[name]), name)  # type: ignore[misc]
+    if "branches" in values:
+        build(
+            lambda: Branches(values["branches"], allow_missing=values.get("allow_missing_branch", False)),
+            "branches",
+        )
+    if "ip_ranges" in values or "ip_ranges_feed" in values:
+        build(_ip_rule(values), "ip_ranges", _IP_KEYS)
+    if "max_step_minutes" in values:
+        build(
+            lambda: StepDuration(
+                values["max_step_minutes"],
+                start_buffer_minutes=values.get("step_start_buffer_minutes", 5.0),
+                check_lifetime=values.get("step_check_lifetime", True),
+            ),
+            "max_step_minutes",
+            {
+                "max_minutes": "max_step_minutes",
+                "start_buffer_minutes": "step_start_buffer_minutes",
+                "check_lifetime": "step_check_lifetime",
+            },
+        )
+    return rules
+
+
+_IP_KEYS = {
+    "ip_ranges": "ip_ranges",
+    "ip_ranges_feed": "ip_ranges_feed",
+    "product": "ip_ranges_product",
+    "direction": "ip_ranges_direction",
+    "region": "ip_ranges_region",
+    "refresh_interval": "ip_ranges_refresh_seconds",
+}
+
+
+def _ip_rule(values: Mapping[str, Any]) -> Callable[[], Rule]:
+    def make() -> Rule:
+        cidrs = values.get("ip_ranges", [])
+        if "ip_ranges_feed" not in values:
+            return IPRanges(cidrs)
+        return IPRanges.from_atlassian_feed(
+            values["ip_ranges_feed"],
+            product=values.get("ip_ranges_product", "bitbucket"),
+            direction=values.get("ip_ranges_direction", "egress"),
+            region=values.get("ip_ranges_region"),
+            refresh_interval=values.get("ip_ranges_refresh_seconds", 3600.0),
+            lazy=values.get("ip_ranges_lazy", False),
+            extra=cidrs,
+        )
+
+    return make
+
+
+def _rule_values(mapping: Mapping[str, Any], names: _Names, *, parse_strings: bool) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, raw in mapping.items():
+        setting = _RULES.get(name) if isinstance(name, str) else None
+        if setting is None:
+            raise ConfigurationError(_unknown(name, _RULES), key=names.key(str(name), rule=True))
+        values[name] = _coerce(raw, setting, names.key(name, rule=True), parse_strings=parse_strings)
+    return values
+
+
+def _unknown(name: object, known: Mapping[str, Setting]) -> str:
+    return f"unknown setting {name!r}; known settings: {', '.join(sorted(known))}"
+
+
+def rules_from_mapping(mapping: Mapping[str, Any]) -> list[Rule]:
+    """Build the rules of a ``rules`` table (``{"repositories": [...], ...}``).
+
+    Raises :class:`~bbverify.errors.ConfigurationError` naming the setting
+    (``rules.repositories[1]``) on any mistake, unknown settings included.
+    """
+    if not isinstance(mapping, Mapping):
+        raise ConfigurationError("must be a table of rule settings", key="rules")
+    names = _Names(None)
+    return _build_rules(_rule_values(mapping, names, parse_strings=False), names)
+
+
+def rules_from_env(environ: Mapping[str, Any] | None = None, prefix: str = "BBVERIFY_") -> list[Rule]:
+    """Build only the rules from ``BBVERIFY_*`` variables (verifier settings are ignored)."""
+    environ = os.environ if environ is None else environ
+    names = _Names(prefix)
+    raw = {
+        k[len(prefix) :].lower(): v
+        for k, v in environ.items()
+        if isinstance(k, str) and k.startswith(prefix) and k[len(prefix) :].lower() in _RULES
+    }
+    return _build_rules(_rule_values(raw, names, parse_strings=True), names)
+
+
+def _build_verifier(
+    verifier_values: dict[str, Any], rules: list[Rule], names: _Names, overrides: dict[str, Any]
+) -> Verifier:
+    for name in overrides:
+        if name not in _VERIFIER_PARAMS:
+            raise ConfigurationError(
+                f"unknown Verifier argument; choose from {', '.join(sorted(_VERIFIER_PARAMS))}", key=name
+            )
+    options = dict(verifier_values)
+    extra = as_rules(overrides.pop("policies", None))
+    options.update(overrides)
+    try:
+        return Verifier(policies=[*rules, *extra], **options)
+    except ConfigurationError as exc:
+        base = (exc.key or "").split("[", 1)[0]
+        if base in verifier_values and base not in overrides:
+            message = str(exc)
+            if exc.key and message.startswith(exc.key + ": "):
+                message = message[len(exc.key) + 2 :]
+            raise ConfigurationError(message, key=names.key(base, rule=False)) from None
+        raise
+
+
+def verifier_from_mapping(mapping: Mapping[str, Any], **overrides: Any) -> Verifier:
+    """Build a :class:`~bbverify.Verifier` from a ``bbverify`` table.
+
+    ``mapping`` holds verifier settings and, under ``rules``, rule settings
+    (see ``docs/configuration.md``). ``overrides`` are
+    :class:`~bbverify.Verifier` arguments that replace configured values
+    (or add code-only ones: ``on_decision``, ``clock``, ``session``,
+    ``keys``); ``policies`` given here run after the configured rules.
+    """
+    if not isinstance(mapping, Mapping):
+        raise ConfigurationError("must be a table of settings", key="bbverify")
+    names = _Names(None)
+    verifier_values: dict[str, Any] = {}
+    rules: list[Rule] = []
+    for name, raw in mapping.items():
+        if name == "rules":
+            if not isinstance(raw, Mapping):
+                raise ConfigurationError("must be a table of rule settings", key="rules")
+            rules = _build_rules(_rule_values(raw, names, parse_strings=False), names)
+            continue
+        setting = _VERIFIER.get(name) if isinstance(name, str) else None
+        if setting is None:
+            hint = " (pass the [bbverify] table itself)" if name == "bbverify" else ""
+            raise ConfigurationError(
+                _unknown(name, {**_VERIFIER, "rules": _VERIFIER["workspace"]}) + hint, key=str(name)
+            )
+        verifier_values[name] = _coerce(raw, setting, name, parse_strings=False)
+    return _build_verifier(verifier_values, rules, names, dict(overrides))
+
+
+def verifier_from_toml(path: str | os.PathLike[str], **overrides: Any) -> Verifier:
+    """Build a verifier from the ``[bbverify]`` table of a TOML file.
+
+    Other tables in the file are ignored, so the settings can live in a
+    shared configuration file.
+    """
+    try:
+        with open(path, "rb") as fh:
+            document = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {os.fspath(path)!r}: {exc.strerror}", key="bbverify") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"{os.fspath(path)!r} is not valid TOML: {exc}", key="bbverify") from None
+    table = document.get("bbverify")
+    if not isinstance(table, dict):
+        raise ConfigurationError(f"{os.fspath(path)!r} has no [bbverify] table", key="bbverify")
+    return verifier_from_mapping(table, **overrides)
+
+
+def verifier_from_env(
+    environ: Mapping[str, Any] | None = None,
+    prefix: str = "BBVERIFY_",
+    *,
+    ignore: Iterable[str] = (),
+    **overrides: Any,
+) -> Verifier:
+    """Build a verifier from ``BBVERIFY_*`` settings.
+
+    ``environ`` defaults to ``os.environ``; any mapping works, for example a
+    Flask ``app.config``, whose values may be strings (parsed) or real Python
+    values (checked). Keys without ``prefix`` are ignored; keys with it must
+    be known settings, except those in ``ignore`` (an adapter's own, such as
+    its trusted-proxy setting). ``overrides`` as in :func:`verifier_from_mapping`.
+    """
+    environ = os.environ if environ is None else environ
+    names = _Names(prefix)
+    skip = frozenset(ignore)
+    verifier_values: dict[str, Any] = {}
+    rule_raw: dict[str, Any] = {}
+    for full, raw in environ.items():
+        if not isinstance(full, str) or not full.startswith(prefix) or full in skip:
+            continue
+        name = full[len(prefix) :].lower()
+        if name in _VERIFIER:
+            verifier_values[name] = _coerce(raw, _VERIFIER[name], full, parse_strings=True)
+        elif name in _RULES:
+            rule_raw[name] = raw
+        else:
+            known = sorted(prefix + n.upper() for n in (*_VERIFIER, *_RULES))
+            raise ConfigurationError(f"unknown setting; known settings: {', '.join(known)}", key=full)
+    rules = _build_rules(_rule_values(rule_raw, names, parse_strings=True), names)
+    return _build_verifier(verifier_values, rules, names, dict(overrides))

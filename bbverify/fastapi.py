@@ -1,0 +1,144 @@
+"""FastAPI: a security dependency that returns the verified claims.
+
+::
+
+    from fastapi import Depends, FastAPI
+    from bbverify import PipelineClaims
+    from bbverify.fastapi import PipelineAuth, install_error_handler
+
+    app = FastAPI()
+    install_error_handler(app)  # answer with bbverify's JSON body
+    pipeline = PipelineAuth(verifier)
+
+    @app.post("/deploy")
+    async def deploy(claims: PipelineClaims = Depends(pipeline)):
+        ...
+
+``PipelineAuth`` is an ``HTTPBearer`` security scheme, so the route shows as
+bearer-protected in the OpenAPI document. It raises :class:`PipelineAuthError`
+(an ``HTTPException`` with the RFC 6750 status and headers). With
+:func:`install_error_handler` the body is bbverify's
+``{"error", "code", "message"}``; without it FastAPI's default handler wraps
+the same object in ``{"detail": ...}``.
+"""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import FastAPI, HTTPException
+from fastapi.security import HTTPBearer
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import Response
+
+from .asgi import header_values, peer_address, set_scope_claims
+from .claims import PipelineClaims
+from .errors import VerificationError
+from .http import (
+    CLAIMS_KEY,
+    DEFAULT_REALM,
+    VERIFIER_KEY,
+    ErrorHandler,
+    ErrorResponse,
+    Guard,
+    TrustedProxiesSpec,
+)
+from .policies import Rule
+from .starlette import to_response
+from .verifier import Verifier
+
+__all__ = ["PipelineAuth", "PipelineAuthError", "install_error_handler"]
+
+
+class PipelineAuthError(HTTPException):
+    """A refused request: an ``HTTPException`` carrying the bbverify error.
+
+    ``error`` is the :class:`~bbverify.errors.VerificationError`; ``response``
+    is what :func:`install_error_handler` sends (the default RFC 6750 answer,
+    or what your ``on_error`` returned).
+    """
+
+    def __init__(self, error: VerificationError, response: ErrorResponse | Response) -> None:
+        if isinstance(response, ErrorResponse):
+            headers = {k: v for k, v in response.headers if k.lower() != "content-type"}
+            status, detail = response.status, json.loads(response.body)
+        else:
+            headers = {
+                k: v
+                for k, v in response.headers.items()
+                if k.lower() not in ("content-type", "content-length")
+            }
+            status, detail = response.status_code, error.message
+        super().__init__(status_code=status, detail=detail, headers=headers)
+        self.error = error
+        self.response = response
+
+
+class PipelineAuth(HTTPBearer):
+    """Dependency verifying the request's pipeline token; returns :class:`PipelineClaims`.
+
+    Args:
+        verifier: the :class:`~bbverify.Verifier`.
+        route_rules: rules for this route, added to the verifier's own.
+        trusted_proxies: as for :class:`bbverify.asgi.PipelineAuthMiddleware`.
+        realm: the ``realm`` of ``WWW-Authenticate``.
+        on_error: ``on_error(error)`` returning an
+            :class:`~bbverify.http.ErrorResponse` or a Starlette ``Response``
+            for :func:`install_error_handler` to send.
+        scheme_name, description: shown in the OpenAPI document.
+
+    When :class:`~bbverify.asgi.PipelineAuthMiddleware` with the same verifier
+    already verified the request and the route adds no rules, its claims are
+    reused as they are.
+    """
+
+    def __init__(
+        self,
+        verifier: Verifier,
+        *route_rules: Rule,
+        trusted_proxies: TrustedProxiesSpec = None,
+        realm: str = DEFAULT_REALM,
+        on_error: ErrorHandler | None = None,
+        scheme_name: str | None = "BitbucketPipelinesOIDC",
+        description: str | None = "A Bitbucket Pipelines OIDC token ($BITBUCKET_STEP_OIDC_TOKEN).",
+    ) -> None:
+        super().__init__(
+            bearerFormat="JWT", scheme_name=scheme_name, description=description, auto_error=False
+        )
+        self.guard = Guard(
+            verifier, route_rules, trusted_proxies=trusted_proxies, realm=realm, on_error=on_error
+        )
+
+    async def __call__(self, request: HTTPConnection) -> PipelineClaims:  # type: ignore[override]
+        scope = request.scope
+        guard = self.guard
+        reused = guard.reusable(scope.get(CLAIMS_KEY), scope.get(VERIFIER_KEY))
+        if reused is not None:
+            return reused
+        client = guard.client_ip(peer_address(scope), header_values(scope, b"x-forwarded-for"))
+        try:
+            claims = await guard.averify(
+                header_values(scope, b"authorization"),
+                client=client,
+                method=scope.get("method", "GET"),
+                path=scope.get("path") or "/",
+            )
+        except VerificationError as exc:
+            custom = guard.custom_error(exc)
+            response = custom if isinstance(custom, ErrorResponse | Response) else guard.error_response(exc)
+            raise PipelineAuthError(exc, response) from None
+        if CLAIMS_KEY not in scope:
+            set_scope_claims(scope, claims, guard.verifier)
+        return claims
+
+
+async def _handle(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, PipelineAuthError)
+    if isinstance(exc.response, Response):
+        return exc.response
+    return to_response(exc.response)
+
+
+def install_error_handler(app: FastAPI) -> None:
+    """Answer :class:`PipelineAuthError` with bbverify's own body (not ``{"detail": ...}``)."""
+    app.add_exception_handler(PipelineAuthError, _handle)

@@ -1,0 +1,244 @@
+"""Flask: an extension configured from ``app.config`` and a view decorator.
+
+::
+
+    from flask import Flask
+    from bbverify.flask import BBVerify, current_claims, require_pipeline
+
+    app = Flask(__name__)
+    app.config["BBVERIFY_WORKSPACE"] = "acme"
+    app.config["BBVERIFY_WORKSPACE_UUID"] = "{...}"
+    BBVerify(app)
+
+    @app.post("/deploy")
+    @require_pipeline(None, Environments("{production-env-uuid}"))
+    def deploy():
+        return {"repository": current_claims().repository_uuid}
+
+``require_pipeline(verifier, *route_rules)`` takes a
+:class:`~bbverify.Verifier`, or ``None`` to use the app's :class:`BBVerify`
+extension. The verified claims are in ``flask.g.pipeline_claims`` and
+:func:`current_claims`. Refusals use the RFC 6750 JSON answer of
+:mod:`bbverify.http`. Works with blueprints and ``app.test_client()``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar, cast
+
+from flask import Flask, current_app, g, make_response, request
+from flask.typing import ResponseReturnValue
+
+from .claims import PipelineClaims
+from .errors import ConfigurationError, VerificationError
+from .http import (
+    CLAIMS_KEY,
+    DEFAULT_REALM,
+    VERIFIER_KEY,
+    ErrorHandler,
+    ErrorResponse,
+    Guard,
+    TrustedProxiesSpec,
+)
+from .policies import Rule
+from .verifier import Verifier
+from .wsgi import environ_request
+
+__all__ = ["BBVerify", "current_claims", "require_pipeline"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+EXTENSION_KEY = "bbverify"
+#: ``app.config`` keys read by the extension itself rather than the verifier.
+ADAPTER_SETTINGS = ("BBVERIFY_TRUSTED_PROXIES", "BBVERIFY_REALM")
+
+
+class BBVerify:
+    """Flask extension holding the app's verifier and adapter settings.
+
+    Args:
+        app: the Flask app (or call :meth:`init_app` later, for app factories).
+        verifier: a ready :class:`~bbverify.Verifier`; by default one is built
+            from ``app.config`` with :func:`bbverify.config.verifier_from_env`
+            (``BBVERIFY_WORKSPACE``, ``BBVERIFY_AUDIENCE``, ...).
+        trusted_proxies: overrides ``app.config["BBVERIFY_TRUSTED_PROXIES"]``
+            (a hop count or CIDRs; see :func:`bbverify.http.client_ip`).
+        realm: overrides ``app.config["BBVERIFY_REALM"]``.
+        on_error: ``on_error(error)`` returning an
+            :class:`~bbverify.http.ErrorResponse` or any Flask response value.
+
+    Configuration errors surface in :meth:`init_app`, at start-up.
+    """
+
+    def __init__(
+        self,
+        app: Flask | None = None,
+        *,
+        verifier: Verifier | None = None,
+        trusted_proxies: TrustedProxiesSpec = None,
+        realm: str | None = None,
+        on_error: ErrorHandler | None = None,
+    ) -> None:
+        self._verifier = verifier
+        self._trusted_proxies = trusted_proxies
+        self._realm = realm
+        self._on_error = on_error
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Build the verifier for ``app`` and register the extension on it."""
+        verifier = self._verifier
+        if verifier is None:
+            from .config import verifier_from_env
+
+            verifier = verifier_from_env(cast(Mapping[str, Any], app.config), ignore=ADAPTER_SETTINGS)
+        trusted = self._trusted_proxies
+        if trusted is None:
+            trusted = app.config.get("BBVERIFY_TRUSTED_PROXIES")
+        realm = self._realm or app.config.get("BBVERIFY_REALM") or DEFAULT_REALM
+        app.extensions[EXTENSION_KEY] = _State(verifier, trusted, realm, self._on_error)
+
+    @staticmethod
+    def verifier_for(app: Flask) -> Verifier:
+        """The verifier the extension built for ``app``."""
+        return _state(app).verifier
+
+
+class _State:
+    def __init__(
+        self, verifier: Verifier, trusted: TrustedProxiesSpec, realm: str, on_error: ErrorHandler | None
+    ) -> None:
+        # Building a Guard checks the settings now rather than at the first request.
+        self.base = Guard(verifier, trusted_proxies=trusted, realm=realm, on_error=on_error)
+        self.verifier = verifier
+        self._guards: dict[object, Guard] = {}
+
+    def guard(
+        self,
+        key: object,
+        rules: tuple[Rule, ...],
+        trusted: TrustedProxiesSpec = None,
+        realm: str | None = None,
+        on_error: ErrorHandler | None = None,
+    ) -> Guard:
+        """The guard of one decorated view under this app's settings (built once)."""
+        guard = self._guards.get(key)
+        if guard is None:
+            base = self.base
+            guard = Guard(
+                base.verifier,
+                rules,
+                trusted_proxies=trusted if trusted is not None else base.trusted_proxies,
+                realm=realm or base.realm,
+                on_error=on_error or base.on_error,
+            )
+            self._guards[key] = guard
+        return guard
+
+
+def _state(app: Flask) -> _State:
+    state = app.extensions.get(EXTENSION_KEY)
+    if not isinstance(state, _State):
+        raise RuntimeError("bbverify: call BBVerify(app) or BBVerify().init_app(app) first")
+    return state
+
+
+def current_claims() -> PipelineClaims:
+    """The claims verified for the current request by :func:`require_pipeline`.
+
+    Raises ``RuntimeError`` when the current view is not protected.
+    """
+    claims = g.get("pipeline_claims")
+    if not isinstance(claims, PipelineClaims):
+        raise RuntimeError("no verified pipeline claims here; decorate the view with @require_pipeline")
+    return claims
+
+
+def _refusal(guard: Guard, error: VerificationError) -> ResponseReturnValue:
+    custom = guard.custom_error(error)
+    if custom is not None and not isinstance(custom, ErrorResponse):
+        return make_response(custom)
+    response = custom if isinstance(custom, ErrorResponse) else guard.error_response(error)
+    return current_app.response_class(response.body, status=response.status, headers=list(response.headers))
+
+
+def require_pipeline(
+    verifier: Verifier | None,
+    *route_rules: Rule,
+    trusted_proxies: TrustedProxiesSpec = None,
+    realm: str | None = None,
+    on_error: ErrorHandler | None = None,
+) -> Callable[[F], F]:
+    """Decorate a view so that it needs a valid pipeline token.
+
+    ``verifier`` is a :class:`~bbverify.Verifier`, or ``None`` to use the
+    :class:`BBVerify` extension of the current app (its trusted proxies,
+    realm and ``on_error`` apply unless given here). ``route_rules`` are added
+    to the verifier's own rules for this view.
+    """
+    if verifier is not None and not isinstance(verifier, Verifier):
+        raise ConfigurationError(
+            "require_pipeline(verifier, *rules) needs a Verifier or None first "
+            "(write @require_pipeline(None) to use the app's BBVerify extension)",
+            key="verifier",
+        )
+    own: Guard | None = None
+    if verifier is not None:
+        own = Guard(
+            verifier,
+            route_rules,
+            trusted_proxies=trusted_proxies,
+            realm=realm or DEFAULT_REALM,
+            on_error=on_error,
+        )
+    else:
+        # Check the rules now; the guard itself needs the app's settings.
+        for i, rule in enumerate(route_rules):
+            if not callable(rule):
+                raise ConfigurationError(f"{rule!r} is not a rule (a callable)", key=f"route_rules[{i}]")
+    key = object()
+
+    def guard_now() -> Guard:
+        if own is not None:
+            return own
+        return _state(current_app).guard(key, route_rules, trusted_proxies, realm, on_error)
+
+    def check() -> ResponseReturnValue | None:
+        guard = guard_now()
+        environ = request.environ
+        reused = guard.reusable(environ.get(CLAIMS_KEY), environ.get(VERIFIER_KEY))
+        if reused is None:
+            authorization, peer, forwarded = environ_request(environ)
+            client = guard.client_ip(request.remote_addr or peer, forwarded)
+            try:
+                reused = guard.verify(authorization, client=client, method=request.method, path=request.path)
+            except VerificationError as exc:
+                return _refusal(guard, exc)
+        g.pipeline_claims = reused
+        return None
+
+    def decorate(view: F) -> F:
+        if inspect.iscoroutinefunction(view):
+
+            @functools.wraps(view)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                refused = check()
+                if refused is not None:
+                    return refused
+                return await view(*args, **kwargs)
+
+            return cast(F, async_wrapper)
+
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            refused = check()
+            if refused is not None:
+                return refused
+            return view(*args, **kwargs)
+
+        return cast(F, wrapper)
+
+    return decorate

@@ -1,0 +1,525 @@
+"""What every HTTP adapter shares: bearer parsing, client IP, error answers.
+
+The framework adapters (:mod:`bbverify.asgi`, :mod:`bbverify.wsgi`,
+:mod:`bbverify.flask`, :mod:`bbverify.fastapi`, :mod:`bbverify.starlette`)
+only translate their framework's request into the plain values used here and
+the :class:`ErrorResponse` built here back into their framework's answer.
+Decisions about tokens stay in :class:`bbverify.Verifier`; this module decides
+only what the HTTP layer must (which header holds the token, which address is
+the client, and how a refusal is spelled on the wire).
+
+Error answers follow RFC 6750:
+
+* no token (:class:`MissingToken`): 401, ``WWW-Authenticate: Bearer realm="..."``
+  with no error attribute;
+* malformed request (:class:`InvalidRequest`): 400, ``error="invalid_request"``;
+* bad token (``InvalidToken``): 401, ``error="invalid_token"``;
+* a rule denied (``PolicyDenied``): 403, ``error="insufficient_scope"``;
+* keys unavailable (``KeysUnavailable``): 503 with ``Retry-After``.
+
+The body is always JSON ``{"error": ..., "code": ..., "message": ...}``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from .audit import Decision, emit
+from .claims import PipelineClaims
+from .errors import ConfigurationError, KeysUnavailable, PolicyDenied, VerificationError
+from .policies import Rule, as_rules
+from .verifier import Verifier
+
+__all__ = [
+    "CLAIMS_KEY",
+    "CLIENT_IP_KEY",
+    "DEFAULT_REALM",
+    "ErrorHandler",
+    "ErrorResponse",
+    "Guard",
+    "InvalidRequest",
+    "MissingToken",
+    "TrustedProxies",
+    "bearer_token",
+    "client_ip",
+    "error_response",
+    "normalize_ip",
+    "quote_header_value",
+    "reason_phrase",
+    "rfc6750_error",
+]
+
+_log = logging.getLogger("bbverify")
+
+#: Where adapters put the verified claims (ASGI scope, WSGI environ).
+CLAIMS_KEY = "bbverify.claims"
+#: Where adapters put the client address the rules saw (for the app's own logs).
+CLIENT_IP_KEY = "bbverify.client_ip"
+#: Where adapters note which Verifier produced ``CLAIMS_KEY``.
+VERIFIER_KEY = "bbverify.verifier"
+DEFAULT_REALM = "bbverify"
+
+# Cap on X-Forwarded-For entries considered; a longer chain is hostile or broken.
+MAX_FORWARDED_ENTRIES = 64
+# RFC 6750 section 2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+_B64TOKEN_RE = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+# RFC 6750 section 3: error_description and realm use %x20-21 / %x23-5B / %x5D-7E.
+_UNSAFE_HEADER_CHARS = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
+_MAX_DESCRIPTION = 200
+
+
+class MissingToken(VerificationError):
+    """The request carries no bearer token (HTTP 401, no ``error`` attribute).
+
+    Raised by adapters, never by :meth:`Verifier.verify`. Codes:
+    ``missing_token``, ``unsupported_scheme``.
+    """
+
+    default_code = "missing_token"
+    status_code = 401
+
+
+class InvalidRequest(VerificationError):
+    """The ``Authorization`` header is malformed (HTTP 400, ``invalid_request``).
+
+    Raised by adapters, never by :meth:`Verifier.verify`. Codes:
+    ``multiple_authorization``, ``malformed_authorization``, ``empty_token``.
+    """
+
+    default_code = "malformed_authorization"
+    status_code = 400
+
+
+# -- bearer token ------------------------------------------------------------------
+
+
+def _as_text(value: str | bytes) -> str | None:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+    if not isinstance(value, str):
+        return None
+    return value if value.isascii() else None
+
+
+def bearer_token(authorization: Sequence[str | bytes]) -> str:
+    """Return the bearer token from the request's ``Authorization`` header values.
+
+    ``authorization`` holds every ``Authorization`` header line, in order
+    (empty when there is none). The scheme is case-insensitive. Raises
+    :class:`MissingToken` when there is no bearer credential and
+    :class:`InvalidRequest` when the header is malformed; never anything else.
+    """
+    if len(authorization) == 0:
+        raise MissingToken("the request has no Authorization header", code="missing_token")
+    if len(authorization) > 1:
+        raise InvalidRequest(
+            "the request has more than one Authorization header", code="multiple_authorization"
+        )
+    text = _as_text(authorization[0])
+    if text is None:
+        raise InvalidRequest("the Authorization header is not ASCII", code="malformed_authorization")
+    text = text.strip(" \t")
+    scheme, _, credentials = text.partition(" ")
+    if not scheme:
+        raise InvalidRequest("the Authorization header is empty", code="malformed_authorization")
+    if scheme.lower() != "bearer":
+        if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+\-.^_`|~]+", scheme):
+            raise InvalidRequest("the Authorization header is malformed", code="malformed_authorization")
+        raise MissingToken("the Authorization scheme is not Bearer", code="unsupported_scheme")
+    credentials = credentials.strip(" \t")
+    if not credentials:
+        raise InvalidRequest(
+            "the Bearer token is empty (in Bitbucket Pipelines, set 'oidc: true' on the step "
+            "and send $BITBUCKET_STEP_OIDC_TOKEN)",
+            code="empty_token",
+        )
+    if not _B64TOKEN_RE.fullmatch(credentials):
+        raise InvalidRequest(
+            "the Bearer token has characters a token cannot have", code="malformed_authorization"
+        )
+    return credentials
+
+
+# -- client address ------------------------------------------------------------
+
+
+def normalize_ip(value: str | bytes | None) -> str | None:
+    """Canonical text of one address as proxies write it, or ``None`` if it is not one.
+
+    Accepts ``1.2.3.4``, ``1.2.3.4:8080``, ``2001:db8::1``, ``[2001:db8::1]``,
+    ``[2001:db8::1]:8080`` and ``fe80::1%eth0`` (the zone is dropped). An
+    IPv4-mapped IPv6 address (``::ffff:1.2.3.4``) becomes the IPv4 address, so
+    IPv4 rules apply to it. Anything else (``unknown``, obfuscated names,
+    junk) gives ``None``; this function never raises.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+    if not isinstance(value, str):
+        return None
+    text = value.strip(' \t"')
+    if not text or len(text) > 100 or not text.isascii():
+        return None
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            return None
+        rest = text[end + 1 :]
+        if rest and not (rest.startswith(":") and rest[1:].isdigit()):
+            return None
+        text = text[1:end]
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+        if not port.isdigit():
+            return None
+        text = host
+    text = text.split("%", 1)[0]
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class TrustedProxies:
+    """Which proxies in front of the application may be believed about the client.
+
+    Build it with :meth:`parse`. Either ``hops`` (how many proxies stand in
+    front of the app, the socket peer being the last) or ``networks`` (the
+    proxies' address ranges) is set, never both.
+    """
+
+    hops: int = 0
+    networks: tuple[_Network, ...] = field(default=())
+
+    @classmethod
+    def parse(cls, value: TrustedProxiesSpec) -> TrustedProxies | None:
+        """Accept ``None``, a hop count, a list of CIDRs, or a string of either.
+
+        Strings are read as configuration: ``"2"`` is two hops and
+        ``"10.0.0.0/8, 192.168.0.0/16"`` is a CIDR list. Raises
+        :class:`~bbverify.errors.ConfigurationError` on anything else.
+        """
+        if value is None or isinstance(value, TrustedProxies):
+            return value
+        if isinstance(value, bool):
+            raise ConfigurationError(
+                "must be a hop count or a list of CIDRs, not a bool", key="trusted_proxies"
+            )
+        if isinstance(value, str):
+            text = value.strip()
+            if not text:
+                return None
+            if text.isdigit():
+                value = int(text)
+            else:
+                value = [part.strip() for part in text.split(",") if part.strip()]
+        if isinstance(value, int):
+            if not 0 <= value <= MAX_FORWARDED_ENTRIES:
+                raise ConfigurationError(
+                    f"hop count must be between 0 and {MAX_FORWARDED_ENTRIES}", key="trusted_proxies"
+                )
+            return cls(hops=value) if value else None
+        if not isinstance(value, Iterable):
+            raise ConfigurationError("must be a hop count or a list of CIDRs", key="trusted_proxies")
+        networks: list[_Network] = []
+        for i, cidr in enumerate(value):
+            try:
+                networks.append(ipaddress.ip_network(str(cidr).strip(), strict=False))
+            except ValueError:
+                raise ConfigurationError(
+                    f"{cidr!r} is not an address or CIDR", key=f"trusted_proxies[{i}]"
+                ) from None
+        if not networks:
+            return None
+        return cls(networks=tuple(networks))
+
+    def _trusted(self, address: str) -> bool:
+        ip = ipaddress.ip_address(address)
+        return any(ip.version == net.version and ip in net for net in self.networks)
+
+    def resolve(self, peer: str | bytes | None, forwarded_for: Sequence[str | bytes]) -> str | None:
+        """The client address behind these proxies (see :func:`client_ip`)."""
+        peer_ip = normalize_ip(peer)
+        entries: list[str] = []
+        for line in forwarded_for:
+            # Non-ASCII entries survive the split and are judged (as junk) one by one.
+            text = line.decode("latin-1") if isinstance(line, bytes) else line
+            if not isinstance(text, str):
+                return None
+            entries.extend(part for part in (p.strip() for p in text.split(",")) if part)
+        if len(entries) > MAX_FORWARDED_ENTRIES:
+            return None
+        if self.hops:
+            if peer_ip is None or len(entries) < self.hops:
+                # Fewer entries than proxies: the request did not come the way
+                # the deployment says it must, so no address can be believed.
+                return None
+            return normalize_ip(entries[-self.hops])
+        if peer_ip is None:
+            return None
+        if not self._trusted(peer_ip):
+            return peer_ip  # not from a proxy: the header is the client's own claim
+        candidate = peer_ip
+        for entry in reversed(entries):
+            address = normalize_ip(entry)
+            if address is None:
+                return None
+            candidate = address
+            if not self._trusted(address):
+                return address
+        # Every hop is a trusted proxy: the request started inside, at the leftmost one.
+        return candidate
+
+
+TrustedProxiesSpec = int | str | Sequence[str] | TrustedProxies | None
+
+
+def client_ip(
+    peer: str | bytes | None,
+    forwarded_for: Sequence[str | bytes] = (),
+    trusted_proxies: TrustedProxies | None = None,
+) -> str | None:
+    """The client address for IP rules; ``None`` when it cannot be known.
+
+    * Without trusted proxies, the socket peer; ``X-Forwarded-For`` is ignored.
+    * With a hop count ``N``: the ``N``-th ``X-Forwarded-For`` entry from the
+      right (each of the ``N`` proxies appended the address it saw; the
+      socket peer is the last proxy). Fewer than ``N`` entries gives ``None``.
+    * With CIDRs: walk ``[X-Forwarded-For entries..., peer]`` from the right,
+      skipping trusted addresses; the first untrusted one is the client. If
+      the peer itself is not trusted, it is the client.
+
+    A junk entry where the client should be gives ``None``, so IP rules deny.
+    Several ``X-Forwarded-For`` lines are joined in order. Never raises.
+    """
+    if trusted_proxies is None:
+        return normalize_ip(peer)
+    try:
+        return trusted_proxies.resolve(peer, forwarded_for)
+    except Exception:
+        return None
+
+
+# -- error answers ---------------------------------------------------------------
+
+
+def quote_header_value(text: str, limit: int = _MAX_DESCRIPTION) -> str:
+    """``text`` made safe inside a quoted-string of ``WWW-Authenticate``.
+
+    Characters RFC 6750 does not allow there (quotes, backslashes, CR, LF,
+    controls, non-ASCII) become spaces, and the result is cut to ``limit``.
+    """
+    cleaned = _UNSAFE_HEADER_CHARS.sub(" ", text)
+    cleaned = " ".join(cleaned.split())
+    return cleaned[:limit].rstrip()
+
+
+@dataclass(frozen=True)
+class ErrorResponse:
+    """A refusal, independent of any framework: status, headers and body bytes."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        """The first header called ``name`` (case-insensitive), if any."""
+        lname = name.lower()
+        return next((v for k, v in self.headers if k.lower() == lname), None)
+
+
+#: A hook that turns an error into the response to send (see :class:`Guard`).
+ErrorHandler = Callable[[VerificationError], object]
+
+_REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 503: "Service Unavailable"}
+
+
+def reason_phrase(status: int) -> str:
+    """The reason phrase for a status line (WSGI needs one)."""
+    return _REASONS.get(status, "Error")
+
+
+def rfc6750_error(error: VerificationError) -> str | None:
+    """The RFC 6750 ``error`` attribute for ``error`` (``None``: no attribute)."""
+    if isinstance(error, MissingToken):
+        return None
+    if isinstance(error, InvalidRequest):
+        return "invalid_request"
+    if isinstance(error, PolicyDenied) or error.status_code == 403:
+        return "insufficient_scope"
+    if isinstance(error, KeysUnavailable):
+        return None
+    return "invalid_token"
+
+
+def error_response(error: VerificationError, realm: str = DEFAULT_REALM) -> ErrorResponse:
+    """The RFC 6750 answer for ``error`` (see the table in the module docs)."""
+    status = error.status_code if 400 <= error.status_code <= 599 else 401
+    attr = rfc6750_error(error)
+    headers: list[tuple[str, str]] = [
+        ("Content-Type", "application/json"),
+        ("Cache-Control", "no-store"),
+    ]
+    if isinstance(error, KeysUnavailable):
+        headers.append(("Retry-After", str(max(1, int(error.retry_after)))))
+        body_error = "temporarily_unavailable"
+    else:
+        challenge = f'Bearer realm="{quote_header_value(realm, 100)}"'
+        if attr is not None:
+            challenge += f', error="{attr}", error_description="{quote_header_value(error.message)}"'
+        headers.append(("WWW-Authenticate", challenge))
+        body_error = attr or "unauthorized"
+    body = json.dumps({"error": body_error, "code": str(error.code), "message": str(error.message)})
+    return ErrorResponse(status, tuple(headers), body.encode("ascii"))
+
+
+# -- the shared request flow ------------------------------------------------------
+
+
+def _check_paths(paths: Iterable[str] | None, key: str) -> frozenset[str]:
+    if paths is None:
+        return frozenset()
+    if isinstance(paths, str):
+        paths = [paths]
+    out = set()
+    for p in paths:
+        if not isinstance(p, str) or not p.startswith("/"):
+            raise ConfigurationError(f"{p!r} must be a path starting with '/'", key=key)
+        out.add(p)
+    return frozenset(out)
+
+
+class Guard:
+    """The request flow every adapter runs; one per middleware, decorator or dependency.
+
+    Args:
+        verifier: the :class:`~bbverify.Verifier` that decides.
+        policies: rules added to the verifier's own for requests this guard
+            protects (per-route rules).
+        exclude_paths: paths served without a token (exact match).
+        exclude_prefixes: path prefixes served without a token (``"/public/"``
+            opens everything below it; mind the trailing slash).
+        trusted_proxies: ``None`` (default: the socket peer is the client), a
+            hop count, or proxy CIDRs; see :func:`client_ip`.
+        realm: the ``realm`` of ``WWW-Authenticate``.
+        on_error: ``on_error(error)`` returns the answer to send instead of the
+            default: an :class:`ErrorResponse`, or whatever the framework
+            accepts (an ASGI app such as a Starlette ``Response``, a Flask
+            response value). Returning ``None`` keeps the default answer.
+    """
+
+    def __init__(
+        self,
+        verifier: Verifier,
+        policies: Rule | Sequence[Rule] | None = None,
+        *,
+        exclude_paths: Iterable[str] | None = None,
+        exclude_prefixes: Iterable[str] | None = None,
+        trusted_proxies: TrustedProxiesSpec = None,
+        realm: str = DEFAULT_REALM,
+        on_error: ErrorHandler | None = None,
+    ) -> None:
+        if not isinstance(verifier, Verifier):
+            raise ConfigurationError(f"{verifier!r} is not a bbverify.Verifier", key="verifier")
+        self.verifier = verifier
+        self.policies: tuple[Rule, ...] = as_rules(policies)
+        for i, rule in enumerate(self.policies):
+            if not callable(rule):
+                raise ConfigurationError(f"{rule!r} is not a rule (a callable)", key=f"route_rules[{i}]")
+        self.exclude_paths = _check_paths(exclude_paths, "exclude_paths")
+        self.exclude_prefixes = tuple(sorted(_check_paths(exclude_prefixes, "exclude_prefixes")))
+        self.trusted_proxies = TrustedProxies.parse(trusted_proxies)
+        if not isinstance(realm, str) or quote_header_value(realm, 100) != realm or not realm:
+            raise ConfigurationError("must be printable ASCII without quotes or backslashes", key="realm")
+        self.realm = realm
+        if on_error is not None and not callable(on_error):
+            raise ConfigurationError("must be a callable", key="on_error")
+        self.on_error = on_error
+
+    def is_excluded(self, path: str) -> bool:
+        """True when ``path`` is served without a token."""
+        return path in self.exclude_paths or any(path.startswith(p) for p in self.exclude_prefixes)
+
+    def client_ip(self, peer: str | bytes | None, forwarded_for: Sequence[str | bytes]) -> str | None:
+        """The client address under this guard's proxy settings."""
+        return client_ip(peer, forwarded_for, self.trusted_proxies)
+
+    def token(self, authorization: Sequence[str | bytes], client: str | None) -> str:
+        """The bearer token; a refusal is audited like the verifier's own."""
+        try:
+            return bearer_token(authorization)
+        except VerificationError as exc:
+            emit(Decision.build(None, client, exc), self.verifier.on_decision)
+            raise
+
+    def verify(
+        self,
+        authorization: Sequence[str | bytes],
+        *,
+        client: str | None,
+        method: str | None,
+        path: str | None,
+    ) -> PipelineClaims:
+        """Parse the header and verify the token (blocking; for WSGI and Flask)."""
+        token = self.token(authorization, client)
+        return self.verifier.verify(
+            token, client_ip=client, policies=self.policies or None, method=method, path=path
+        )
+
+    async def averify(
+        self,
+        authorization: Sequence[str | bytes],
+        *,
+        client: str | None,
+        method: str | None,
+        path: str | None,
+    ) -> PipelineClaims:
+        """As :meth:`verify`, awaiting any key fetch (for ASGI)."""
+        token = self.token(authorization, client)
+        return await self.verifier.averify(
+            token, client_ip=client, policies=self.policies or None, method=method, path=path
+        )
+
+    def reusable(self, claims: object, verifier: object) -> PipelineClaims | None:
+        """Claims an outer middleware already verified, if they settle this request.
+
+        They do when the same verifier produced them and this guard adds no
+        rules of its own; otherwise the request is verified again (cheap: the
+        verifier caches the token).
+        """
+        if isinstance(claims, PipelineClaims) and verifier is self.verifier and not self.policies:
+            return claims
+        return None
+
+    def error_response(self, error: VerificationError) -> ErrorResponse:
+        """The default answer for ``error`` under this guard's realm."""
+        return error_response(error, self.realm)
+
+    def custom_error(self, error: VerificationError) -> object | None:
+        """What ``on_error`` returns for ``error`` (``None`` when unset or on failure)."""
+        if self.on_error is None:
+            return None
+        try:
+            return self.on_error(error)
+        except Exception:
+            _log.exception("on_error hook raised; sending the default answer")
+            return None

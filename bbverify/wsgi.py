@@ -1,0 +1,117 @@
+"""WSGI middleware: protect any WSGI app (Flask, Django, Pyramid, bare WSGI).
+
+::
+
+    from bbverify.wsgi import PipelineAuthMiddleware
+
+    app.wsgi_app = PipelineAuthMiddleware(app.wsgi_app, verifier=verifier, exclude_paths=["/healthz"])
+
+Every request needs a valid token except on excluded paths (matched against
+``PATH_INFO``). On success the claims are in ``environ["bbverify.claims"]``.
+The verifier is thread-safe, so the middleware works under threaded servers.
+This module imports no framework.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
+from typing import Any
+
+from .errors import VerificationError
+from .http import (
+    CLAIMS_KEY,
+    CLIENT_IP_KEY,
+    DEFAULT_REALM,
+    VERIFIER_KEY,
+    ErrorHandler,
+    ErrorResponse,
+    Guard,
+    TrustedProxiesSpec,
+    reason_phrase,
+)
+from .policies import Rule
+from .verifier import Verifier
+
+__all__ = ["PipelineAuthMiddleware", "environ_request"]
+
+Environ = MutableMapping[str, Any]
+StartResponse = Callable[..., Any]
+# Loose on purpose: WSGI apps annotate environ as dict, Mapping, WSGIEnvironment...
+WSGIApp = Callable[..., Iterable[bytes]]
+
+
+def environ_request(environ: Mapping[str, Any]) -> tuple[list[str], str | None, list[str]]:
+    """``(authorization values, peer address, X-Forwarded-For values)`` from an environ.
+
+    WSGI servers join repeated headers with commas into one value, so several
+    ``Authorization`` lines arrive as one malformed value (refused with 400).
+    """
+    auth = environ.get("HTTP_AUTHORIZATION")
+    xff = environ.get("HTTP_X_FORWARDED_FOR")
+    peer = environ.get("REMOTE_ADDR")
+    return (
+        [auth] if isinstance(auth, str) else [],
+        peer if isinstance(peer, str) else None,
+        [xff] if isinstance(xff, str) else [],
+    )
+
+
+def send_error(response: ErrorResponse, start_response: StartResponse) -> list[bytes]:
+    """Start a WSGI response for ``response`` and return its body iterable."""
+    headers = [*response.headers, ("Content-Length", str(len(response.body)))]
+    start_response(f"{response.status} {reason_phrase(response.status)}", headers)
+    return [response.body]
+
+
+class PipelineAuthMiddleware:
+    """WSGI middleware that requires a valid pipeline token on every request.
+
+    Takes the same arguments as :class:`bbverify.asgi.PipelineAuthMiddleware`
+    (except ``websocket_denial``). ``on_error(error)`` may return an
+    :class:`~bbverify.http.ErrorResponse` or a WSGI app to answer with.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        *,
+        verifier: Verifier,
+        exclude_paths: Iterable[str] | None = None,
+        exclude_prefixes: Iterable[str] | None = None,
+        trusted_proxies: TrustedProxiesSpec = None,
+        policies: Rule | Sequence[Rule] | None = None,
+        realm: str = DEFAULT_REALM,
+        on_error: ErrorHandler | None = None,
+    ) -> None:
+        self.app = app
+        self.guard = Guard(
+            verifier,
+            policies,
+            exclude_paths=exclude_paths,
+            exclude_prefixes=exclude_prefixes,
+            trusted_proxies=trusted_proxies,
+            realm=realm,
+            on_error=on_error,
+        )
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO") or "/"
+        if self.guard.is_excluded(path):
+            return self.app(environ, start_response)
+        guard = self.guard
+        authorization, peer, forwarded = environ_request(environ)
+        client = guard.client_ip(peer, forwarded)
+        try:
+            claims = guard.verify(
+                authorization, client=client, method=environ.get("REQUEST_METHOD"), path=path
+            )
+        except VerificationError as exc:
+            custom = guard.custom_error(exc)
+            if custom is not None and not isinstance(custom, ErrorResponse) and callable(custom):
+                return custom(environ, start_response)  # type: ignore[no-any-return]
+            response = custom if isinstance(custom, ErrorResponse) else guard.error_response(exc)
+            return send_error(response, start_response)
+        environ[CLAIMS_KEY] = claims
+        environ[VERIFIER_KEY] = guard.verifier
+        environ[CLIENT_IP_KEY] = client
+        return self.app(environ, start_response)

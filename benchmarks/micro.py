@@ -1,0 +1,109 @@
+"""Sections 1-4: the crypto floor, PyJWT, joserfc and bbverify, per token."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import jwt as pyjwt
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
+from joserfc import jwt as jose_jwt
+from joserfc.jwk import RSAKey
+
+from bbverify.testing import FakeIssuer
+
+from .fixtures import CLIENT_IP, mint_tokens, realistic_rules
+from .timing import Case, Result, measure
+
+FLOOR = "floor: cryptography RSA verify"
+PYJWT = "PyJWT jwt.decode"
+JOSERFC = "joserfc decode + claims"
+FRESH = "bbverify fresh, no rules"
+FRESH_RULES = "bbverify fresh, 4 rules"
+REPEATED = "bbverify repeated, no rules"
+REPEATED_RULES = "bbverify repeated, 4 rules"
+
+
+def _b64(seg: str) -> bytes:
+    return base64.urlsafe_b64decode(seg + "=" * (-len(seg) % 4))
+
+
+def run(issuer: FakeIssuer, *, tokens: int, rounds: int) -> tuple[dict[str, Result], dict[str, Any]]:
+    pool = mint_tokens(issuer, tokens)
+    repeated = pool[0]
+    public_key = issuer.signing_key.private_key.public_key()
+    split = [(t.rpartition(".")[0].encode("ascii"), _b64(t.rpartition(".")[2])) for t in pool]
+    pkcs1, sha256 = padding.PKCS1v15(), hashes.SHA256()
+    rules, rules_kind = realistic_rules(issuer)
+
+    def floor() -> int:
+        verify = public_key.verify
+        for signing_input, signature in split:
+            verify(signature, signing_input, pkcs1, sha256)
+        return len(split)
+
+    require = {"require": ["exp", "iat", "aud", "iss"]}
+
+    def pyjwt_decode() -> int:
+        for t in pool:
+            pyjwt.decode(
+                t,
+                public_key,
+                algorithms=["RS256"],
+                audience=issuer.audience,
+                issuer=issuer.issuer,
+                options=require,
+            )
+        return len(pool)
+
+    jose_key = RSAKey.import_key(issuer.signing_key.public_jwk())
+    registry = jose_jwt.JWTClaimsRegistry(
+        iss={"essential": True, "value": issuer.issuer},
+        aud={"essential": True, "value": issuer.audience},
+        exp={"essential": True},
+        iat={"essential": True},
+    )
+
+    def joserfc_decode() -> int:
+        for t in pool:
+            registry.validate(jose_jwt.decode(t, jose_key, algorithms=["RS256"]).claims)
+        return len(pool)
+
+    plain = issuer.verifier()
+    ruled = issuer.verifier(policies=rules)
+    for v in (plain, ruled):
+        v.warm_up()
+        v.verify(repeated, client_ip=CLIENT_IP)  # also proves the rules allow it
+
+    def fresh(verifier: Any) -> Any:
+        def go() -> int:
+            verify = verifier.verify
+            for t in pool:
+                verify(t, client_ip=CLIENT_IP)
+            return len(pool)
+
+        return go
+
+    def again(verifier: Any) -> Any:
+        batch = len(pool) * 10
+
+        def go() -> int:
+            verify = verifier.verify
+            for _ in range(batch):
+                verify(repeated, client_ip=CLIENT_IP)
+            return batch
+
+        return go
+
+    cases = [
+        Case(FLOOR, floor),
+        Case(PYJWT, pyjwt_decode),
+        Case(JOSERFC, joserfc_decode),
+        Case(FRESH, fresh(plain), setup=plain.clear_cache),
+        Case(FRESH_RULES, fresh(ruled), setup=ruled.clear_cache),
+        Case(REPEATED, again(plain)),
+        Case(REPEATED_RULES, again(ruled)),
+    ]
+    info = {"token_bytes": len(repeated), "tokens": len(pool), "rules": rules_kind}
+    return measure(cases, rounds), info

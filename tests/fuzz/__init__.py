@@ -1,0 +1,1 @@
+"""Property-based fuzzing of Verifier.verify (a longer run: fuzz/run.py)."""

@@ -1,0 +1,1 @@
+"""Attack, fault and concurrency tests: each names the CVE or RFC section it guards."""

@@ -1,0 +1,16 @@
+"""Fixtures for the security tests: one warmed-up verifier per module."""
+
+from __future__ import annotations
+
+import pytest
+
+from bbverify import Verifier
+from bbverify.testing import FakeIssuer
+
+
+@pytest.fixture(scope="module")
+def verifier(issuer: FakeIssuer) -> Verifier:
+    """The default (RS256-only) verifier for the module's issuer, keys already fetched."""
+    v = issuer.verifier()
+    v.warm_up()
+    return v

@@ -1,0 +1,26 @@
+"""The benchmark suite runs: ``python -m benchmarks --quick`` exits 0 and prints every section."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_quick_benchmark_run_prints_every_section() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    for heading in ("## 1-4. Per token", "## 5. HTTP", "## 6. Key set under load", "## Targets"):
+        assert heading in out, f"{heading!r} missing from:\n{out}"
+    for row in ("floor: cryptography RSA verify", "PyJWT jwt.decode", "bbverify repeated, 4 rules"):
+        assert row in out
