@@ -166,7 +166,7 @@ def _refusal(guard: Guard, error: VerificationError) -> ResponseReturnValue:
 
 
 def require_pipeline(
-    verifier: Verifier | None,
+    verifier: Verifier | None = None,
     *route_rules: Rule,
     trusted_proxies: TrustedProxiesSpec = None,
     realm: str | None = None,

@@ -40,7 +40,7 @@ def healthz() -> dict[str, Any]:
 
 
 @api.get("/whoami")
-@require_pipeline(None)  # None: use the app's BBVerify extension
+@require_pipeline()  # no verifier given: use the app's BBVerify extension
 def whoami() -> dict[str, Any]:
     return dict(current_claims().summary())
 

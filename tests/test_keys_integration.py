@@ -209,6 +209,30 @@ def test_failed_refresh_serves_stale_keys_until_max_stale(fresh: FakeIssuer) -> 
     v.verify(token)
 
 
+@pytest.mark.parametrize("mode", ["empty", "garbage", "500", "huge"])
+def test_bad_refresh_never_replaces_good_keys(fresh: FakeIssuer, mode: str) -> None:
+    clock = Clock()
+    ks = remote(fresh, cache_ttl=60, monotonic=clock)
+    v = fresh.verifier(keys=ks, cache_size=0)
+    token = fresh.mint()
+    v.verify(token)
+    fresh.fail(mode)
+    clock.advance(61)
+    v.verify(token)
+    wait_until(lambda: ks.last_error is not None)
+    assert ks.last_error is not None
+    assert fresh.jwks_requests == 2
+    assert v.verify(token).workspace_uuid == fresh.workspace_uuid
+
+
+def test_key_count_cap(fresh: FakeIssuer) -> None:
+    for i in range(64):
+        fresh.add_jwk({"kty": "oct", "kid": f"junk-{i}"})
+    with pytest.raises(KeysUnavailable):
+        fresh.verifier(**FAST).warm_up()
+    assert fresh.jwks_requests == 1
+
+
 # -- which keys are kept ----------------------------------------------------------------------------
 
 

@@ -17,7 +17,7 @@ from bbverify.testing import FakeIssuer
 from .properties import FuzzTarget, arbitrary_inputs, json_tokens, mutated_tokens
 
 SETTINGS = settings(
-    max_examples=250,
+    max_examples=200,
     deadline=None,
     derandomize=True,
     database=None,

@@ -283,3 +283,25 @@ def test_bounded_load_has_no_5xx_and_no_wrong_answer(kind: str) -> None:
         assert not any(t.is_alive() for t in threads)
         assert problems == []
         assert issuer.jwks_requests == 1  # sixteen cold clients, one key fetch
+
+
+@pytest.mark.parametrize("kind", sorted(SERVERS))
+def test_key_outage_is_503_with_retry_after(issuer: FakeIssuer, kind: str) -> None:
+    """RFC 9110 section 15.6.4: no keys is the server's problem (503 + Retry-After), never a 401 or a 500."""
+    build, serve = SERVERS[kind]
+    v = issuer.verifier()
+    issuer.fail("500")
+    try:
+        with serve(build(v)) as base:
+            parts = urlsplit(base)
+            conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
+            try:
+                conn.request("GET", PATH, headers={"Authorization": f"Bearer {issuer.mint()}"})
+                response = conn.getresponse()
+                response.read()
+            finally:
+                conn.close()
+    finally:
+        issuer.recover()
+    assert response.status == 503
+    assert int(response.getheader("Retry-After") or "0") >= 1

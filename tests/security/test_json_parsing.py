@@ -146,3 +146,16 @@ def test_payload_not_a_json_object(issuer: FakeIssuer, verifier: Verifier, paylo
 def test_payload_invalid_utf8(issuer: FakeIssuer, verifier: Verifier, payload: bytes) -> None:
     """RFC 8259 section 8.1: JSON text exchanged between systems is UTF-8; invalid UTF-8 is refused."""
     assert_rejected(verifier, issuer, issuer.sign(payload), "malformed")
+
+
+@pytest.mark.parametrize("digits", [4301, 20_000])
+def test_integers_beyond_the_parser_digit_limit(issuer: FakeIssuer, digits: int) -> None:
+    """CVE-2020-10735 (quadratic int parsing): over-long integers are malformed, even in a signed token.
+
+    The size cap is raised to 64 KiB so the parser, not the cap, meets the number.
+    """
+    v = issuer.verifier(max_token_bytes=65536)
+    claims = issuer.claims()
+    claims.pop("exp")
+    payload = _with_member(jdump(claims), '"exp":' + "9" * digits)
+    assert_rejected(v, issuer, issuer.sign(payload), "malformed")
