@@ -408,8 +408,14 @@ class RemoteKeySet:
         except Exception as exc:
             # Anything at all (network, JSON, a bug in a custom session) is a
             # failed fetch: the previous keys stay and the failure is logged.
-            message = str(exc) or type(exc).__name__
-            _log.warning("fetching the issuer's key set failed: %s", message)
+            if isinstance(exc, requests.RequestException):
+                # The full transport error is for the log; the short form may
+                # reach clients in a 503 description.
+                message = f"{type(exc).__name__} while fetching {exc.request.url if exc.request else 'keys'}"
+                _log.warning("fetching the issuer's key set failed: %s (%s)", message, exc)
+            else:
+                message = str(exc) or type(exc).__name__
+                _log.warning("fetching the issuer's key set failed: %s", message)
             with self._lock:
                 self._failed_at = self._now()
                 self._last_error = message
@@ -483,9 +489,13 @@ class RemoteKeySet:
                 )
             jwks_uri = config.get("jwks_uri")
             try:
-                self._jwks_url = check_fetch_url(jwks_uri, "jwks_uri")  # type: ignore[arg-type]
+                url = check_fetch_url(jwks_uri, "jwks_uri")  # type: ignore[arg-type]
             except ConfigurationError as exc:
                 raise _FetchAborted(f"discovery gave an unusable jwks_uri: {exc}") from None
+            if self.issuer.startswith("https://") and not url.startswith("https://"):
+                # A TLS issuer must not hand its keys out over plain HTTP, loopback or not.
+                raise _FetchAborted("discovery of an https issuer named a plain-http jwks_uri")
+            self._jwks_url = url
         document = self._get_json(self._jwks_url, deadline)
         return build_key_index(
             document,

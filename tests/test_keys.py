@@ -185,6 +185,7 @@ def test_discovery_finds_the_jwks(rsps: responses.RequestsMock, k1: SigningKey) 
         {"issuer": "https://evil.test/oidc", "jwks_uri": JWKS},
         {"jwks_uri": JWKS},
         {"issuer": ISSUER, "jwks_uri": "http://evil.test/keys.json"},  # not https
+        {"issuer": ISSUER, "jwks_uri": "http://127.0.0.1:8080/keys.json"},  # https issuer, plain http keys
         {"issuer": ISSUER},
         ["not", "an", "object"],
     ],
