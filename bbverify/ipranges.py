@@ -41,7 +41,7 @@ from typing import TypeAlias
 import requests
 
 from .errors import ConfigurationError
-from .keys import check_fetch_url
+from .fetch import FetchError, check_fetch_url, fetch_json, private_session
 
 __all__ = [
     "DEFAULT_FEED_URL",
@@ -345,7 +345,6 @@ class AtlassianIPRanges:
             raise ConfigurationError("must be an integer of at least 1024", key="max_body_bytes")
         self.max_body_bytes = max_body_bytes
         self._session = session
-        self._own_session: requests.Session | None = None
         self._clock = clock
 
         self._lock = threading.Lock()
@@ -455,11 +454,7 @@ class AtlassianIPRanges:
     def _run(self, future: Future[bool]) -> None:
         ok = False
         try:
-            body = self._read_url() if self._url is not None else self._read_file()
-            try:
-                document = json.loads(body.decode("utf-8"))
-            except (ValueError, RecursionError):
-                raise FeedError("feed is not JSON") from None
+            document = self._read_url() if self._url is not None else self._read_file()
             snapshot = parse_feed(
                 document,
                 product=self.product,
@@ -489,49 +484,26 @@ class AtlassianIPRanges:
             _log.info("loaded %d IP range(s) from %s", len(snapshot.ranges), self.source)
         future.set_result(ok)
 
-    def _read_file(self) -> bytes:
+    def _read_file(self) -> object:
         assert self._path is not None
         with self._path.open("rb") as fh:
             body = fh.read(self.max_body_bytes + 1)
         if len(body) > self.max_body_bytes:
             raise FeedError(f"{self._path} is larger than {self.max_body_bytes} bytes")
-        return body
+        try:
+            return json.loads(body.decode("utf-8"))
+        except (ValueError, RecursionError):
+            raise FeedError("feed is not JSON") from None
 
-    def _http(self) -> requests.Session:
-        if self._session is not None:
-            return self._session
-        if self._own_session is None:
-            self._own_session = requests.Session()
-            self._own_session.trust_env = False  # no proxy or netrc surprises by default
-        return self._own_session
-
-    def _read_url(self) -> bytes:
+    def _read_url(self) -> object:
         assert self._url is not None
-        url = self._url
+        if self._session is None:
+            self._session = private_session()
         deadline = time.monotonic() + self.timeout
-        headers = {"Accept": "application/json", "User-Agent": "bbverify"}
-        with self._http().get(
-            url, timeout=(self.timeout, self.timeout), allow_redirects=False, stream=True, headers=headers
-        ) as resp:
-            if resp.status_code != 200:
-                raise FeedError(f"{url} answered HTTP {resp.status_code}")
-            declared = resp.headers.get("Content-Length")
-            if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
-                raise FeedError(f"{url} body of {declared} bytes exceeds the cap")
-            chunks: list[bytes] = []
-            size = 0
-            while True:
-                # read1 returns what has arrived, so a slow drip is caught by the deadline.
-                chunk = resp.raw.read1(65536)
-                if not chunk:
-                    break
-                size += len(chunk)
-                if size > self.max_body_bytes:
-                    raise FeedError(f"{url} body exceeds {self.max_body_bytes} bytes")
-                if time.monotonic() > deadline:
-                    raise FeedError(f"{url} did not finish within {self.timeout:g}s")
-                chunks.append(chunk)
-        return b"".join(chunks)
+        try:
+            return fetch_json(self._session, self._url, deadline=deadline, max_bytes=self.max_body_bytes)
+        except FetchError as exc:
+            raise FeedError(str(exc)) from None
 
 
 def load_cidrs(

@@ -19,8 +19,6 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import json
 import logging
 import math
 import threading
@@ -29,11 +27,11 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 import requests
 
 from .errors import ConfigurationError, InvalidToken, KeysUnavailable
+from .fetch import FetchError, check_fetch_url, fetch_json, is_loopback_host, private_session
 from .jwk import SUPPORTED_ALGORITHMS, UnusableKey, VerifyingKey, parse_jwk
 
 __all__ = ["KeySource", "RemoteKeySet", "StaticKeySet", "check_fetch_url", "is_loopback_host"]
@@ -63,30 +61,6 @@ class KeySource(Protocol):
     def cached_key(self, kid: str | None, alg: str) -> VerifyingKey | None:
         """The key if it is usable now without any fetch, else ``None``."""
         ...
-
-
-def is_loopback_host(host: str | None) -> bool:
-    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
-    if not host:
-        return False
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def check_fetch_url(url: str, what: str = "url") -> str:
-    """Accept HTTPS URLs, and plain HTTP only on loopback (tests, the demo)."""
-    if not isinstance(url, str) or not url:
-        raise ConfigurationError("must be a non-empty URL", key=what)
-    parts = urlsplit(url)
-    if parts.scheme == "https" and parts.hostname:
-        return url
-    if parts.scheme == "http" and is_loopback_host(parts.hostname):
-        return url
-    raise ConfigurationError(f"{url!r} must be https:// (plain http is allowed only on loopback)", key=what)
 
 
 def _select(
@@ -177,10 +151,6 @@ class StaticKeySet:
         return self.get_key(kid, alg)
 
 
-class _FetchAborted(Exception):
-    pass
-
-
 class RemoteKeySet:
     """The issuer's JWKS, fetched over HTTPS and cached (see the module docs).
 
@@ -242,7 +212,6 @@ class RemoteKeySet:
         self.max_keys = int(max_keys)
         self.min_rsa_bits = int(min_rsa_bits)
         self._session = session
-        self._own_session: requests.Session | None = None
         self._now = monotonic
 
         self._lock = threading.Lock()
@@ -432,49 +401,12 @@ class RemoteKeySet:
         future.set_result(ok)
 
     def _http(self) -> requests.Session:
-        if self._session is not None:
-            return self._session
-        if self._own_session is None:
-            self._own_session = requests.Session()
-            self._own_session.trust_env = False  # no proxy or netrc surprises by default
-        return self._own_session
+        if self._session is None:
+            self._session = private_session()
+        return self._session
 
     def _get_json(self, url: str, deadline: float) -> object:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise _FetchAborted("deadline passed before the request")
-        # identity: the body is read raw (to cap it while it arrives), so a
-        # compressed answer would not be JSON; and a small gzip can expand hugely.
-        headers = {"Accept": "application/json", "Accept-Encoding": "identity", "User-Agent": "bbverify"}
-        with self._http().get(
-            url, timeout=(remaining, remaining), allow_redirects=False, stream=True, headers=headers
-        ) as resp:
-            if resp.status_code != 200:
-                raise _FetchAborted(f"{url} answered HTTP {resp.status_code}")
-            encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
-            if encoding not in ("", "identity"):
-                raise _FetchAborted(f"{url} answered with Content-Encoding {encoding[:40]!r}, not identity")
-            declared = resp.headers.get("Content-Length")
-            if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
-                raise _FetchAborted(f"{url} body of {declared} bytes exceeds the cap")
-            chunks: list[bytes] = []
-            size = 0
-            while True:
-                # read1 returns whatever has arrived, so a drip-feeding server
-                # is caught by the deadline between small reads.
-                chunk = resp.raw.read1(16384)
-                if not chunk:
-                    break
-                size += len(chunk)
-                if size > self.max_body_bytes:
-                    raise _FetchAborted(f"{url} body exceeds {self.max_body_bytes} bytes")
-                if time.monotonic() > deadline:
-                    raise _FetchAborted(f"{url} did not finish within {self.timeout:g}s")
-                chunks.append(chunk)
-        try:
-            return json.loads(b"".join(chunks).decode("utf-8"))
-        except (ValueError, RecursionError):
-            raise _FetchAborted(f"{url} did not return JSON") from None
+        return fetch_json(self._http(), url, deadline=deadline, max_bytes=self.max_body_bytes)
 
     def _fetch(self, deadline: float) -> tuple[dict[str, VerifyingKey], tuple[VerifyingKey, ...]]:
         if self._jwks_url is None:
@@ -482,19 +414,19 @@ class RemoteKeySet:
             discovery_url = self.issuer.rstrip("/") + "/.well-known/openid-configuration"
             config = self._get_json(discovery_url, deadline)
             if not isinstance(config, dict):
-                raise _FetchAborted("discovery document is not a JSON object")
+                raise FetchError("discovery document is not a JSON object")
             if config.get("issuer") != self.issuer:
-                raise _FetchAborted(
+                raise FetchError(
                     f"discovery names issuer {str(config.get('issuer'))[:200]!r}, not {self.issuer!r}"
                 )
             jwks_uri = config.get("jwks_uri")
             try:
                 url = check_fetch_url(jwks_uri, "jwks_uri")  # type: ignore[arg-type]
             except ConfigurationError as exc:
-                raise _FetchAborted(f"discovery gave an unusable jwks_uri: {exc}") from None
+                raise FetchError(f"discovery gave an unusable jwks_uri: {exc}") from None
             if self.issuer.startswith("https://") and not url.startswith("https://"):
                 # A TLS issuer must not hand its keys out over plain HTTP, loopback or not.
-                raise _FetchAborted("discovery of an https issuer named a plain-http jwks_uri")
+                raise FetchError("discovery of an https issuer named a plain-http jwks_uri")
             self._jwks_url = url
         document = self._get_json(self._jwks_url, deadline)
         return build_key_index(

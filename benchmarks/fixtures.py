@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import ipaddress
 import uuid
-from collections.abc import Callable, Sequence
-from typing import Any
 
-from bbverify.claims import PipelineClaims
-from bbverify.errors import PolicyDenied
-from bbverify.policies import RequestContext
+from bbverify.policies import Environments, IPRanges, Repositories, Rule, StepDuration
 from bbverify.testing import FakeIssuer
 
 #: A Bitbucket Pipelines runner address inside one of the allowed ranges below.
 CLIENT_IP = "34.199.54.113"
-#: A few of the Atlassian egress ranges Bitbucket Pipelines runners use (as an operator would list them).
+#: Egress ranges as an operator would list them (addresses of Bitbucket Pipelines runners).
 ALLOWED_CIDRS = (
     "34.199.54.113/32",
     "34.232.25.90/32",
@@ -41,44 +36,9 @@ def mint_tokens(issuer: FakeIssuer, count: int) -> list[str]:
     ]
 
 
-def _plain_rules(issuer: FakeIssuer) -> list[Callable[[PipelineClaims, RequestContext], object]]:
-    """The same four rules as plain callables (used until bbverify.policies has them)."""
-    repos = frozenset({issuer.repository_uuid, braced(), braced()})
-    envs = frozenset({issuer.environment_uuid})
-    nets = tuple(ipaddress.ip_network(c) for c in ALLOWED_CIDRS)
-
-    def repository_allowed(claims: PipelineClaims, ctx: RequestContext) -> None:
-        if claims.repository_uuid.lower() not in repos:
-            raise PolicyDenied("repository not allowed", rule="repository")
-
-    def environment_allowed(claims: PipelineClaims, ctx: RequestContext) -> None:
-        if claims.deployment_environment_uuid not in envs:
-            raise PolicyDenied("environment not allowed", rule="environment")
-
-    def ip_allowed(claims: PipelineClaims, ctx: RequestContext) -> None:
-        if ctx.client_ip is None:
-            raise PolicyDenied("no client address", rule="ip")
-        addr = ipaddress.ip_address(ctx.client_ip)
-        if not any(addr in n for n in nets):
-            raise PolicyDenied("address not allowed", rule="ip")
-
-    def step_duration(claims: PipelineClaims, ctx: RequestContext) -> None:
-        if ctx.now - claims.issued_at.timestamp() > MAX_STEP_SECONDS:
-            raise PolicyDenied("step has run too long", rule="duration")
-
-    return [repository_allowed, environment_allowed, ip_allowed, step_duration]
-
-
-def realistic_rules(issuer: FakeIssuer) -> tuple[Sequence[Any], str]:
-    """A repository allow list, an environment rule, an IP range and a step duration.
-
-    Uses bbverify's own rule classes when they exist; returns ``(rules, kind)``.
-    """
-    try:
-        from bbverify.policies import Environments, IPRanges, Repositories, StepDuration  # type: ignore[attr-defined]
-    except ImportError:
-        return _plain_rules(issuer), "plain callables (bbverify.policies rules missing)"
-    rules = [
+def realistic_rules(issuer: FakeIssuer) -> tuple[list[Rule], str]:
+    """A repository allow list, an environment rule, an IP range and a step duration."""
+    rules: list[Rule] = [
         Repositories(issuer.repository_uuid, braced(), braced()),
         Environments(issuer.environment_uuid),
         IPRanges(ALLOWED_CIDRS),

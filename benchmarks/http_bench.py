@@ -48,6 +48,13 @@ class Stats:
     latencies_ns: list[int] = field(default_factory=list)
     elapsed_ns: int = 0
     errors: int = 0
+    server_cpu_s: float = 0.0
+    round_rps: list[float] = field(default_factory=list)
+
+    @property
+    def server_cpu_us(self) -> float:
+        """Server CPU time (user + system) per request: steadier than req/s on a busy machine."""
+        return self.server_cpu_s / len(self.latencies_ns) * 1e6
 
     @property
     def rps(self) -> float:
@@ -75,6 +82,15 @@ class Server:
             self.stop()
             raise RuntimeError(f"{kind}/{mode} server did not start")
         self.port = int(line.split()[1])
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the server process has used so far (Linux /proc)."""
+        try:
+            with open(f"/proc/{self.proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -157,16 +173,21 @@ def run(issuer: FakeIssuer, *, requests: int, rounds: int, threads: int = 4) -> 
                 load(server.port, token, max(threads * 25, requests // 10), threads)  # warm-up
             for _ in range(rounds):
                 for mode, server in servers.items():
+                    cpu_before = server.cpu_seconds()
                     stats = load(server.port, token, requests // rounds, threads)
+                    stats.server_cpu_s = server.cpu_seconds() - cpu_before
                     total = results.setdefault(f"{label}, {mode}", Stats())
                     total.latencies_ns.extend(stats.latencies_ns)
                     total.elapsed_ns += stats.elapsed_ns
                     total.errors += stats.errors
+                    total.server_cpu_s += stats.server_cpu_s
+                    total.round_rps.append(stats.rps)
         finally:
             for server in servers.values():
                 server.stop()
     return results
 
 
-def median_ms(stats: Stats) -> float:
-    return statistics.median(stats.latencies_ns) / 1e6
+def kept_throughput(protected: Stats, unprotected: Stats) -> float:
+    """Median over rounds of protected/open req/s; each pair ran back to back, so drift cancels."""
+    return statistics.median(p / o for p, o in zip(protected.round_rps, unprotected.round_rps, strict=True))

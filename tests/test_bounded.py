@@ -38,7 +38,6 @@ def fresh_issuer() -> Iterator[FakeIssuer]:
 
 def _verifier(issuer: FakeIssuer, clock: Clock, **options: object) -> Verifier:
     keys = RemoteKeySet(jwks_url=issuer.jwks_url, cooldown=COOLDOWN, monotonic=clock)
-    keys.issuer = issuer.issuer
     verifier = issuer.verifier(keys=keys, **options)
     verifier.warm_up()
     return verifier
