@@ -233,3 +233,15 @@ def test_es256_zero_signature_fails(ec_key: ec.EllipticCurvePrivateKey) -> None:
     with pytest.raises(InvalidToken) as exc:
         key.verify("ES256", b"\x00" * 64, b"a.b")
     assert exc.value.code == "bad_signature"
+
+
+def test_roca_detection_does_not_flag_fresh_keys() -> None:
+    """CVE-2017-15361 fingerprint: keys from a sound generator are not flagged (false positives ~1e-25).
+
+    The Wycheproof ROCA key itself is refused in tests/test_wycheproof.py.
+    """
+    from bbverify.testing import SigningKey, generate_rsa_key
+
+    for i in range(3):
+        jwk = SigningKey(kid=f"k{i}", private_key=generate_rsa_key()).public_jwk()
+        assert parse_jwk(jwk, frozenset({"RS256"})).kid == f"k{i}"
