@@ -277,6 +277,13 @@ class TrustedProxies:
                 raise ConfigurationError(
                     f"{cidr!r} is not an address or CIDR", key=f"trusted_proxies[{i}]"
                 ) from None
+            if networks[-1].prefixlen == 0:
+                # Trusting every address as a proxy lets any caller choose its own IP.
+                raise ConfigurationError(
+                    f"{cidr!r} trusts every address as a proxy, so any caller could set its own IP; "
+                    "list your proxies' addresses, or give a hop count",
+                    key=f"trusted_proxies[{i}]",
+                )
         if not networks:
             return None
         return cls(networks=tuple(networks))
