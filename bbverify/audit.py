@@ -70,6 +70,14 @@ def wanted(allowed: bool, hook: DecisionHook | None) -> bool:
     return hook is not None or AUDIT_LOGGER.isEnabledFor(logging.INFO if allowed else logging.WARNING)
 
 
+def _printable(value: str | None) -> str | None:
+    # Claim values come from the token: a CR/LF in one must not forge a second
+    # audit line. isprintable() is one C pass, so clean values cost next to nothing.
+    if value is None or value.isprintable():
+        return value
+    return value.encode("unicode_escape").decode("ascii")
+
+
 def emit(decision: Decision, hook: DecisionHook | None) -> None:
     """Log ``decision`` on the audit logger and pass it to ``hook``."""
     level = logging.INFO if decision.allowed else logging.WARNING
@@ -78,13 +86,13 @@ def emit(decision: Decision, hook: DecisionHook | None) -> None:
             level,
             "%s code=%s rule=%s repository=%s environment=%s pipeline=%s step=%s client_ip=%s",
             "allow" if decision.allowed else "deny",
-            decision.code,
-            decision.rule,
-            decision.repository,
-            decision.environment,
-            decision.pipeline,
-            decision.step,
-            decision.client_ip,
+            _printable(decision.code),
+            _printable(decision.rule),
+            _printable(decision.repository),
+            _printable(decision.environment),
+            _printable(decision.pipeline),
+            _printable(decision.step),
+            _printable(decision.client_ip),
             extra={"bbverify": decision.as_dict()},
         )
     if hook is not None:

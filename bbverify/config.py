@@ -292,15 +292,29 @@ def rules_from_mapping(mapping: Mapping[str, Any]) -> list[Rule]:
     return _build_rules(_rule_values(mapping, names, parse_strings=False), names)
 
 
-def rules_from_env(environ: Mapping[str, Any] | None = None, prefix: str = "BBVERIFY_") -> list[Rule]:
-    """Build only the rules from ``BBVERIFY_*`` variables (verifier settings are ignored)."""
+def rules_from_env(
+    environ: Mapping[str, Any] | None = None, prefix: str = "BBVERIFY_", *, ignore: Iterable[str] = ()
+) -> list[Rule]:
+    """Build only the rules from ``BBVERIFY_*`` variables.
+
+    Verifier settings and the names in ``ignore`` (an adapter's own) are
+    skipped; any other ``BBVERIFY_*`` name is refused, so that a misspelt
+    rule setting cannot silently drop its rule.
+    """
     environ = os.environ if environ is None else environ
     names = _Names(prefix)
-    raw = {
-        k[len(prefix) :].lower(): v
-        for k, v in environ.items()
-        if isinstance(k, str) and k.startswith(prefix) and k[len(prefix) :].lower() in _RULES
-    }
+    skip = frozenset(ignore)
+    raw: dict[str, Any] = {}
+    for full, value in environ.items():
+        if not isinstance(full, str) or not full.startswith(prefix) or full in skip:
+            continue
+        name = full[len(prefix) :].lower()
+        if name in _RULES:
+            raw[name] = value
+        elif name not in _VERIFIER:
+            # A misspelt rule setting must fail, not silently drop the rule.
+            known = sorted(prefix + n.upper() for n in _RULES)
+            raise ConfigurationError(f"unknown rule setting; known settings: {', '.join(known)}", key=full)
     return _build_rules(_rule_values(raw, names, parse_strings=True), names)
 
 

@@ -441,7 +441,14 @@ class AtlassianIPRanges:
         future: Future[bool] = Future()
         self._inflight = future
         self.fetch_count += 1
-        threading.Thread(target=self._run, args=(future,), name="bbverify-ipranges", daemon=True).start()
+        try:
+            threading.Thread(target=self._run, args=(future,), name="bbverify-ipranges", daemon=True).start()
+        except RuntimeError as exc:  # "can't start new thread"
+            _log.warning("could not start loading IP ranges from %s: %s", self.source, exc)
+            self._failed_at = now
+            self._last_error = "could not start loading"
+            self._inflight = None
+            future.set_result(False)
         return future
 
     @staticmethod
@@ -462,8 +469,10 @@ class AtlassianIPRanges:
                 region=self.region,
                 perimeter=self.perimeter,
             )
-        except Exception as exc:
+        except BaseException as exc:
             # Anything (network, JSON, filter finding nothing) keeps the last good ranges.
+            # BaseException too: a thread ending without resolving the future
+            # would leave _inflight set, and no refresh would ever start again.
             message = str(exc) or type(exc).__name__
             kept = "keeping the last good ranges" if self._snapshot is not None else "no ranges loaded yet"
             _log.warning("loading IP ranges from %s failed (%s): %s", self.source, kept, message)

@@ -355,7 +355,14 @@ class RemoteKeySet:
         self._attempted_at = now
         self.fetch_count += 1
         thread = threading.Thread(target=self._run_fetch, args=(future,), name="bbverify-jwks", daemon=True)
-        thread.start()
+        try:
+            thread.start()
+        except RuntimeError as exc:  # "can't start new thread": out of threads or memory
+            _log.warning("could not start the key set fetch: %s", exc)
+            self._failed_at = now
+            self._last_error = "could not start the key set fetch"
+            self._inflight = None
+            future.set_result(False)
         return future
 
     def _wait(self, future: Future[bool]) -> None:
@@ -374,9 +381,12 @@ class RemoteKeySet:
         ok = False
         try:
             by_kid, all_keys = self._fetch(deadline)
-        except Exception as exc:
+        except BaseException as exc:
             # Anything at all (network, JSON, a bug in a custom session) is a
             # failed fetch: the previous keys stay and the failure is logged.
+            # BaseException too (SystemExit, gevent's Timeout): whatever ends
+            # this thread must resolve the future and clear _inflight, or every
+            # later caller would wait on a fetch that never finishes.
             if isinstance(exc, requests.RequestException):
                 # The full transport error is for the log; the short form may
                 # reach clients in a 503 description.

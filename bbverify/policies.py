@@ -20,7 +20,7 @@ rule                        codes
 :class:`IPRanges`           ``ip_not_allowed``, ``client_ip_unknown``,
                             ``client_ip_invalid``, ``ip_ranges_unavailable``
 :class:`StepDuration`       ``step_too_long``, ``token_lifetime_too_long``
-:func:`any_of`, :func:`not_`  ``policy_denied``
+:func:`any_of`, :func:`not_`  ``policy_denied`` (``any_of``: or an undecided code)
 ==========================  =======================================================
 
 :func:`all_of` passes the first inner denial through unchanged.
@@ -29,6 +29,7 @@ rule                        codes
 from __future__ import annotations
 
 import fnmatch
+import inspect
 import logging
 import math
 import os
@@ -99,8 +100,8 @@ def apply_rules(rules: Iterable[Rule], claims: PipelineClaims, context: RequestC
             raise
         except Exception as exc:
             raise _rule_failed(rule, exc) from None
-        if result is False:
-            raise _rule_returned_false(rule)
+        if result is not None and result is not True:
+            raise _rule_returned(rule, result)
 
 
 def check_rule(rule: Rule, claims: PipelineClaims, context: RequestContext) -> None:
@@ -111,8 +112,8 @@ def check_rule(rule: Rule, claims: PipelineClaims, context: RequestContext) -> N
         raise
     except Exception as exc:
         raise _rule_failed(rule, exc) from None
-    if result is False:
-        raise _rule_returned_false(rule)
+    if result is not None and result is not True:
+        raise _rule_returned(rule, result)
 
 
 def _rule_failed(rule: Rule, exc: Exception) -> PolicyDenied:
@@ -126,8 +127,23 @@ def _rule_failed(rule: Rule, exc: Exception) -> PolicyDenied:
     )
 
 
-def _rule_returned_false(rule: Rule) -> PolicyDenied:
-    return PolicyDenied(f"rule {rule_name(rule)} returned False", code="policy_denied", rule=rule_name(rule))
+def _rule_returned(rule: Rule, result: object) -> PolicyDenied:
+    if result is False:
+        return PolicyDenied(
+            f"rule {rule_name(rule)} returned False", code="policy_denied", rule=rule_name(rule)
+        )
+    # Only None and True admit. Anything else is a bug, most often an ``async def``
+    # rule whose coroutine (truthy, never run) would otherwise have admitted.
+    if inspect.iscoroutine(result):
+        result.close()  # it will never run; closing spares a "never awaited" warning
+    what = type(result).__name__
+    _log.error("rule %s returned a %s, not None/True/False; denying", rule_name(rule), what)
+    return PolicyDenied(
+        f"rule {rule_name(rule)} returned a {what} (rules admit only with None or True); "
+        "denied to fail closed",
+        code="policy_error",
+        rule=rule_name(rule),
+    )
 
 
 def as_rules(rules: Rule | Sequence[Rule] | None) -> tuple[Rule, ...]:
@@ -506,14 +522,19 @@ class _AnyOf(_BuiltinRule):
 
     def __call__(self, claims: PipelineClaims, context: RequestContext) -> None:
         reasons: list[str] = []
+        code = "policy_denied"
         for rule in self.rules:
             try:
                 check_rule(rule, claims, context)
             except PolicyDenied as denied:
                 reasons.append(f"{denied.rule}: {denied.code}: {denied.message}")
+                if denied.code in UNDECIDED_CODES and code not in UNDECIDED_CODES:
+                    # An alternative that could not decide might have admitted, so
+                    # the whole is undecided too: not_() must not invert it to admit.
+                    code = denied.code
             else:
                 return
-        raise self._deny("no alternative admitted the request (" + "; ".join(reasons) + ")", "policy_denied")
+        raise self._deny("no alternative admitted the request (" + "; ".join(reasons) + ")", code)
 
     def __repr__(self) -> str:
         return f"any_of({', '.join(repr(r) for r in self.rules)})"
@@ -550,7 +571,9 @@ def any_of(*rules: Rule) -> Rule:
     """A rule admitting when at least one rule admits (tried in order).
 
     When all deny, it denies with ``policy_denied`` and a message collecting
-    each alternative's reason.
+    each alternative's reason; if one of them could not decide (a code in
+    :data:`UNDECIDED_CODES`), it denies with that code instead, so that
+    :func:`not_` never inverts it.
     """
     return _AnyOf(_check_rules(rules, "any_of"))
 
