@@ -28,7 +28,7 @@ from .token import (
     DEFAULT_MAX_TOKEN_BYTES,
     Header,
     ParsedToken,
-    b64url_decode,
+    decode_payload,
     parse_header,
     parse_json_object,
     split,
@@ -79,8 +79,13 @@ _REQUIRED_STRINGS = (*_BITBUCKET_REQUIRED, "sub")
 
 
 def _check_bitbucket_claims(payload: Mapping[str, Any]) -> None:
+    get = payload.get
     for name in _REQUIRED_STRINGS:
-        value = payload.get(name)
+        value = get(name)
+        # One test for the usual case (the JSON parser makes exact str); the
+        # checks below decide, and word the error, for anything else.
+        if type(value) is str and value:
+            continue
         if value is None:
             raise InvalidToken(f"claim {name!r} is required", code="missing_claim")
         if not isinstance(value, str) or not value:
@@ -201,7 +206,10 @@ class Verifier:
         if not isinstance(issuer, str) or not issuer:
             raise ConfigurationError("must be a non-empty string", key="issuer")
         self.issuer: str = issuer
-        self.workspace_uuid = normalize_uuid(workspace_uuid, key="workspace_uuid") if workspace_uuid else None
+        # "" is refused, not read as "unset": it would drop the workspace pin silently.
+        self.workspace_uuid = (
+            normalize_uuid(workspace_uuid, key="workspace_uuid") if workspace_uuid is not None else None
+        )
         if audience is None and self.workspace_uuid is not None:
             audience = bitbucket_audience(self.workspace_uuid)
         self.audiences: frozenset[str] = self._check_audience(audience)
@@ -366,7 +374,7 @@ class Verifier:
         self, token: str | bytes, parsed: ParsedToken, header: Header, key: VerifyingKey
     ) -> PipelineClaims:
         key.verify(header.alg, parsed.signature, parsed.signing_input)
-        payload = parse_json_object(b64url_decode(parsed.payload_segment, "payload"), "payload")
+        payload = parse_json_object(decode_payload(parsed), "payload")
         now = self._clock()
         leeway = self.leeway
 
@@ -390,7 +398,7 @@ class Verifier:
 
         exp = _timestamp(payload, "exp", required=True)
         iat = _timestamp(payload, "iat", required=True)
-        nbf = _timestamp(payload, "nbf", required=False)
+        nbf = _timestamp(payload, "nbf", required=False) if "nbf" in payload else None  # Bitbucket sends none
         assert exp is not None and iat is not None
         if exp < iat:
             raise InvalidToken("claim 'exp' is before 'iat'", code="invalid_claim")
