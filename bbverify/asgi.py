@@ -105,6 +105,22 @@ def header_values(scope: Scope, name: bytes) -> list[bytes]:
     return [v for k, v in scope.get("headers") or () if k.lower() == name]
 
 
+def auth_headers(scope: Scope) -> tuple[list[bytes], list[bytes]]:
+    """The ``Authorization`` and ``X-Forwarded-For`` values of a scope, in order.
+
+    One pass over the headers, since every protected request needs both.
+    """
+    authorization: list[bytes] = []
+    forwarded_for: list[bytes] = []
+    for k, v in scope.get("headers") or ():
+        name = k.lower()
+        if name == b"authorization":
+            authorization.append(v)
+        elif name == b"x-forwarded-for":
+            forwarded_for.append(v)
+    return authorization, forwarded_for
+
+
 def peer_address(scope: Scope) -> str | None:
     """The socket peer's host from ``scope["client"]``, if the server gives one."""
     client = scope.get("client")
@@ -191,12 +207,11 @@ class PipelineAuthMiddleware:
             await self.app(scope, receive, send)
             return
         guard = self.guard
-        client = guard.client_ip(peer_address(scope), header_values(scope, b"x-forwarded-for"))
+        authorization, forwarded_for = auth_headers(scope)
+        client = guard.client_ip(peer_address(scope), forwarded_for)
         method = scope.get("method", "GET") if kind == "http" else "GET"
         try:
-            claims = await guard.averify(
-                header_values(scope, b"authorization"), client=client, method=method, path=path
-            )
+            claims = await guard.averify(authorization, client=client, method=method, path=path)
         except VerificationError as exc:
             if kind == "http":
                 await send_error(guard, exc, scope, receive, send)

@@ -31,7 +31,7 @@ from fastapi.security import HTTPBearer
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
-from .asgi import header_values, peer_address, set_scope_claims
+from .asgi import auth_headers, peer_address, set_scope_claims
 from .claims import PipelineClaims
 from .errors import VerificationError
 from .http import (
@@ -115,10 +115,11 @@ class PipelineAuth(HTTPBearer):
         reused = guard.reusable(scope.get(CLAIMS_KEY), scope.get(VERIFIER_KEY))
         if reused is not None:
             return reused
-        client = guard.client_ip(peer_address(scope), header_values(scope, b"x-forwarded-for"))
+        authorization, forwarded_for = auth_headers(scope)
+        client = guard.client_ip(peer_address(scope), forwarded_for)
         try:
             claims = await guard.averify(
-                header_values(scope, b"authorization"),
+                authorization,
                 client=client,
                 method=scope.get("method", "GET"),
                 path=scope.get("path") or "/",

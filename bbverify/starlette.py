@@ -18,14 +18,12 @@ request with a bad token is refused with the RFC 6750 answer.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from starlette.authentication import AuthCredentials, AuthenticationBackend, AuthenticationError, BaseUser
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
 
 from .asgi import PipelineUser as _PipelineUser
-from .asgi import header_values, peer_address, scopes_for
+from .asgi import auth_headers, peer_address, scopes_for
 from .errors import VerificationError
 from .http import CLAIMS_KEY, DEFAULT_REALM, VERIFIER_KEY, ErrorResponse, Guard, TrustedProxiesSpec
 from .policies import Rule
@@ -79,10 +77,10 @@ class PipelineAuthBackend(AuthenticationBackend):
 
     async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, PipelineUser] | None:
         scope = conn.scope
-        authorization: Sequence[bytes] = header_values(scope, b"authorization")
+        authorization, forwarded_for = auth_headers(scope)
         if not authorization:
             return None
-        client = self.guard.client_ip(peer_address(scope), header_values(scope, b"x-forwarded-for"))
+        client = self.guard.client_ip(peer_address(scope), forwarded_for)
         method = scope.get("method", "GET")
         try:
             claims = await self.guard.averify(
