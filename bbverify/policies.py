@@ -91,17 +91,8 @@ def rule_name(rule: object) -> str:
 
 def apply_rules(rules: Iterable[Rule], claims: PipelineClaims, context: RequestContext) -> None:
     """Run ``rules`` in order (all must allow); raise ``PolicyDenied`` on the first denial."""
-    # The body of check_rule, inlined: this loop runs on every request, cached
-    # tokens included, and a call per rule is a measurable share of that path.
     for rule in rules:
-        try:
-            result = rule(claims, context)
-        except PolicyDenied:
-            raise
-        except Exception as exc:
-            raise _rule_failed(rule, exc) from None
-        if result is not None and result is not True:
-            raise _rule_returned(rule, result)
+        check_rule(rule, claims, context)
 
 
 def check_rule(rule: Rule, claims: PipelineClaims, context: RequestContext) -> None:
