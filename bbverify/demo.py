@@ -9,7 +9,8 @@ loopback, so it trusts one proxy hop and reads the client address from
 Rules of the demo app:
 
 * every route: the token's repository is on an allow list, the client IP is
-  in Bitbucket's (sample) egress range, the step is at most 20 minutes old;
+  in Bitbucket's egress ranges (read from a sample of Atlassian's feed that
+  ships with the package), and the step is allowed at most 20 minutes;
 * ``/deploy`` also needs a deployment step for the production environment.
 """
 
@@ -29,6 +30,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import requests
 
+from .ipranges import SAMPLE_FEED
 from .policies import Environments, IPRanges, Repositories, StepDuration
 from .testing import FakeIssuer
 from .verifier import Verifier
@@ -36,7 +38,7 @@ from .wsgi import PipelineAuthMiddleware
 
 __all__ = ["Scenario", "run_demo"]
 
-#: A sample of Bitbucket's egress range, standing in for the published feed.
+#: An address in the Bitbucket egress ranges of the sample feed (bbverify.ipranges.SAMPLE_FEED).
 BITBUCKET_SAMPLE_IP = "34.199.54.113"
 OUTSIDER_IP = "203.0.113.9"
 
@@ -116,7 +118,8 @@ def serve(app: Any) -> Iterator[str]:
 def _protected(issuer: FakeIssuer, production: str, *, timeout: float = 2.0) -> Any:
     base_rules = [
         Repositories(issuer.repository_uuid),
-        IPRanges([BITBUCKET_SAMPLE_IP + "/32"]),
+        # Read through the same loader as the live feed, from the sample shipped in the package.
+        IPRanges.from_atlassian_feed(SAMPLE_FEED, product="bitbucket", direction="egress"),
         StepDuration(max_minutes=20),
     ]
     build = issuer.verifier(policies=base_rules, timeout=timeout, failure_backoff=1.0)
@@ -291,7 +294,8 @@ def _print_table(outcomes: list[Outcome], out: Any, verbose: bool) -> None:
     style = _Style(out)
     print("bbverify demo: a fake Bitbucket issuer and a protected app on 127.0.0.1", file=out)
     print(
-        "rules: repository allow list; Bitbucket IP range (one trusted proxy); step <= 20 min;"
+        "rules: repository allow list; Bitbucket egress IP ranges from a sample of Atlassian's feed"
+        " (one trusted proxy); step <= 20 min;"
         " /deploy: production environment only\n",
         file=out,
     )

@@ -45,6 +45,7 @@ from .fetch import FetchError, check_fetch_url, fetch_json, private_session
 
 __all__ = [
     "DEFAULT_FEED_URL",
+    "SAMPLE_FEED",
     "AddressSet",
     "AtlassianIPRanges",
     "FeedError",
@@ -59,6 +60,9 @@ __all__ = [
 _log = logging.getLogger("bbverify.ipranges")
 
 DEFAULT_FEED_URL = "https://ip-ranges.atlassian.com/"
+#: A small file shaped like Atlassian's feed, shipped for offline demos and
+#: tests. Its ranges are examples, not current data: production uses the URL.
+SAMPLE_FEED = Path(__file__).resolve().parent / "data" / "atlassian-ip-ranges.sample.json"
 DEFAULT_REFRESH_INTERVAL = 3600.0
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_FAILURE_BACKOFF = 60.0

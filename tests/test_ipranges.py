@@ -15,6 +15,7 @@ import pytest
 
 from bbverify.errors import ConfigurationError
 from bbverify.ipranges import (
+    SAMPLE_FEED,
     AddressSet,
     AtlassianIPRanges,
     FeedError,
@@ -266,8 +267,8 @@ def test_load_cidrs_and_packaged_sample() -> None:
     cidrs = load_cidrs(str(FIXTURE))
     assert cidrs[0] == "3.216.235.48/28"  # IPv4 sorted first
     assert "2406:da1c:1e0:a200::/56" in cidrs
-    sample = Path(__file__).parent.parent / "bbverify" / "data" / "atlassian-ip-ranges.sample.json"
-    assert load_cidrs(sample) == cidrs
+    # The demo reads the packaged sample through the real loader.
+    assert load_cidrs(SAMPLE_FEED) == cidrs
 
 
 # -- real loopback HTTP -----------------------------------------------------------------
