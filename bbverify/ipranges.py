@@ -28,12 +28,10 @@ import json
 import logging
 import math
 import os
-import threading
 import time
 from bisect import bisect_right
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeAlias
@@ -42,6 +40,7 @@ import requests
 
 from .errors import ConfigurationError
 from .fetch import FetchError, check_fetch_url, fetch_json, private_session
+from .refresh import BackgroundLoader, settled
 
 __all__ = [
     "DEFAULT_FEED_URL",
@@ -297,7 +296,7 @@ def _number(value: object, key: str, *, positive: bool = False) -> float:
     return float(value)
 
 
-class AtlassianIPRanges:
+class AtlassianIPRanges(BackgroundLoader[FeedSnapshot]):
     """Atlassian's IP ranges for one product and direction, kept fresh.
 
     Args:
@@ -313,6 +312,8 @@ class AtlassianIPRanges:
         session: a ``requests.Session`` (proxies, CA bundle); redirects stay off.
         clock: monotonic seconds; injectable for tests.
     """
+
+    _thread_name = "bbverify-ipranges"
 
     def __init__(
         self,
@@ -351,14 +352,9 @@ class AtlassianIPRanges:
         self._session = session
         self._clock = clock
 
-        self._lock = threading.Lock()
+        self._init_loader(clock)
         self._snapshot: FeedSnapshot | None = None
         self._loaded_at: float | None = None
-        self._failed_at: float | None = None
-        self._last_error: str | None = None
-        self._inflight: Future[bool] | None = None
-        #: How many loads were started (tests and monitoring).
-        self.fetch_count = 0
 
         if not lazy and not self.refresh():
             raise ConfigurationError(
@@ -434,68 +430,39 @@ class AtlassianIPRanges:
     def _start_locked(self, now: float, *, force: bool) -> Future[bool]:
         if self._inflight is not None:
             return self._inflight
-        if not force and self._failed_at is not None and now - self._failed_at < self.failure_backoff:
-            done: Future[bool] = Future()
-            done.set_result(False)
-            return done
+        if not force and self._in_backoff(now, self.failure_backoff):
+            return settled(False)
         if not force and self._loaded_at is not None and now - self._loaded_at < self.refresh_interval:
-            done = Future()
-            done.set_result(True)
-            return done
-        future: Future[bool] = Future()
-        self._inflight = future
-        self.fetch_count += 1
-        try:
-            threading.Thread(target=self._run, args=(future,), name="bbverify-ipranges", daemon=True).start()
-        except RuntimeError as exc:  # "can't start new thread"
-            _log.warning("could not start loading IP ranges from %s: %s", self.source, exc)
-            self._failed_at = now
-            self._last_error = "could not start loading"
-            self._inflight = None
-            future.set_result(False)
-        return future
+            return settled(True)
+        return self._launch_locked(now)
 
-    @staticmethod
-    def _wait(future: Future[bool], timeout: float) -> bool:
-        try:
-            return future.result(timeout=timeout)
-        except FutureTimeout:
-            return False
+    @classmethod
+    def _wait(cls, future: Future[bool], timeout: float) -> bool:
+        return bool(cls._wait_for(future, timeout))
 
-    def _run(self, future: Future[bool]) -> None:
-        ok = False
-        try:
-            document = self._read_url() if self._url is not None else self._read_file()
-            snapshot = parse_feed(
-                document,
-                product=self.product,
-                direction=self.direction,
-                region=self.region,
-                perimeter=self.perimeter,
-            )
-        except BaseException as exc:
-            # Anything (network, JSON, filter finding nothing) keeps the last good ranges.
-            # BaseException too: a thread ending without resolving the future
-            # would leave _inflight set, and no refresh would ever start again.
-            message = str(exc) or type(exc).__name__
-            kept = "keeping the last good ranges" if self._snapshot is not None else "no ranges loaded yet"
-            _log.warning("loading IP ranges from %s failed (%s): %s", self.source, kept, message)
-            with self._lock:
-                self._failed_at = self._clock()
-                self._last_error = message
-                self._inflight = None
-        else:
-            ok = True
-            if snapshot.skipped:
-                _log.info("ignored %d unusable item(s) in %s", snapshot.skipped, self.source)
-            with self._lock:
-                self._snapshot = snapshot
-                self._loaded_at = self._clock()
-                self._failed_at = None
-                self._last_error = None
-                self._inflight = None
-            _log.info("loaded %d IP range(s) from %s", len(snapshot.ranges), self.source)
-        future.set_result(ok)
+    def _load(self) -> FeedSnapshot:
+        document = self._read_url() if self._url is not None else self._read_file()
+        return parse_feed(
+            document,
+            product=self.product,
+            direction=self.direction,
+            region=self.region,
+            perimeter=self.perimeter,
+        )
+
+    def _install(self, value: FeedSnapshot, now: float) -> None:
+        if value.skipped:
+            _log.info("ignored %d unusable item(s) in %s", value.skipped, self.source)
+        self._snapshot = value
+        self._loaded_at = now
+        _log.info("loaded %d IP range(s) from %s", len(value.ranges), self.source)
+
+    def _failed(self, exc: BaseException) -> str:
+        # Anything (network, JSON, filter finding nothing) keeps the last good ranges.
+        message = str(exc) or type(exc).__name__
+        kept = "keeping the last good ranges" if self._snapshot is not None else "no ranges loaded yet"
+        _log.warning("loading IP ranges from %s failed (%s): %s", self.source, kept, message)
+        return message
 
     def _read_file(self) -> object:
         assert self._path is not None

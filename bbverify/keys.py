@@ -21,18 +21,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
 import requests
 
 from .errors import ConfigurationError, InvalidToken, KeysUnavailable
 from .fetch import FetchError, check_fetch_url, fetch_json, is_loopback_host, private_session
 from .jwk import SUPPORTED_ALGORITHMS, UnusableKey, VerifyingKey, parse_jwk
+from .refresh import BackgroundLoader, settled
 
 __all__ = ["KeySource", "RemoteKeySet", "StaticKeySet", "check_fetch_url", "is_loopback_host"]
 
@@ -84,9 +83,13 @@ def _unknown_key(kid: str | None) -> InvalidToken:
     return InvalidToken(f"no usable key with kid {kid[:64]!r} in the issuer's key set", code="unknown_key")
 
 
+#: Usable keys by kid, and every usable key (kid-less ones included).
+KeyIndex: TypeAlias = tuple[dict[str, VerifyingKey], tuple[VerifyingKey, ...]]
+
+
 def build_key_index(
     document: object, allowed_algorithms: frozenset[str], *, min_rsa_bits: int, max_keys: int, source: str
-) -> tuple[dict[str, VerifyingKey], tuple[VerifyingKey, ...]]:
+) -> KeyIndex:
     """Parse a JWKS document into usable keys; raise ``ValueError`` if none."""
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise ValueError("JWKS is not a JSON object with a 'keys' array")
@@ -151,7 +154,7 @@ class StaticKeySet:
         return self.get_key(kid, alg)
 
 
-class RemoteKeySet:
+class RemoteKeySet(BackgroundLoader[KeyIndex]):
     """The issuer's JWKS, fetched over HTTPS and cached (see the module docs).
 
     Give ``jwks_url`` to skip discovery; otherwise the key set's address comes
@@ -159,6 +162,8 @@ class RemoteKeySet:
     equal ``issuer`` exactly. Pass ``session`` to use your own
     ``requests.Session`` (proxies, CA bundle); redirects stay disabled.
     """
+
+    _thread_name = "bbverify-jwks"
 
     def __init__(
         self,
@@ -214,16 +219,11 @@ class RemoteKeySet:
         self._session = session
         self._now = monotonic
 
-        self._lock = threading.Lock()
+        self._init_loader(monotonic)
         self._by_kid: dict[str, VerifyingKey] = {}
         self._all: tuple[VerifyingKey, ...] = ()
         self._fetched_at: float | None = None  # last good fetch
         self._attempted_at: float | None = None  # last fetch start
-        self._failed_at: float | None = None  # last failure, cleared by success
-        self._last_error: str | None = None
-        self._inflight: Future[bool] | None = None
-        #: Number of JWKS fetches started (discovery included in the same fetch).
-        self.fetch_count = 0
 
     # -- public -------------------------------------------------------------
 
@@ -329,14 +329,14 @@ class RemoteKeySet:
                 return None, self._start_fetch_locked(now, force=True)
             if self._inflight is not None:
                 return None, self._inflight
-            if self._failed_at is not None and now - self._failed_at < self.failure_backoff:
+            if self._in_backoff(now, self.failure_backoff):
                 raise self._unavailable()
             return None, self._start_fetch_locked(now, force=True)
 
     def _may_refetch(self, now: float) -> bool:
         if self._attempted_at is not None and now - self._attempted_at < self.cooldown:
             return False
-        return not (self._failed_at is not None and now - self._failed_at < self.failure_backoff)
+        return not self._in_backoff(now, self.failure_backoff)
 
     def _start_fetch(self, *, force: bool) -> Future[bool]:
         with self._lock:
@@ -345,70 +345,41 @@ class RemoteKeySet:
     def _start_fetch_locked(self, now: float, *, force: bool) -> Future[bool]:
         if self._inflight is not None:
             return self._inflight
-        if not force and self._failed_at is not None and now - self._failed_at < self.failure_backoff:
+        if not force and self._in_backoff(now, self.failure_backoff):
             # Background refreshes respect the backoff; the stale keys keep serving.
-            done: Future[bool] = Future()
-            done.set_result(False)
-            return done
-        future: Future[bool] = Future()
-        self._inflight = future
+            return settled(False)
         self._attempted_at = now
-        self.fetch_count += 1
-        thread = threading.Thread(target=self._run_fetch, args=(future,), name="bbverify-jwks", daemon=True)
-        try:
-            thread.start()
-        except RuntimeError as exc:  # "can't start new thread": out of threads or memory
-            _log.warning("could not start the key set fetch: %s", exc)
-            self._failed_at = now
-            self._last_error = "could not start the key set fetch"
-            self._inflight = None
-            future.set_result(False)
-        return future
+        return self._launch_locked(now)
 
     def _wait(self, future: Future[bool]) -> None:
-        try:
-            future.result(timeout=self.timeout)
-        except FutureTimeout:
+        if self._wait_for(future, self.timeout) is None:
             raise KeysUnavailable(
                 f"key set fetch did not finish within {self.timeout:g}s",
                 retry_after=math.ceil(self.failure_backoff or 1),
-            ) from None
+            )
 
-    def _run_fetch(self, future: Future[bool]) -> None:
+    def _load(self) -> KeyIndex:
         # Network deadlines use the real clock: ``monotonic`` is injectable for
         # cache ages, and a frozen test clock must not let a fetch run forever.
-        deadline = time.monotonic() + self.timeout
-        ok = False
-        try:
-            by_kid, all_keys = self._fetch(deadline)
-        except BaseException as exc:
-            # Anything at all (network, JSON, a bug in a custom session) is a
-            # failed fetch: the previous keys stay and the failure is logged.
-            # BaseException too (SystemExit, gevent's Timeout): whatever ends
-            # this thread must resolve the future and clear _inflight, or every
-            # later caller would wait on a fetch that never finishes.
-            if isinstance(exc, requests.RequestException):
-                # The full transport error is for the log; the short form may
-                # reach clients in a 503 description.
-                message = f"{type(exc).__name__} while fetching {exc.request.url if exc.request else 'keys'}"
-                _log.warning("fetching the issuer's key set failed: %s (%s)", message, exc)
-            else:
-                message = str(exc) or type(exc).__name__
-                _log.warning("fetching the issuer's key set failed: %s", message)
-            with self._lock:
-                self._failed_at = self._now()
-                self._last_error = message
-                self._inflight = None
+        return self._fetch(time.monotonic() + self.timeout)
+
+    def _install(self, value: KeyIndex, now: float) -> None:
+        self._by_kid, self._all = value
+        self._fetched_at = now
+        _log.info("fetched %d usable key(s) from %s", len(self._all), self._jwks_url)
+
+    def _failed(self, exc: BaseException) -> str:
+        # Anything at all (network, JSON, a bug in a custom session) is a
+        # failed fetch: the previous keys stay and the failure is logged.
+        if isinstance(exc, requests.RequestException):
+            # The full transport error is for the log; the short form may
+            # reach clients in a 503 description.
+            message = f"{type(exc).__name__} while fetching {exc.request.url if exc.request else 'keys'}"
+            _log.warning("fetching the issuer's key set failed: %s (%s)", message, exc)
         else:
-            ok = True
-            with self._lock:
-                self._by_kid, self._all = by_kid, all_keys
-                self._fetched_at = self._now()
-                self._failed_at = None
-                self._last_error = None
-                self._inflight = None
-            _log.info("fetched %d usable key(s) from %s", len(all_keys), self._jwks_url)
-        future.set_result(ok)
+            message = str(exc) or type(exc).__name__
+            _log.warning("fetching the issuer's key set failed: %s", message)
+        return message
 
     def _http(self) -> requests.Session:
         if self._session is None:
@@ -418,7 +389,7 @@ class RemoteKeySet:
     def _get_json(self, url: str, deadline: float) -> object:
         return fetch_json(self._http(), url, deadline=deadline, max_bytes=self.max_body_bytes)
 
-    def _fetch(self, deadline: float) -> tuple[dict[str, VerifyingKey], tuple[VerifyingKey, ...]]:
+    def _fetch(self, deadline: float) -> KeyIndex:
         if self._jwks_url is None:
             assert self.issuer is not None
             discovery_url = self.issuer.rstrip("/") + "/.well-known/openid-configuration"
