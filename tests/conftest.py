@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from bbverify.testing import FakeIssuer
@@ -14,3 +15,10 @@ def issuer() -> Iterator[FakeIssuer]:
     """A fake issuer shared by the tests of one module (key generation is slow)."""
     with FakeIssuer() as fake:
         yield fake
+
+
+@pytest.fixture(scope="module")
+def http() -> Iterator[httpx.Client]:
+    """An HTTP client for the adapter tests' loopback servers."""
+    with httpx.Client(timeout=10) as client:
+        yield client

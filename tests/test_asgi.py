@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from servers import serve_asgi
+from servers import bearer, serve_asgi
 from starlette.applications import Starlette
 from starlette.authentication import requires
 from starlette.middleware import Middleware
@@ -125,16 +125,6 @@ def behind_one_hop(verifier: Verifier) -> Iterator[str]:
     app = PipelineAuthMiddleware(make_app(), verifier=verifier, trusted_proxies=1)
     with serve_asgi(app) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=10) as client:
-        yield client
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 # -- allowed --------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import httpx
 import pytest
 from fastapi import Depends, FastAPI, Request, Security
-from servers import serve_asgi
+from servers import bearer, serve_asgi
 from starlette.responses import PlainTextResponse
 
 from bbverify import PipelineClaims, PolicyDenied, Verifier
@@ -83,16 +83,6 @@ def verifier(issuer: FakeIssuer) -> Verifier:
 def url(verifier: Verifier) -> Iterator[str]:
     with serve_asgi(build_app(verifier)) as base:
         yield base
-
-
-@pytest.fixture(scope="module")
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=10) as client:
-        yield client
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def test_valid_token_returns_claims(issuer: FakeIssuer, url: str, http: httpx.Client) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import requests
 from flask import Blueprint, Flask, g
-from servers import serve_wsgi
+from servers import bearer, serve_wsgi
 
 from bbverify import ConfigurationError, PipelineClaims, PolicyDenied, Verifier
 from bbverify.flask import BBVerify, current_claims, require_pipeline
@@ -71,10 +71,6 @@ def create_app(issuer: FakeIssuer, **config: Any) -> Flask:
 @pytest.fixture(scope="module")
 def app(issuer: FakeIssuer) -> Flask:
     return create_app(issuer)
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def test_extension_builds_verifier_from_config(app: Flask, issuer: FakeIssuer) -> None:

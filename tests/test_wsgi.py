@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import requests
-from servers import serve_wsgi
+from servers import bearer, serve_wsgi
 
 from bbverify import PipelineClaims, PolicyDenied, Verifier
 from bbverify.http import ErrorResponse
@@ -66,10 +66,6 @@ def http() -> Iterator[requests.Session]:
     with requests.Session() as session:
         session.trust_env = False
         yield session
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def test_valid_token(issuer: FakeIssuer, direct: str, http: requests.Session) -> None:
