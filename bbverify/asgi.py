@@ -133,11 +133,10 @@ async def send_error(
     guard: Guard, error: VerificationError, scope: Scope, receive: Receive, send: Send
 ) -> None:
     """Answer an HTTP request with the refusal for ``error`` (or the user's ``on_error``)."""
-    custom = guard.custom_error(error)
-    if custom is not None and not isinstance(custom, ErrorResponse) and callable(custom):
-        await custom(scope, receive, send)  # a framework response, e.g. Starlette's
+    response, native = guard.refusal(error)
+    if callable(native):
+        await native(scope, receive, send)  # a framework response, e.g. Starlette's
         return
-    response = custom if isinstance(custom, ErrorResponse) else guard.error_response(error)
     await send_http(response, send, "http.response")
 
 
@@ -231,8 +230,7 @@ class PipelineAuthMiddleware:
             return  # the client is already gone
         extensions = scope.get("extensions") or {}
         if self.websocket_denial == "http" and "websocket.http.response" in extensions:
-            custom = self.guard.custom_error(error)
-            response = custom if isinstance(custom, ErrorResponse) else self.guard.error_response(error)
+            response, _ = self.guard.refusal(error)
             await send_http(response, send, "websocket.http.response")
             return
         await send({"type": "websocket.close", "code": WS_POLICY_VIOLATION, "reason": ""})

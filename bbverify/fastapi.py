@@ -125,9 +125,8 @@ class PipelineAuth(HTTPBearer):
                 path=scope.get("path") or "/",
             )
         except VerificationError as exc:
-            custom = guard.custom_error(exc)
-            response = custom if isinstance(custom, ErrorResponse | Response) else guard.error_response(exc)
-            raise PipelineAuthError(exc, response) from None
+            response, native = guard.refusal(exc)
+            raise PipelineAuthError(exc, native if isinstance(native, Response) else response) from None
         if CLAIMS_KEY not in scope:
             set_scope_claims(scope, claims, guard.verifier)
         return claims

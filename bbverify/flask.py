@@ -39,7 +39,6 @@ from .http import (
     DEFAULT_REALM,
     VERIFIER_KEY,
     ErrorHandler,
-    ErrorResponse,
     Guard,
     TrustedProxiesSpec,
 )
@@ -158,10 +157,9 @@ def current_claims() -> PipelineClaims:
 
 
 def _refusal(guard: Guard, error: VerificationError) -> ResponseReturnValue:
-    custom = guard.custom_error(error)
-    if custom is not None and not isinstance(custom, ErrorResponse):
-        return make_response(custom)
-    response = custom if isinstance(custom, ErrorResponse) else guard.error_response(error)
+    response, native = guard.refusal(error)
+    if native is not None:
+        return make_response(native)
     return current_app.response_class(response.body, status=response.status, headers=list(response.headers))
 
 
@@ -182,7 +180,7 @@ def require_pipeline(
     if verifier is not None and not isinstance(verifier, Verifier):
         raise ConfigurationError(
             "require_pipeline(verifier, *rules) needs a Verifier or None first "
-            "(write @require_pipeline(None) to use the app's BBVerify extension)",
+            "(write @require_pipeline() to use the app's BBVerify extension)",
             key="verifier",
         )
     own: Guard | None = None
@@ -212,7 +210,7 @@ def require_pipeline(
         reused = guard.reusable(environ.get(CLAIMS_KEY), environ.get(VERIFIER_KEY))
         if reused is None:
             authorization, peer, forwarded = environ_request(environ)
-            client = guard.client_ip(request.remote_addr or peer, forwarded)
+            client = guard.client_ip(peer, forwarded)
             try:
                 reused = guard.verify(authorization, client=client, method=request.method, path=request.path)
             except VerificationError as exc:

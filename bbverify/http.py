@@ -571,6 +571,20 @@ class Guard:
         """The default answer for ``error`` under this guard's realm."""
         return error_response(error, self.realm)
 
+    def refusal(self, error: VerificationError) -> tuple[ErrorResponse, object | None]:
+        """The answer for ``error``: ``(response, native)``.
+
+        ``response`` is the :class:`ErrorResponse` to send: what ``on_error``
+        returned if that was one, else the default. ``native`` is a
+        framework-native answer ``on_error`` returned instead (an ASGI or WSGI
+        app, a Flask response value), for the adapter to use if it can; else
+        ``None``.
+        """
+        custom = self.custom_error(error)
+        if isinstance(custom, ErrorResponse):
+            return custom, None
+        return self.error_response(error), custom
+
     def custom_error(self, error: VerificationError) -> object | None:
         """What ``on_error`` returns for ``error`` (``None`` when unset or on failure)."""
         if self.on_error is None:

@@ -106,10 +106,9 @@ class PipelineAuthMiddleware:
                 authorization, client=client, method=environ.get("REQUEST_METHOD"), path=path
             )
         except VerificationError as exc:
-            custom = guard.custom_error(exc)
-            if custom is not None and not isinstance(custom, ErrorResponse) and callable(custom):
-                return custom(environ, start_response)  # type: ignore[no-any-return]
-            response = custom if isinstance(custom, ErrorResponse) else guard.error_response(exc)
+            response, native = guard.refusal(exc)
+            if callable(native):
+                return native(environ, start_response)
             return send_error(response, start_response)
         environ[CLAIMS_KEY] = claims
         environ[VERIFIER_KEY] = guard.verifier
