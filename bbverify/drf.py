@@ -31,7 +31,6 @@ from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
-from rest_framework.views import exception_handler as drf_exception_handler
 
 from .claims import PipelineClaims
 from .django.conf import check_policy, get_config
@@ -201,4 +200,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Any:
     """
     if isinstance(exc, PipelineAuthError):
         return as_django(exc.response)
+    # Imported here: rest_framework.views imports the authentication classes named
+    # in settings (this module) while it loads.
+    from rest_framework.views import exception_handler as drf_exception_handler
+
     return drf_exception_handler(exc, context)

@@ -28,6 +28,7 @@ setting as written in ``settings.py``: ``BBVERIFY['rules']['repositories'][1]``.
 
 from __future__ import annotations
 
+import difflib
 import re
 import threading
 from collections.abc import Mapping
@@ -178,9 +179,13 @@ def build_config(settings: Any) -> DjangoConfig:
     Raises :class:`ConfigurationError` naming the setting path on any mistake.
     """
     for name in dir(settings):
-        if name.upper().startswith("BBVERIFY") and name not in (SETTING, ADAPTER_SETTING):
+        if name in (SETTING, ADAPTER_SETTING) or not name.isupper():
+            continue
+        near = difflib.get_close_matches(name, (SETTING, ADAPTER_SETTING), n=1, cutoff=0.8)
+        if name.startswith("BBVERIFY") or near:
+            hint = f" (did you mean {near[0]}?)" if near else ""
             raise ConfigurationError(
-                f"unknown setting; bbverify reads {SETTING} and {ADAPTER_SETTING} only", key=name
+                f"unknown setting{hint}; bbverify reads {SETTING} and {ADAPTER_SETTING} only", key=name
             )
     table = getattr(settings, SETTING, None)
     if table is None:

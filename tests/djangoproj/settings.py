@@ -1,0 +1,39 @@
+"""Django settings for bbverify's Django tests (a separate module: nothing leaks into other tests).
+
+``BBVERIFY`` is replaced per test with ``override_settings`` (the fake issuer's
+URL is only known at run time); the gunicorn/uvicorn tests read it from
+``BBVERIFY_TEST_ISSUER`` / ``BBVERIFY_TEST_AUDIENCE`` instead.
+"""
+
+from __future__ import annotations
+
+import os
+
+SECRET_KEY = "bbverify-tests-only"  # noqa: S105
+DEBUG = False
+ALLOWED_HOSTS = ["testserver", "127.0.0.1", "localhost"]
+ROOT_URLCONF = "djangoproj.urls"
+USE_TZ = True
+INSTALLED_APPS = [
+    "django.contrib.contenttypes",
+    "django.contrib.auth",
+    "rest_framework",
+    "bbverify.django",
+]
+MIDDLEWARE: list[str] = []
+DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["bbverify.drf.PipelineAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "UNAUTHENTICATED_USER": None,
+    "EXCEPTION_HANDLER": "bbverify.drf.exception_handler",
+}
+
+# Servers started by the tests pass the fake issuer in the environment.
+BBVERIFY = {
+    "issuer": os.environ.get("BBVERIFY_TEST_ISSUER", "https://issuer.invalid/oidc"),
+    "audience": os.environ.get("BBVERIFY_TEST_AUDIENCE", "test-audience"),
+}
+if os.environ.get("BBVERIFY_TEST_MIDDLEWARE") == "1":
+    MIDDLEWARE = ["bbverify.django.PipelineAuthMiddleware"]
+    BBVERIFY_DJANGO = {"exclude_paths": ["/healthz"]}
