@@ -12,10 +12,10 @@ import pytest
 pytest.importorskip("django")
 pytest.importorskip("rest_framework")
 
-from django_support import Case, configured, refusal_cases, rules_for, setup_django  # noqa: E402
+from django_support import Case, configured, refusal_cases, rules_for, setup_django
 
-from bbverify.http import error_response  # noqa: E402
-from bbverify.testing import FakeIssuer  # noqa: E402
+from bbverify.http import error_response
+from bbverify.testing import FakeIssuer
 
 setup_django()
 
@@ -135,7 +135,8 @@ def test_manage_py_check_reports_the_error(issuer: FakeIssuer) -> None:
 
 
 def test_middleware_admits_and_sets_claims(issuer: FakeIssuer) -> None:
-    with configured(issuer, middleware=True, adapter={"exclude_paths": ["/healthz"]}, rules=rules_for(issuer)):
+    adapter = {"exclude_paths": ["/healthz"]}
+    with configured(issuer, middleware=True, adapter=adapter, rules=rules_for(issuer)):
         client = Client()
         token = issuer.mint()
         ok = client.get("/plain", **_headers(f"Bearer {token}"))
