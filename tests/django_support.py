@@ -9,6 +9,7 @@ follows through Django's ``setting_changed`` signal.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -20,6 +21,8 @@ import django
 from django.conf import settings
 from django.test.utils import override_settings
 
+from bbverify.errors import VerificationError
+from bbverify.http import error_response
 from bbverify.testing import FakeIssuer
 
 SETTINGS_MODULE = "djangoproj.settings"
@@ -139,3 +142,30 @@ RULES = {"branches": [ALLOWED_BRANCH], "max_step_minutes": 120}
 
 def rules_for(issuer: FakeIssuer) -> dict[str, Any]:
     return {**RULES, "repositories": [issuer.repository_uuid]}
+
+
+def assert_refusal(response: Any, case: Case) -> None:
+    """Status, headers and body exactly as bbverify.http.error_response words them."""
+    assert response.status_code == case.status, (case.name, response.content)
+    body = json.loads(response.content)
+    assert body["code"] == case.code, case.name
+    assert body["error"] == case.error, case.name
+    assert set(body) == {"error", "code", "message"}
+    # Django responses and httpx responses both have case-insensitive .headers.
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.headers["Cache-Control"] == "no-store"
+    expected = error_response(_error(case, body), "bbverify")
+    assert response.content == expected.body, case.name
+    assert response.headers["WWW-Authenticate"] == expected.header("WWW-Authenticate"), case.name
+
+
+def _error(case: Case, body: dict[str, str]) -> VerificationError:
+    from bbverify.errors import InvalidToken, KeysUnavailable, PolicyDenied
+    from bbverify.http import InvalidRequest, MissingToken
+
+    cls: type[VerificationError] = {
+        400: InvalidRequest, 403: PolicyDenied, 503: KeysUnavailable
+    }.get(case.status, InvalidToken)
+    if case.error == "unauthorized":
+        cls = MissingToken
+    return cls(body["message"], code=body["code"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,9 +11,8 @@ import pytest
 pytest.importorskip("django")
 pytest.importorskip("rest_framework")
 
-from django_support import Case, configured, refusal_cases, rules_for, setup_django
+from django_support import Case, assert_refusal, configured, refusal_cases, rules_for, setup_django
 
-from bbverify.http import error_response
 from bbverify.testing import FakeIssuer
 
 setup_django()
@@ -25,7 +23,6 @@ from django.test.utils import override_settings  # noqa: E402
 
 from bbverify.django import PipelineAuthMiddleware, get_config, get_verifier  # noqa: E402
 from bbverify.django.checks import check_settings  # noqa: E402
-from bbverify.errors import VerificationError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -37,32 +34,6 @@ def other() -> Iterator[FakeIssuer]:
 def _headers(authorization: str | None) -> dict[str, dict[str, str]]:
     """Keyword arguments for Client/AsyncClient requests carrying ``authorization``."""
     return {"headers": {} if authorization is None else {"Authorization": authorization}}
-
-
-def assert_refusal(response: Any, case: Case) -> None:
-    """Status, headers and body exactly as bbverify.http.error_response words them."""
-    assert response.status_code == case.status, (case.name, response.content)
-    body = json.loads(response.content)
-    assert body["code"] == case.code, case.name
-    assert body["error"] == case.error, case.name
-    assert set(body) == {"error", "code", "message"}
-    assert response["Content-Type"] == "application/json"
-    assert response["Cache-Control"] == "no-store"
-    expected = error_response(_error(case, body), "bbverify")
-    assert response.content == expected.body, case.name
-    assert response["WWW-Authenticate"] == expected.header("WWW-Authenticate"), case.name
-
-
-def _error(case: Case, body: dict[str, str]) -> VerificationError:
-    from bbverify.errors import InvalidToken, KeysUnavailable, PolicyDenied
-    from bbverify.http import InvalidRequest, MissingToken
-
-    cls: type[VerificationError] = {
-        400: InvalidRequest, 403: PolicyDenied, 503: KeysUnavailable
-    }.get(case.status, InvalidToken)
-    if case.error == "unauthorized":
-        cls = MissingToken
-    return cls(body["message"], code=body["code"])
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 ``BBVERIFY`` is replaced per test with ``override_settings`` (the fake issuer's
 URL is only known at run time); the gunicorn/uvicorn tests read it from
-``BBVERIFY_TEST_ISSUER`` / ``BBVERIFY_TEST_AUDIENCE`` instead.
+``DJANGOPROJ_ISSUER`` / ``DJANGOPROJ_AUDIENCE`` / ``DJANGOPROJ_REPOSITORY`` instead.
 """
 
 from __future__ import annotations
@@ -30,10 +30,17 @@ REST_FRAMEWORK = {
 }
 
 # Servers started by the tests pass the fake issuer in the environment.
-BBVERIFY = {
-    "issuer": os.environ.get("BBVERIFY_TEST_ISSUER", "https://issuer.invalid/oidc"),
-    "audience": os.environ.get("BBVERIFY_TEST_AUDIENCE", "test-audience"),
+BBVERIFY: dict[str, object] = {
+    "issuer": os.environ.get("DJANGOPROJ_ISSUER", "https://issuer.invalid/oidc"),
+    "audience": os.environ.get("DJANGOPROJ_AUDIENCE", "test-audience"),
 }
-if os.environ.get("BBVERIFY_TEST_MIDDLEWARE") == "1":
+if "DJANGOPROJ_REPOSITORY" in os.environ:
+    BBVERIFY["workspace_uuid"] = os.environ["DJANGOPROJ_WORKSPACE_UUID"]
+    BBVERIFY["rules"] = {
+        "branches": ["main"],
+        "max_step_minutes": 120,
+        "repositories": [os.environ["DJANGOPROJ_REPOSITORY"]],
+    }
+if os.environ.get("DJANGOPROJ_MIDDLEWARE") == "1":
     MIDDLEWARE = ["bbverify.django.PipelineAuthMiddleware"]
     BBVERIFY_DJANGO = {"exclude_paths": ["/healthz"]}
