@@ -1,4 +1,4 @@
-"""Every Python block of docs/django.md (and the README's Django section) runs as it stands, in its own process."""
+"""Every Python block of docs/django.md and the README's Django section runs as it stands (own process)."""
 
 from __future__ import annotations
 

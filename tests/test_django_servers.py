@@ -1,4 +1,4 @@
-"""The Django test project under real servers on 127.0.0.1: gunicorn (WSGI) and uvicorn (Django's ASGI app)."""
+"""The Django test project under real servers on 127.0.0.1: gunicorn (WSGI), uvicorn (Django's ASGI app)."""
 
 from __future__ import annotations
 

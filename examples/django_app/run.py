@@ -21,13 +21,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "django_app.settings")
 
-import django  # noqa: E402
-from django.conf import settings  # noqa: E402
-from django.core.management import call_command  # noqa: E402
-from django.core.servers.basehttp import ThreadedWSGIServer, WSGIRequestHandler  # noqa: E402
-from django.core.wsgi import get_wsgi_application  # noqa: E402
+import django
+from django.conf import settings
+from django.core.management import call_command
+from django.core.servers.basehttp import ThreadedWSGIServer, WSGIRequestHandler
+from django.core.wsgi import get_wsgi_application
 
-from bbverify.testing import FakeIssuer  # noqa: E402
+from bbverify.testing import FakeIssuer
 
 
 class QuietHandler(WSGIRequestHandler):
@@ -36,7 +36,9 @@ class QuietHandler(WSGIRequestHandler):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--fake", action="store_true", help="use a fake issuer on 127.0.0.1")
     parser.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (0: any free port)")
     args = parser.parse_args(argv)
@@ -46,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         # Same settings, pointed at the fake issuer and its production environment.
         table = {k: v for k, v in settings.BBVERIFY.items() if k not in ("workspace", "workspace_uuid")}
         table.update(issuer=issuer.issuer, audience=issuer.audience, workspace_uuid=issuer.workspace_uuid)
-        table["policies"] = dict(table["policies"], deploy={"allow": [{"environments": [issuer.environment_uuid]}]})
+        deploy = {"allow": [{"environments": [issuer.environment_uuid]}]}
+        table["policies"] = dict(table["policies"], deploy=deploy)
         settings.BBVERIFY = table
     django.setup()
     call_command("check")  # the system checks: a settings mistake stops here, naming its path

@@ -30,6 +30,7 @@ REST_FRAMEWORK = {
 }
 
 # The keys of the TOML [bbverify] table (docs/configuration.md).
+PRODUCTION_ENV = os.environ.get("EXAMPLE_PRODUCTION_ENV", "{bd715740-4d0a-4d35-8c4e-1f0a2b3c4d5e}")
 BBVERIFY = {
     "workspace": os.environ.get("EXAMPLE_WORKSPACE", "acme"),
     "workspace_uuid": os.environ.get("EXAMPLE_WORKSPACE_UUID", "{0f2b0d1e-8c4e-4b9a-9a57-5a3c2d1e0f00}"),
@@ -38,11 +39,7 @@ BBVERIFY = {
         # Any step of this workspace (steps of at most two hours) may read.
         "build": {"allow": [{"max_step_minutes": 120}]},
         # Only deployment steps to production may deploy.
-        "deploy": {
-            "allow": [
-                {"environments": [os.environ.get("EXAMPLE_PRODUCTION_ENV", "{bd715740-4d0a-4d35-8c4e-1f0a2b3c4d5e}")]}
-            ]
-        },
+        "deploy": {"allow": [{"environments": [PRODUCTION_ENV]}]},
     },
 }
 BBVERIFY_DJANGO = {

@@ -24,8 +24,8 @@ def whoami(request: Request) -> Response:
 class DeploymentViewSet(viewsets.ViewSet):
     """POST /deploy: only tokens the "deploy" policy admits (deployment steps to production)."""
 
-    authentication_classes = [PipelineAuthentication]
-    permission_classes = [HasPipelinePolicy("deploy")]
+    authentication_classes = (PipelineAuthentication,)
+    permission_classes = (HasPipelinePolicy("deploy"),)
 
     def create(self, request: Request) -> Response:
         claims = request.auth  # the verified PipelineClaims
