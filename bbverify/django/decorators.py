@@ -62,14 +62,12 @@ def require_pipeline(
     its trusted proxies and realm. Claims a middleware already verified for
     the same policy are reused. An unknown policy name raises
     :class:`~bbverify.errors.ConfigurationError` at the first request (the
-    system check ``bbverify.E004`` reports it at start-up).
+    system check ``bbverify.E004`` reports it at start-up for routed views).
     """
     if view is not None:
         return require_pipeline(policy=policy, optional=optional)(view)
     if policy is not None and (not isinstance(policy, str) or not policy):
         raise ConfigurationError(f"a policy name is a non-empty string, not {policy!r}", key="policy")
-    if policy is not None:
-        DECLARED_POLICIES.add(policy)
     checked: list[bool] = []
 
     def guard_and_check() -> Any:
@@ -95,6 +93,7 @@ def require_pipeline(
                     return refusal(guard, exc)
                 return await func(request, *args, **kwargs)
 
+            async_wrapper.bbverify_policy = policy  # type: ignore[attr-defined]
             return cast(F, async_wrapper)
 
         @functools.wraps(func)
@@ -110,10 +109,9 @@ def require_pipeline(
                 return refusal(guard, exc)
             return func(request, *args, **kwargs)
 
+        # The system checks find the policy names of routed views here.
+        wrapper.bbverify_policy = policy  # type: ignore[attr-defined]
         return cast(F, wrapper)
 
     return decorate
 
-
-#: Policy names used by decorators, checked at start-up by the system checks.
-DECLARED_POLICIES: set[str] = set()
