@@ -24,6 +24,7 @@ from django.test.utils import override_settings
 from bbverify.errors import VerificationError
 from bbverify.http import error_response
 from bbverify.testing import FakeIssuer
+from bbverify.verifier import Verifier
 
 SETTINGS_MODULE = "djangoproj.settings"
 
@@ -43,16 +44,22 @@ def setup_django() -> None:
             os.environ["DJANGO_SETTINGS_MODULE"] = previous
 
 
+#: Named policies (contract 1) are in this Verifier.
+NAMED_POLICIES = hasattr(Verifier, "check_policy")
+
+
 def bbverify_settings(issuer: FakeIssuer, **extra: Any) -> dict[str, Any]:
-    """A ``BBVERIFY`` dict for ``issuer``."""
-    return {
+    """A ``BBVERIFY`` dict for ``issuer``, with the policy ``deploy`` the test project's views name."""
+    values: dict[str, Any] = {
         "issuer": issuer.issuer,
         "audience": issuer.audience,
         "workspace_uuid": issuer.workspace_uuid,
         "timeout": 2,
         "failure_backoff": 1,
-        **extra,
     }
+    if NAMED_POLICIES:
+        values["policies"] = {"deploy": {"allow": [{"environments": [issuer.environment_uuid]}]}}
+    return {**values, **extra}
 
 
 @contextmanager

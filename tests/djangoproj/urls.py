@@ -15,6 +15,7 @@ urlpatterns = [
     path("decorated", views.decorated),
     path("optional", views.optional),
     path("decorated-async", views.decorated_async),
+    path("decorated-deploy", views.decorated_deploy),
     path("api/whoami", views.WhoAmI.as_view()),
     path("api/default", views.DefaultPolicy.as_view()),
     path("api/", include(router.urls)),

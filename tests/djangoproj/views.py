@@ -49,6 +49,11 @@ def optional(request: HttpRequest) -> JsonResponse:
     return _answer(request)
 
 
+@require_pipeline(policy="deploy")
+def decorated_deploy(request: HttpRequest) -> JsonResponse:
+    return _answer(request)
+
+
 @require_pipeline()
 async def decorated_async(request: HttpRequest) -> JsonResponse:
     # Proves the view ran on the event loop (no thread hop).
