@@ -36,7 +36,7 @@ from .claims import PipelineClaims
 from .django.conf import check_policy, get_config
 from .django.flow import as_django, verify_request
 from .errors import ConfigurationError, VerificationError
-from .http import ErrorResponse, Guard, MissingToken, quote_header_value
+from .http import ErrorResponse, Guard, quote_header_value
 
 __all__ = [
     "HasPipelinePolicy",
@@ -145,11 +145,11 @@ class PipelineAuthentication(BaseAuthentication):
         config = get_config()
         django_request = _django_request(request)
         try:
-            claims = verify_request(config.guard, django_request, _view_policy(request))
-        except MissingToken:
-            return None
+            claims = verify_request(config.guard, django_request, _view_policy(request), optional=True)
         except VerificationError as exc:
             raise _refuse(config.guard, exc) from None
+        if claims is None:
+            return None  # no bearer token: other authentication classes may try
         return PipelineUser(claims), claims
 
     def authenticate_header(self, request: Request) -> str:

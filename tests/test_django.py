@@ -156,12 +156,15 @@ def test_async_decorator_every_refusal(issuer: FakeIssuer, cases: list[Case]) ->
         asyncio.run(run())
 
 
-def test_optional_decorator(issuer: FakeIssuer, cases: list[Case]) -> None:
+def test_optional_decorator(issuer: FakeIssuer, cases: list[Case], caplog: pytest.LogCaptureFixture) -> None:
     with configured(issuer, rules=rules_for(issuer)):
         client = Client()
-        anonymous = client.get("/optional")
+        with caplog.at_level("INFO", logger="bbverify"):
+            anonymous = client.get("/optional")
         assert anonymous.status_code == 200
         assert anonymous.json()["subject"] is None
+        # An anonymous request to an optional view is not a refusal, so it is not audited as one.
+        assert not [r for r in caplog.records if "deny" in r.getMessage()]
         assert client.get("/optional", **_headers("Basic dXNlcjpwYXNz")).json()["subject"] is None
         ok = client.get("/optional", **_headers(f"Bearer {issuer.mint()}"))
         assert ok.json()["subject"].startswith(issuer.repository_uuid)

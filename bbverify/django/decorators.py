@@ -27,9 +27,8 @@ from asgiref.sync import iscoroutinefunction
 from django.http import HttpRequest
 
 from ..errors import ConfigurationError, VerificationError
-from ..http import MissingToken
 from .conf import check_policy, get_config
-from .flow import CLAIMS_ATTR, averify_request, refusal, verify_request
+from .flow import averify_request, refusal, verify_request
 
 __all__ = ["require_pipeline"]
 
@@ -84,11 +83,7 @@ def require_pipeline(
             async def async_wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
                 guard = guard_and_check()
                 try:
-                    await averify_request(guard, request, policy)
-                except MissingToken as exc:
-                    if not optional:
-                        return refusal(guard, exc)
-                    setattr(request, CLAIMS_ATTR, None)
+                    await averify_request(guard, request, policy, optional=optional)
                 except VerificationError as exc:
                     return refusal(guard, exc)
                 return await func(request, *args, **kwargs)
@@ -100,11 +95,7 @@ def require_pipeline(
         def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
             guard = guard_and_check()
             try:
-                verify_request(guard, request, policy)
-            except MissingToken as exc:
-                if not optional:
-                    return refusal(guard, exc)
-                setattr(request, CLAIMS_ATTR, None)
+                verify_request(guard, request, policy, optional=optional)
             except VerificationError as exc:
                 return refusal(guard, exc)
             return func(request, *args, **kwargs)

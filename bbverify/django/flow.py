@@ -17,7 +17,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase
 
 from ..claims import PipelineClaims
 from ..errors import VerificationError
-from ..http import CLAIMS_KEY, CLIENT_IP_KEY, VERIFIER_KEY, ErrorResponse, Guard
+from ..http import CLAIMS_KEY, CLIENT_IP_KEY, VERIFIER_KEY, ErrorResponse, Guard, MissingToken, bearer_token
 from ..wsgi import environ_request
 
 __all__ = ["CLAIMS_ATTR", "CLIENT_IP_ATTR", "averify_request", "refusal", "reusable", "verify_request"]
@@ -36,11 +36,20 @@ def _policy_kwargs(policy: str | None) -> dict[str, Any]:
     return {} if policy is None else {"policy": policy}
 
 
-def _prepare(guard: Guard, request: HttpRequest) -> tuple[str, str | None, str]:
+def _prepare(guard: Guard, request: HttpRequest, optional: bool) -> tuple[str | None, str | None, str]:
     authorization, peer, forwarded = environ_request(request.META)
     client = guard.client_ip(peer, forwarded)
     setattr(request, CLIENT_IP_ATTR, client)
     request.META[CLIENT_IP_KEY] = client
+    if optional:
+        try:
+            bearer_token(authorization)
+        except MissingToken:
+            # No bearer credential where none is required: not a refusal, so not audited as one.
+            setattr(request, CLAIMS_ATTR, None)
+            return None, client, request.path_info or "/"
+        except VerificationError:
+            pass  # guard.token below audits and raises it
     return guard.token(authorization, client), client, request.path_info or "/"
 
 
@@ -67,16 +76,23 @@ def reusable(request: HttpRequest, guard: Guard, policy: str | None) -> Pipeline
     return None
 
 
-def verify_request(guard: Guard, request: HttpRequest, policy: str | None = None) -> PipelineClaims:
+def verify_request(
+    guard: Guard, request: HttpRequest, policy: str | None = None, *, optional: bool = False
+) -> PipelineClaims | None:
     """Verify the request's bearer token under ``policy`` (blocking; WSGI and sync views).
 
     Sets ``request.pipeline_claims`` and ``request.pipeline_client_ip``.
-    Raises only :class:`~bbverify.errors.VerificationError`.
+    With ``optional``, a request without a bearer token gives ``None``
+    (``request.pipeline_claims = None``); otherwise that is
+    :class:`~bbverify.http.MissingToken`. Raises only
+    :class:`~bbverify.errors.VerificationError`.
     """
     reused = reusable(request, guard, policy)
     if reused is not None:
         return reused
-    token, client, path = _prepare(guard, request)
+    token, client, path = _prepare(guard, request, optional)
+    if token is None:
+        return None
     claims = guard.verifier.verify(
         token,
         client_ip=client,
@@ -88,12 +104,16 @@ def verify_request(guard: Guard, request: HttpRequest, policy: str | None = None
     return _store(request, guard, policy, claims)
 
 
-async def averify_request(guard: Guard, request: HttpRequest, policy: str | None = None) -> PipelineClaims:
+async def averify_request(
+    guard: Guard, request: HttpRequest, policy: str | None = None, *, optional: bool = False
+) -> PipelineClaims | None:
     """As :func:`verify_request`, awaiting any key fetch (ASGI, async views)."""
     reused = reusable(request, guard, policy)
     if reused is not None:
         return reused
-    token, client, path = _prepare(guard, request)
+    token, client, path = _prepare(guard, request, optional)
+    if token is None:
+        return None
     claims = await guard.verifier.averify(
         token,
         client_ip=client,

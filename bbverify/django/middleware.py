@@ -26,7 +26,7 @@ from django.http import HttpRequest, HttpResponseBase
 
 from ..errors import ConfigurationError, VerificationError
 from .conf import get_config
-from .flow import averify_request, refusal, verify_request
+from .flow import CLAIMS_ATTR, averify_request, refusal, verify_request
 
 __all__ = ["PipelineAuthMiddleware"]
 
@@ -59,6 +59,7 @@ class PipelineAuthMiddleware:
         config = self.config
         path = request.path_info or "/"
         if config.guard.is_excluded(path):
+            setattr(request, CLAIMS_ATTR, None)
             return self.get_response(request)
         try:
             verify_request(config.guard, request, config.policy_for(path))
@@ -71,6 +72,7 @@ class PipelineAuthMiddleware:
         path = request.path_info or "/"
         get_response: Callable[[HttpRequest], Awaitable[HttpResponseBase]] = self.get_response
         if config.guard.is_excluded(path):
+            setattr(request, CLAIMS_ATTR, None)
             return await get_response(request)
         try:
             await averify_request(config.guard, request, config.policy_for(path))
