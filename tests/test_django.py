@@ -45,9 +45,8 @@ def _headers(authorization: str | None) -> dict[str, dict[str, str]]:
 
 
 @pytest.fixture
-def cases(issuer: FakeIssuer, other: FakeIssuer) -> Iterator[list[Case]]:
-    with other:
-        yield refusal_cases(issuer, other)
+def cases(issuer: FakeIssuer, other: FakeIssuer) -> list[Case]:
+    return refusal_cases(issuer, other)
 
 
 # -- settings ------------------------------------------------------------------------------
