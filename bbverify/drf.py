@@ -33,7 +33,7 @@ from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
 from .claims import PipelineClaims
-from .django.conf import check_policy, get_config
+from .django.conf import get_config
 from .django.flow import as_django, verify_request
 from .errors import ConfigurationError, VerificationError
 from .http import ErrorResponse, Guard, quote_header_value
@@ -142,12 +142,11 @@ class PipelineAuthentication(BaseAuthentication):
     """
 
     def authenticate(self, request: Request) -> tuple[PipelineUser, PipelineClaims] | None:
-        config = get_config()
-        django_request = _django_request(request)
+        guard = get_config().guard_for(_view_policy(request))
         try:
-            claims = verify_request(config.guard, django_request, _view_policy(request), optional=True)
+            claims = verify_request(guard, _django_request(request), optional=True)
         except VerificationError as exc:
-            raise _refuse(config.guard, exc) from None
+            raise _refuse(guard, exc) from None
         if claims is None:
             return None  # no bearer token: other authentication classes may try
         return PipelineUser(claims), claims
@@ -173,7 +172,6 @@ class HasPipelinePolicy(BasePermission):
         if policy is not None and (not isinstance(policy, str) or not policy):
             raise ConfigurationError(f"a policy name is a non-empty string, not {policy!r}", key="policy")
         self.policy = policy
-        self._checked = False
 
     def __call__(self) -> HasPipelinePolicy:
         return self
@@ -182,14 +180,11 @@ class HasPipelinePolicy(BasePermission):
         return f"HasPipelinePolicy({self.policy!r})"
 
     def has_permission(self, request: Request, view: Any) -> bool:
-        config = get_config()
-        if not self._checked:
-            check_policy(config.verifier, self.policy)
-            self._checked = True
+        guard = get_config().guard_for(self.policy)
         try:
-            verify_request(config.guard, _django_request(request), self.policy)
+            verify_request(guard, _django_request(request))
         except VerificationError as exc:
-            raise _refuse(config.guard, exc) from None
+            raise _refuse(guard, exc) from None
         return True
 
 

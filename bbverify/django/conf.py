@@ -32,7 +32,7 @@ import difflib
 import re
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import verifier_from_mapping
@@ -83,18 +83,9 @@ def _rekeyed(exc: ConfigurationError, setting: str) -> ConfigurationError:
 def check_policy(verifier: Verifier, name: str | None) -> None:
     """Raise :class:`ConfigurationError` unless ``verifier`` knows the named policy ``name``.
 
-    ``None`` (the default policy) is always valid.
+    ``None`` (the default policy) is always valid (:meth:`Verifier.check_policy`).
     """
-    if name is None:
-        return
-    if not isinstance(name, str) or not name:
-        raise ConfigurationError(f"a policy name is a non-empty string, not {name!r}", key="policy")
-    check = getattr(verifier, "check_policy", None)
-    if check is None:
-        raise ConfigurationError(
-            f"unknown policy {name!r}: this verifier has no named policies", key="policy"
-        )
-    check(name)
+    verifier.check_policy(name)
 
 
 @dataclass(frozen=True)
@@ -110,9 +101,13 @@ class DjangoConfig:
     """The verifier and adapter settings built from Django settings."""
 
     verifier: Verifier
-    #: trusted proxies, realm and excluded paths (no per-route rules).
+    #: trusted proxies, realm and excluded paths, under the default policy.
     guard: Guard
     routes: tuple[Route, ...]
+    _guards: dict[str | None, Guard] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._guards[None] = self.guard
 
     def policy_for(self, path: str) -> str | None:
         """The named policy for ``path``: the longest matching route prefix, else ``None``."""
@@ -120,6 +115,26 @@ class DjangoConfig:
             if path.startswith(route.prefix):
                 return route.policy
         return None
+
+    def guard_for(self, policy: str | None) -> Guard:
+        """The :class:`~bbverify.http.Guard` for requests under ``policy`` (built once per name).
+
+        Raises :class:`ConfigurationError` for a name the verifier lacks.
+        """
+        guard = self._guards.get(policy)
+        if guard is None:
+            base = self.guard
+            guard = Guard(
+                base.verifier,
+                exclude_paths=base.exclude_paths,
+                exclude_prefixes=base.exclude_prefixes,
+                trusted_proxies=base.trusted_proxies,
+                realm=base.realm,
+                policy=policy,
+            )
+            # A race builds two equal guards; either is right.
+            self._guards[policy] = guard
+        return guard
 
 
 def _adapter_settings(raw: object) -> dict[str, Any]:
@@ -173,6 +188,12 @@ def _routes(raw: object, verifier: Verifier) -> tuple[Route, ...]:
     return tuple(sorted(routes, key=lambda r: len(r.prefix), reverse=True))
 
 
+def _route_guards(config: DjangoConfig) -> DjangoConfig:
+    for route in config.routes:
+        config.guard_for(route.policy)  # built now, so requests never build one
+    return config
+
+
 def build_config(settings: Any) -> DjangoConfig:
     """Build the verifier and adapter settings from a Django ``settings`` object.
 
@@ -207,7 +228,7 @@ def build_config(settings: Any) -> DjangoConfig:
         )
     except ConfigurationError as exc:
         raise _rekeyed(exc, ADAPTER_SETTING) from None
-    return DjangoConfig(verifier, guard, _routes(adapter.get("routes"), verifier))
+    return _route_guards(DjangoConfig(verifier, guard, _routes(adapter.get("routes"), verifier)))
 
 
 _lock = threading.Lock()

@@ -27,7 +27,8 @@ from asgiref.sync import iscoroutinefunction
 from django.http import HttpRequest
 
 from ..errors import ConfigurationError, VerificationError
-from .conf import check_policy, get_config
+from ..http import Guard
+from .conf import get_config
 from .flow import averify_request, refusal, verify_request
 
 __all__ = ["require_pipeline"]
@@ -67,14 +68,10 @@ def require_pipeline(
         return require_pipeline(policy=policy, optional=optional)(view)
     if policy is not None and (not isinstance(policy, str) or not policy):
         raise ConfigurationError(f"a policy name is a non-empty string, not {policy!r}", key="policy")
-    checked: list[bool] = []
 
-    def guard_and_check() -> Any:
-        config = get_config()
-        if not checked:
-            check_policy(config.verifier, policy)
-            checked.append(True)
-        return config.guard
+    def guard_and_check() -> Guard:
+        # Built (and the name checked) on first use; then one dict look-up.
+        return get_config().guard_for(policy)
 
     def decorate(func: F) -> F:
         if iscoroutinefunction(func):
@@ -83,7 +80,7 @@ def require_pipeline(
             async def async_wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
                 guard = guard_and_check()
                 try:
-                    await averify_request(guard, request, policy, optional=optional)
+                    await averify_request(guard, request, optional=optional)
                 except VerificationError as exc:
                     return refusal(guard, exc)
                 return await func(request, *args, **kwargs)
@@ -95,7 +92,7 @@ def require_pipeline(
         def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
             guard = guard_and_check()
             try:
-                verify_request(guard, request, policy, optional=optional)
+                verify_request(guard, request, optional=optional)
             except VerificationError as exc:
                 return refusal(guard, exc)
             return func(request, *args, **kwargs)

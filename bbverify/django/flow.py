@@ -1,7 +1,8 @@
 """One Django request through bbverify: read it, verify it, answer a refusal.
 
 Shared by the middleware, the view decorator and the DRF classes, so the three
-cannot disagree. The request is read from ``request.META`` (the same keys
+cannot disagree; the decisions themselves are :class:`bbverify.http.Guard`'s,
+as in every adapter. The request is read from ``request.META`` (the same keys
 under Django's WSGI and ASGI handlers) with :func:`bbverify.wsgi.environ_request`;
 the client address is ``REMOTE_ADDR`` resolved through bbverify's own
 ``trusted_proxies``. Django's ``SECURE_PROXY_SSL_HEADER`` and
@@ -11,32 +12,44 @@ not the client address.
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 
 from ..claims import PipelineClaims
 from ..errors import VerificationError
-from ..http import CLAIMS_KEY, CLIENT_IP_KEY, VERIFIER_KEY, ErrorResponse, Guard, MissingToken, bearer_token
+from ..http import (
+    CLAIMS_KEY,
+    CLIENT_IP_KEY,
+    POLICY_KEY,
+    VERIFIER_KEY,
+    ErrorResponse,
+    Guard,
+    MissingToken,
+    bearer_token,
+)
 from ..wsgi import environ_request
 
-__all__ = ["CLAIMS_ATTR", "CLIENT_IP_ATTR", "averify_request", "refusal", "reusable", "verify_request"]
+__all__ = ["CLAIMS_ATTR", "CLIENT_IP_ATTR", "as_django", "averify_request", "refusal", "verify_request"]
 
 #: ``request.pipeline_claims``: the verified claims (``None`` when an optional view got no token).
 CLAIMS_ATTR = "pipeline_claims"
 #: ``request.pipeline_client_ip``: the client address the rules saw (``None`` when unknown).
 CLIENT_IP_ATTR = "pipeline_client_ip"
-# (verifier, policy) that produced request.pipeline_claims, so a second layer can reuse them.
-_SOURCE_ATTR = "_bbverify_source"
+
+_Begun = tuple[list[str], str | None, str]
 
 
-def _policy_kwargs(policy: str | None) -> dict[str, Any]:
-    # Only a named policy is passed on, so the default policy needs no
-    # support for names in the verifier (contract: policy=None is the default).
-    return {} if policy is None else {"policy": policy}
+def _reused(guard: Guard, request: HttpRequest) -> PipelineClaims | None:
+    # Claims an outer layer (this middleware, or bbverify.wsgi around Django) verified
+    # under the same verifier and policy settle the request (Guard.reusable decides).
+    meta = request.META
+    claims = guard.reusable(meta.get(CLAIMS_KEY), meta.get(VERIFIER_KEY), meta.get(POLICY_KEY))
+    if claims is not None:
+        setattr(request, CLAIMS_ATTR, claims)
+        setattr(request, CLIENT_IP_ATTR, meta.get(CLIENT_IP_KEY))
+    return claims
 
 
-def _prepare(guard: Guard, request: HttpRequest, optional: bool) -> tuple[str | None, str | None, str]:
+def _begin(guard: Guard, request: HttpRequest, optional: bool) -> _Begun | None:
     authorization, peer, forwarded = environ_request(request.META)
     client = guard.client_ip(peer, forwarded)
     setattr(request, CLIENT_IP_ATTR, client)
@@ -47,39 +60,23 @@ def _prepare(guard: Guard, request: HttpRequest, optional: bool) -> tuple[str | 
         except MissingToken:
             # No bearer credential where none is required: not a refusal, so not audited as one.
             setattr(request, CLAIMS_ATTR, None)
-            return None, client, request.path_info or "/"
+            return None
         except VerificationError:
-            pass  # guard.token below audits and raises it
-    return guard.token(authorization, client), client, request.path_info or "/"
+            pass  # a malformed header: Guard.verify audits and raises it
+    return authorization, client, request.path_info or "/"
 
 
-def _store(request: HttpRequest, guard: Guard, policy: str | None, claims: PipelineClaims) -> PipelineClaims:
+def _store(guard: Guard, request: HttpRequest, claims: PipelineClaims) -> PipelineClaims:
     setattr(request, CLAIMS_ATTR, claims)
-    setattr(request, _SOURCE_ATTR, (guard.verifier, policy))
-    request.META[CLAIMS_KEY] = claims
-    request.META[VERIFIER_KEY] = guard.verifier
+    meta = request.META
+    meta[CLAIMS_KEY] = claims
+    meta[VERIFIER_KEY] = guard.verifier
+    meta[POLICY_KEY] = guard.applied_policy
     return claims
 
 
-def reusable(request: HttpRequest, guard: Guard, policy: str | None) -> PipelineClaims | None:
-    """Claims already verified for this request by the same verifier under the same policy."""
-    claims = getattr(request, CLAIMS_ATTR, None)
-    source = getattr(request, _SOURCE_ATTR, None)
-    if (
-        isinstance(claims, PipelineClaims)
-        and isinstance(source, tuple)
-        and source[0] is guard.verifier
-        and source[1] == policy
-        and not guard.policies
-    ):
-        return claims
-    return None
-
-
-def verify_request(
-    guard: Guard, request: HttpRequest, policy: str | None = None, *, optional: bool = False
-) -> PipelineClaims | None:
-    """Verify the request's bearer token under ``policy`` (blocking; WSGI and sync views).
+def verify_request(guard: Guard, request: HttpRequest, *, optional: bool = False) -> PipelineClaims | None:
+    """Verify the request's bearer token under ``guard`` (blocking; WSGI and sync views).
 
     Sets ``request.pipeline_claims`` and ``request.pipeline_client_ip``.
     With ``optional``, a request without a bearer token gives ``None``
@@ -87,42 +84,30 @@ def verify_request(
     :class:`~bbverify.http.MissingToken`. Raises only
     :class:`~bbverify.errors.VerificationError`.
     """
-    reused = reusable(request, guard, policy)
+    reused = _reused(guard, request)
     if reused is not None:
         return reused
-    token, client, path = _prepare(guard, request, optional)
-    if token is None:
+    begun = _begin(guard, request, optional)
+    if begun is None:
         return None
-    claims = guard.verifier.verify(
-        token,
-        client_ip=client,
-        policies=guard.policies or None,
-        method=request.method,
-        path=path,
-        **_policy_kwargs(policy),
-    )
-    return _store(request, guard, policy, claims)
+    authorization, client, path = begun
+    claims = guard.verify(authorization, client=client, method=request.method, path=path)
+    return _store(guard, request, claims)
 
 
 async def averify_request(
-    guard: Guard, request: HttpRequest, policy: str | None = None, *, optional: bool = False
+    guard: Guard, request: HttpRequest, *, optional: bool = False
 ) -> PipelineClaims | None:
     """As :func:`verify_request`, awaiting any key fetch (ASGI, async views)."""
-    reused = reusable(request, guard, policy)
+    reused = _reused(guard, request)
     if reused is not None:
         return reused
-    token, client, path = _prepare(guard, request, optional)
-    if token is None:
+    begun = _begin(guard, request, optional)
+    if begun is None:
         return None
-    claims = await guard.verifier.averify(
-        token,
-        client_ip=client,
-        policies=guard.policies or None,
-        method=request.method,
-        path=path,
-        **_policy_kwargs(policy),
-    )
-    return _store(request, guard, policy, claims)
+    authorization, client, path = begun
+    claims = await guard.averify(authorization, client=client, method=request.method, path=path)
+    return _store(guard, request, claims)
 
 
 def as_django(response: ErrorResponse) -> HttpResponse:

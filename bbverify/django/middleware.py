@@ -61,10 +61,11 @@ class PipelineAuthMiddleware:
         if config.guard.is_excluded(path):
             setattr(request, CLAIMS_ATTR, None)
             return self.get_response(request)
+        guard = config.guard_for(config.policy_for(path))
         try:
-            verify_request(config.guard, request, config.policy_for(path))
+            verify_request(guard, request)
         except VerificationError as exc:
-            return refusal(config.guard, exc)
+            return refusal(guard, exc)
         return self.get_response(request)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
@@ -74,8 +75,9 @@ class PipelineAuthMiddleware:
         if config.guard.is_excluded(path):
             setattr(request, CLAIMS_ATTR, None)
             return await get_response(request)
+        guard = config.guard_for(config.policy_for(path))
         try:
-            await averify_request(config.guard, request, config.policy_for(path))
+            await averify_request(guard, request)
         except VerificationError as exc:
-            return refusal(config.guard, exc)
+            return refusal(guard, exc)
         return await get_response(request)
