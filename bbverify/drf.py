@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponseBase
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.permissions import BasePermission
@@ -95,19 +95,23 @@ class PipelineAuthError(exceptions.APIException):
     exception handler (``WWW-Authenticate``, ``Retry-After``).
     """
 
-    def __init__(self, error: VerificationError, response: ErrorResponse) -> None:
+    def __init__(
+        self, error: VerificationError, response: ErrorResponse, native: HttpResponseBase | None = None
+    ) -> None:
         super().__init__(detail=json.loads(response.body), code=error.code)
         self.status_code = response.status
         self.error = error
         self.response = response
+        #: The Django response ``on_error`` chose, sent by :func:`exception_handler`.
+        self.native = native
         self.auth_header = response.header("WWW-Authenticate")
         retry_after = response.header("Retry-After")
         self.wait = int(retry_after) if retry_after else None
 
 
 def _refuse(guard: Guard, error: VerificationError) -> PipelineAuthError:
-    response, _native = guard.refusal(error)
-    return PipelineAuthError(error, response)
+    response, native = guard.refusal(error)
+    return PipelineAuthError(error, response, native if isinstance(native, HttpResponseBase) else None)
 
 
 def _django_request(request: Request | HttpRequest) -> HttpRequest:
@@ -194,7 +198,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Any:
     Everything else goes to DRF's default handler.
     """
     if isinstance(exc, PipelineAuthError):
-        return as_django(exc.response)
+        return exc.native if exc.native is not None else as_django(exc.response)
     # Imported here: rest_framework.views imports the authentication classes named
     # in settings (this module) while it loads.
     from rest_framework.views import exception_handler as drf_exception_handler

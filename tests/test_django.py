@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -244,3 +245,26 @@ def test_async_verification_does_not_block_the_loop() -> None:
             with configured(slow, middleware=middleware):
                 # A blocking fetch would freeze the ticker for the whole 0.5 s.
                 assert asyncio.run(run(slow, path)) >= 10
+
+
+def test_on_error_hook_everywhere(issuer: FakeIssuer) -> None:
+    adapter = {"on_error": "djangoproj.hooks.on_error"}
+    expired = issuer.mint(issued_at=time.time() - 7200, lifetime=3600)
+    with configured(issuer, middleware=True, adapter=adapter, rules=rules_for(issuer)):
+        for path in ("/plain", "/plain-async"):
+            assert Client().get(path).json() == {"refused": "missing_token"}
+    with configured(issuer, adapter=adapter, rules=rules_for(issuer)):
+        for path in ("/decorated", "/api/default"):
+            response = Client().get(path, **_headers(f"Bearer {issuer.mint(branch='dev')}"))
+            assert (response.status_code, response.json()) == (403, {"refused": "branch_not_allowed"})
+            # The hook returned None: the default answer.
+            response = Client().get(path, **_headers(f"Bearer {expired}"))
+            assert (response.status_code, response.json()["code"]) == (401, "expired")
+
+
+@pytest.mark.parametrize("path", ["djangoproj.hooks.missing", "djangoproj.hooks.NOT_CALLABLE", ""])
+def test_on_error_must_be_a_function(issuer: FakeIssuer, path: str) -> None:
+    with configured(issuer, adapter={"on_error": path}):
+        errors = check_settings()
+    assert [e.id for e in errors] == ["bbverify.E003"]
+    assert "BBVERIFY_DJANGO['on_error']" in errors[0].msg

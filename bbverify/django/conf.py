@@ -18,6 +18,10 @@ Two settings, both dicts:
       ``[{"prefix": "/deploy/", "policy": "deploy"}, ...]``: the named policy
       the middleware applies below a path prefix (the longest prefix wins;
       other paths get the default policy).
+  ``on_error``
+      the dotted path of ``on_error(error)``, returning a Django response or
+      an :class:`~bbverify.http.ErrorResponse` to send instead of the default
+      answer (``None``: keep it); see :class:`bbverify.http.Guard`.
 
 Any other Django setting whose name starts with ``BBVERIFY`` is refused, so
 that a misspelt setting cannot silently turn protection off.
@@ -33,11 +37,11 @@ import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from ..config import verifier_from_mapping
 from ..errors import ConfigurationError
-from ..http import DEFAULT_REALM, Guard
+from ..http import DEFAULT_REALM, ErrorHandler, Guard
 from ..verifier import Verifier
 
 __all__ = [
@@ -54,7 +58,7 @@ __all__ = [
 
 SETTING = "BBVERIFY"
 ADAPTER_SETTING = "BBVERIFY_DJANGO"
-_ADAPTER_KEYS = ("trusted_proxies", "realm", "exclude_paths", "exclude_prefixes", "routes")
+_ADAPTER_KEYS = ("trusted_proxies", "realm", "exclude_paths", "exclude_prefixes", "routes", "on_error")
 _ROUTE_KEYS = ("prefix", "policy")
 _PART_RE = re.compile(r"([^.\[\]]+)((?:\[\d+\])*)")
 
@@ -130,6 +134,7 @@ class DjangoConfig:
                 exclude_prefixes=base.exclude_prefixes,
                 trusted_proxies=base.trusted_proxies,
                 realm=base.realm,
+                on_error=base.on_error,
                 policy=policy,
             )
             # A race builds two equal guards; either is right.
@@ -194,6 +199,23 @@ def _route_guards(config: DjangoConfig) -> DjangoConfig:
     return config
 
 
+def _on_error(path: object) -> ErrorHandler | None:
+    if path is None:
+        return None
+    key = setting_path(ADAPTER_SETTING, "on_error")
+    if not isinstance(path, str) or not path.strip():
+        raise ConfigurationError(f"must be the dotted path of a function, not {path!r}", key=key)
+    from django.utils.module_loading import import_string
+
+    try:
+        handler = import_string(path.strip())
+    except ImportError as exc:
+        raise ConfigurationError(f"cannot import {path!r}: {exc}", key=key) from None
+    if not callable(handler):
+        raise ConfigurationError(f"{path!r} is not callable", key=key)
+    return cast(ErrorHandler, handler)
+
+
 def build_config(settings: Any) -> DjangoConfig:
     """Build the verifier and adapter settings from a Django ``settings`` object.
 
@@ -218,6 +240,7 @@ def build_config(settings: Any) -> DjangoConfig:
     except ConfigurationError as exc:
         raise _rekeyed(exc, SETTING) from None
     adapter = _adapter_settings(getattr(settings, ADAPTER_SETTING, None))
+    on_error = _on_error(adapter.get("on_error"))
     try:
         guard = Guard(
             verifier,
@@ -225,6 +248,7 @@ def build_config(settings: Any) -> DjangoConfig:
             exclude_prefixes=adapter.get("exclude_prefixes"),
             trusted_proxies=adapter.get("trusted_proxies"),
             realm=adapter.get("realm", DEFAULT_REALM),
+            on_error=on_error,
         )
     except ConfigurationError as exc:
         raise _rekeyed(exc, ADAPTER_SETTING) from None
