@@ -15,6 +15,14 @@ pytest.importorskip("rest_framework")
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK_RE = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+# A block that defines settings must also be valid settings, checked as Django would check them.
+EPILOGUE = """
+if "BBVERIFY" in dir():
+    import types
+    from bbverify.django.conf import build_config
+    build_config(types.SimpleNamespace(**{k: v for k, v in dict(globals()).items() if k.startswith("BBVERIFY")}))
+    print("settings checked")
+"""
 
 
 def _blocks() -> list[tuple[str, str]]:
@@ -32,6 +40,8 @@ def _blocks() -> list[tuple[str, str]]:
 def test_block_runs(where: str, code: str, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BBVERIFY_", "DJANGO"))}
     result = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", code + EPILOGUE], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, f"{where}:\n{result.stderr[-3000:]}"
+    if re.search(r"^BBVERIFY\w* = ", code, re.M):
+        assert "settings checked" in result.stdout
