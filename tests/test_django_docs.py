@@ -20,7 +20,8 @@ EPILOGUE = """
 if "BBVERIFY" in dir():
     import types
     from bbverify.django.conf import build_config
-    build_config(types.SimpleNamespace(**{k: v for k, v in dict(globals()).items() if k.startswith("BBVERIFY")}))
+    ours = {k: v for k, v in dict(globals()).items() if k.startswith("BBVERIFY")}
+    build_config(types.SimpleNamespace(**ours))
     print("settings checked")
 """
 
@@ -40,7 +41,12 @@ def _blocks() -> list[tuple[str, str]]:
 def test_block_runs(where: str, code: str, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BBVERIFY_", "DJANGO"))}
     result = subprocess.run(
-        [sys.executable, "-c", code + EPILOGUE], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", code + EPILOGUE],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, f"{where}:\n{result.stderr[-3000:]}"
     if re.search(r"^BBVERIFY\w* = ", code, re.M):

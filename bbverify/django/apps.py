@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from django.apps import AppConfig
 from django.core import checks
-from django.core.signals import setting_changed
 
 
 class BBVerifyConfig(AppConfig):
-    """Registers the settings checks and rebuilds the verifier when settings change (tests)."""
+    """Registers the settings checks (:mod:`bbverify.django.checks`)."""
 
     name = "bbverify.django"
     label = "bbverify"
@@ -17,7 +16,5 @@ class BBVerifyConfig(AppConfig):
 
     def ready(self) -> None:
         from .checks import check_settings
-        from .conf import reset
 
         checks.register(check_settings, checks.Tags.security)
-        setting_changed.connect(reset, dispatch_uid="bbverify.django.reset")

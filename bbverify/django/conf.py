@@ -283,3 +283,14 @@ def reset(**kwargs: Any) -> None:
     if setting is None or str(setting).upper().startswith("BBVERIFY"):
         with _lock:
             _config = None
+
+
+def _connect() -> None:
+    # Connected on import, not only in AppConfig.ready: override_settings in a
+    # project's tests must rebuild the verifier even without the app installed.
+    from django.core.signals import setting_changed
+
+    setting_changed.connect(reset, dispatch_uid="bbverify.django.reset")
+
+
+_connect()
