@@ -28,11 +28,14 @@ from .http import (
     CLAIMS_KEY,
     CLIENT_IP_KEY,
     DEFAULT_REALM,
+    UNIX_SOCKET_PEER,
     VERIFIER_KEY,
     ErrorHandler,
     ErrorResponse,
     Guard,
     TrustedProxiesSpec,
+    routing_path,
+    scopes_for,
 )
 from .policies import Rule
 from .verifier import Verifier
@@ -87,14 +90,12 @@ class PipelineCredentials:
         self.scopes = list(scopes)
 
 
-def scopes_for(claims: PipelineClaims) -> list[str]:
-    """``["pipeline"]``, plus ``"deployment"`` for tokens of deployment steps."""
-    return ["pipeline", "deployment"] if claims.is_deployment else ["pipeline"]
-
-
-def set_scope_claims(scope: Scope, claims: PipelineClaims, verifier: Verifier) -> None:
-    """Record verified claims in an ASGI scope (also used by the FastAPI dependency)."""
+def set_scope_claims(
+    scope: Scope, claims: PipelineClaims, verifier: Verifier, client: str | None = None
+) -> None:
+    """Record verified claims and the client address in an ASGI scope (every ASGI adapter)."""
     scope[CLAIMS_KEY] = claims
+    scope[CLIENT_IP_KEY] = client
     scope[VERIFIER_KEY] = verifier
     scope["user"] = PipelineUser(claims)
     scope["auth"] = PipelineCredentials(scopes_for(claims))
@@ -122,11 +123,25 @@ def auth_headers(scope: Scope) -> tuple[list[bytes], list[bytes]]:
 
 
 def peer_address(scope: Scope) -> str | None:
-    """The socket peer's host from ``scope["client"]``, if the server gives one."""
+    """The socket peer's host from ``scope["client"]``, if the server gives one.
+
+    A connection over a Unix socket has no peer address: the ASGI spec gives
+    ``server`` as ``[path, None]`` there and servers leave ``client`` out
+    (uvicorn ``--uds``), so the peer is :data:`~bbverify.http.UNIX_SOCKET_PEER`,
+    which only ``trusted_proxies=["unix", ...]`` trusts.
+    """
     client = scope.get("client")
-    if client and isinstance(client[0], str):
+    if client and isinstance(client[0], str) and client[0]:
         return client[0]
+    server = scope.get("server")
+    if server is None or (isinstance(server, list | tuple) and len(server) == 2 and server[1] is None):
+        return UNIX_SOCKET_PEER
     return None
+
+
+def scope_path(scope: Scope) -> str:
+    """The path the wrapped app routes on (``path`` minus ``root_path``; see ``routing_path``)."""
+    return routing_path(scope.get("path"), scope.get("root_path"))
 
 
 async def send_error(
@@ -153,8 +168,12 @@ class PipelineAuthMiddleware:
     Args:
         app: the ASGI application to protect.
         verifier: the :class:`~bbverify.Verifier` that decides.
-        exclude_paths: paths served without a token (exact match on
-            ``scope["path"]``), for example ``["/healthz"]``.
+        exclude_paths: paths served without a token, for example
+            ``["/healthz"]``; matched exactly against the path the wrapped
+            app routes on (``scope["path"]`` minus ``scope["root_path"]``, so
+            under a Starlette ``Mount("/v1", app=...)`` or
+            ``uvicorn --root-path /v1`` it is ``/healthz``, as ``PATH_INFO``
+            is in WSGI).
         exclude_prefixes: path prefixes served without a token.
         trusted_proxies: ``None`` (the socket peer is the client), a hop
             count, or a list of proxy CIDRs; see :func:`bbverify.http.client_ip`.
@@ -201,7 +220,7 @@ class PipelineAuthMiddleware:
         if kind not in ("http", "websocket"):
             await self.app(scope, receive, send)  # lifespan and anything newer
             return
-        path = scope.get("path") or "/"
+        path = scope_path(scope)
         if self.guard.is_excluded(path):
             await self.app(scope, receive, send)
             return
@@ -217,8 +236,7 @@ class PipelineAuthMiddleware:
             else:
                 await self._refuse_websocket(exc, scope, receive, send)
             return
-        set_scope_claims(scope, claims, guard.verifier)
-        scope[CLIENT_IP_KEY] = client
+        set_scope_claims(scope, claims, guard.verifier, client)
         await self.app(scope, receive, send)
 
     async def _refuse_websocket(

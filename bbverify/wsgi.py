@@ -22,12 +22,14 @@ from .http import (
     CLAIMS_KEY,
     CLIENT_IP_KEY,
     DEFAULT_REALM,
+    UNIX_SOCKET_PEER,
     VERIFIER_KEY,
     ErrorHandler,
     ErrorResponse,
     Guard,
     TrustedProxiesSpec,
     reason_phrase,
+    routing_path,
 )
 from .policies import Rule
 from .verifier import Verifier
@@ -45,13 +47,17 @@ def environ_request(environ: Mapping[str, Any]) -> tuple[list[str], str | None, 
 
     WSGI servers join repeated headers with commas into one value, so several
     ``Authorization`` lines arrive as one malformed value (refused with 400).
+    An empty ``REMOTE_ADDR`` is what servers listening on a Unix socket set
+    (gunicorn ``--bind unix:...``); the peer is then
+    :data:`~bbverify.http.UNIX_SOCKET_PEER`, which only
+    ``trusted_proxies=["unix", ...]`` trusts.
     """
     auth = environ.get("HTTP_AUTHORIZATION")
     xff = environ.get("HTTP_X_FORWARDED_FOR")
     peer = environ.get("REMOTE_ADDR")
     return (
         [auth] if isinstance(auth, str) else [],
-        peer if isinstance(peer, str) else None,
+        (peer or UNIX_SOCKET_PEER) if isinstance(peer, str) else None,
         [xff] if isinstance(xff, str) else [],
     )
 
@@ -95,7 +101,7 @@ class PipelineAuthMiddleware:
         )
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO") or "/"
+        path = routing_path(environ.get("PATH_INFO"))
         if self.guard.is_excluded(path):
             return self.app(environ, start_response)
         guard = self.guard
@@ -112,5 +118,5 @@ class PipelineAuthMiddleware:
             return send_error(response, start_response)
         environ[CLAIMS_KEY] = claims
         environ[VERIFIER_KEY] = guard.verifier
-        environ[CLIENT_IP_KEY] = client
+        environ[CLIENT_IP_KEY] = client  # read with bbverify.http.request_client_ip(environ)
         return self.app(environ, start_response)
