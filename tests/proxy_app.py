@@ -44,7 +44,9 @@ def make_wsgi() -> Any:
     from bbverify.wsgi import PipelineAuthMiddleware
 
     def whoami(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        body = json.dumps({"client_ip": request_client_ip(environ), "remote_addr": environ.get("REMOTE_ADDR")})
+        body = json.dumps(
+            {"client_ip": request_client_ip(environ), "remote_addr": environ.get("REMOTE_ADDR")}
+        )
         start_response("200 OK", [("Content-Type", "application/json")])
         return [body.encode()]
 

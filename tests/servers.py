@@ -94,7 +94,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_unix_socket(path: str, process: subprocess.Popen[Any] | None = None, timeout: float = 20) -> None:
+def wait_for_unix_socket(
+    path: str, process: subprocess.Popen[Any] | None = None, timeout: float = 20
+) -> None:
     """Wait (bounded) until something accepts connections on the Unix socket ``path``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

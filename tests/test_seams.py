@@ -32,7 +32,7 @@ from bbverify.audit import Decision
 from bbverify.fastapi import PipelineAuth, install_error_handler
 from bbverify.flask import current_client_ip, require_pipeline
 from bbverify.http import TrustedProxies, client_ip, request_claims, request_client_ip, routing_path
-from bbverify.ipranges import parse_feed, parse_client_ip
+from bbverify.ipranges import parse_client_ip, parse_feed
 from bbverify.policies import IPRanges
 from bbverify.starlette import PipelineAuthBackend, requires
 from bbverify.testing import FakeIssuer
@@ -61,7 +61,10 @@ def wsgi_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         body = {"ok": True}
     else:
         claims = request_claims(environ)
-        body = {"repository": claims.repository_uuid if claims else None, "client_ip": request_client_ip(environ)}
+        body = {
+            "repository": claims.repository_uuid if claims else None,
+            "client_ip": request_client_ip(environ),
+        }
     start_response("200 OK", [("Content-Type", "application/json")])
     return [json.dumps(body).encode()]
 
@@ -146,12 +149,11 @@ def test_routing_path(path: str, root: str | None, expected: str) -> None:
 
 
 @pytest.mark.parametrize("trusted", [1, ["unix"], "unix, 10.0.0.0/8"])
-def test_unix_socket_peer_with_trusted_proxies(
-    issuer: FakeIssuer, tmp_path: Any, trusted: Any
-) -> None:
+def test_unix_socket_peer_with_trusted_proxies(issuer: FakeIssuer, tmp_path: Any, trusted: Any) -> None:
     verifier = issuer.verifier(policies=[IPRanges([f"{BITBUCKET_IP}/32"])])
-    app = PipelineAuthMiddleware(Starlette(routes=[Route("/whoami", whoami)]), verifier=verifier,
-                                 trusted_proxies=trusted)
+    app = PipelineAuthMiddleware(
+        Starlette(routes=[Route("/whoami", whoami)]), verifier=verifier, trusted_proxies=trusted
+    )
     token = issuer.mint()
     with serve_asgi_uds(app, tmp_path) as path, uds_client(path, timeout=10) as client:
         # What nginx in front sends: the address it saw, appended to X-Forwarded-For.
@@ -166,8 +168,9 @@ def test_unix_socket_peer_with_trusted_proxies(
 def test_unix_socket_peer_untrusted_is_unknown(issuer: FakeIssuer, tmp_path: Any) -> None:
     # CIDRs without "unix": the socket peer is not a declared proxy, so the header is not believed.
     verifier = issuer.verifier(policies=[IPRanges([f"{BITBUCKET_IP}/32"])])
-    app = PipelineAuthMiddleware(Starlette(routes=[Route("/whoami", whoami)]), verifier=verifier,
-                                 trusted_proxies=["10.0.0.0/8"])
+    app = PipelineAuthMiddleware(
+        Starlette(routes=[Route("/whoami", whoami)]), verifier=verifier, trusted_proxies=["10.0.0.0/8"]
+    )
     with serve_asgi_uds(app, tmp_path) as path, uds_client(path, timeout=10) as client:
         answer = client.get("/whoami", headers={**bearer(issuer.mint()), "X-Forwarded-For": BITBUCKET_IP})
         assert answer.status_code == 403
@@ -256,7 +259,9 @@ def fastapi_app(verifier: Any) -> Iterator[str]:
         return {"environment": claims.deployment_environment_uuid}
 
     @app.get("/build")
-    async def build(request: Request, claims: PipelineClaims = Security(pipeline, scopes=["pipeline"])) -> Any:
+    async def build(
+        request: Request, claims: PipelineClaims = Security(pipeline, scopes=["pipeline"])
+    ) -> Any:
         return {"client_ip": request_client_ip(request)}
 
     @app.get("/typo")
@@ -329,7 +334,9 @@ def test_flask_client_ip_and_optional(flask_app: str, http: httpx.Client, issuer
         "same": True,
     }
     assert http.get(flask_app + "/maybe").json() == {"repository": None}
-    assert http.get(flask_app + "/maybe", headers=bearer(token)).json() == {"repository": issuer.repository_uuid}
+    assert http.get(flask_app + "/maybe", headers=bearer(token)).json() == {
+        "repository": issuer.repository_uuid
+    }
     assert http.get(flask_app + "/maybe", headers=bearer(token + "x")).status_code == 401
     assert http.get(flask_app + "/whoami").status_code == 401
 
