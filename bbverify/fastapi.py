@@ -155,7 +155,7 @@ class PipelineAuth(HTTPBearer):
                 )
                 if CLAIMS_KEY not in scope:
                     set_scope_claims(scope, claims, guard.verifier, client)
-            check_scopes(claims, required)
+            check_scopes(claims, required, scope)
         except VerificationError as exc:
             response, native = guard.refusal(exc)
             raise PipelineAuthError(exc, native if isinstance(native, Response) else response) from None

@@ -434,10 +434,38 @@ def check_scope_names(scopes: Iterable[str], key: str = "scopes") -> tuple[str, 
     return out
 
 
-def check_scopes(claims: PipelineClaims, required: Iterable[str]) -> None:
+def check_scopes(
+    claims: PipelineClaims, required: Iterable[str], carrier: Mapping[str, object] | None = None
+) -> None:
     """Raise :class:`~bbverify.errors.PolicyDenied` (403, code ``insufficient_scope``)
     when ``claims`` lack one of the ``required`` scopes (RFC 6750 section 3.1).
+
+    ``carrier`` is the request's ASGI scope or WSGI environ: the refusal is
+    then audited like the verifier's own, through the verifier that
+    produced the claims, with the request's method and path.
     """
+    try:
+        _check_scopes(claims, required)
+    except PolicyDenied as exc:
+        verifier = carrier.get(VERIFIER_KEY) if carrier is not None else None
+        if carrier is not None and isinstance(verifier, Verifier):
+            method = carrier.get("method", carrier.get("REQUEST_METHOD"))
+            path = carrier.get("path", carrier.get("PATH_INFO"))
+            root = carrier.get("root_path")
+            decision = Decision.build(
+                claims,
+                request_client_ip(carrier),
+                exc,
+                method=method if isinstance(method, str) else None,
+                path=routing_path(
+                    path if isinstance(path, str) else None, root if isinstance(root, str) else None
+                ),
+            )
+            emit(decision, verifier.on_decision)
+        raise
+
+
+def _check_scopes(claims: PipelineClaims, required: Iterable[str]) -> None:
     granted = scopes_for(claims)
     for scope in required:
         if scope not in granted:

@@ -152,8 +152,9 @@ def requires(scopes: str | Iterable[str] = "pipeline", *, realm: str = DEFAULT_R
         claims = request_claims(conn)
         if claims is None:
             return MissingToken("this resource needs a pipeline token", code="missing_token")
+        scope = getattr(conn, "scope", None)
         try:
-            check_scopes(claims, needed)
+            check_scopes(claims, needed, scope if isinstance(scope, dict) else None)
         except VerificationError as exc:
             return exc
         return None

@@ -3,14 +3,15 @@
 nginx in front of ``uvicorn --uds`` (one worker in a thread, and several
 worker processes), gunicorn (which never rewrites ``REMOTE_ADDR``) behind
 nginx and on its own, and the hazard of uvicorn's ``--forwarded-allow-ips``.
-All on 127.0.0.1 or Unix sockets in a temporary directory.
+All on 127.0.0.1 or Unix sockets in a temporary directory (the ``short_tmp`` fixture). The
+harness (``serve_nginx``, ``serve_asgi_uds``, ``run_process`` in
+tests/servers.py) is shared: reuse it for other proxy tests.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,15 +62,6 @@ def app_env(issuer: FakeIssuer, trusted: str) -> dict[str, str]:
         "APP_TRUSTED_PROXIES": trusted,
         "PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")]),
     }
-
-
-@pytest.fixture
-def short_tmp() -> Iterator[str]:
-    # Unix socket paths are limited to ~100 bytes; pytest's tmp_path can be longer.
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="bbv-") as directory:
-        yield directory
 
 
 @pytest.mark.parametrize("trusted", [1, ["unix"]])

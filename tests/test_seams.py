@@ -410,3 +410,13 @@ def test_feed_item_covering_everything_is_refused(everything: str, caplog: pytes
     assert parse_client_ip("2001:db8::1") not in snapshot.ranges
     assert snapshot.skipped == 1
     assert any(everything in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+
+
+def test_scope_refusals_are_audited(
+    starlette_backend: str, fastapi_app: str, http: httpx.Client, issuer: FakeIssuer, decisions: list[Decision]
+) -> None:
+    token = issuer.mint()
+    for base in (starlette_backend, fastapi_app):
+        decisions.clear()
+        assert http.get(base + "/deploy", headers=bearer(token)).status_code == 403
+        assert [(d.code, d.method, d.path) for d in decisions][-1] == ("insufficient_scope", "GET", "/deploy")
