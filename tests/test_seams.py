@@ -413,7 +413,11 @@ def test_feed_item_covering_everything_is_refused(everything: str, caplog: pytes
 
 
 def test_scope_refusals_are_audited(
-    starlette_backend: str, fastapi_app: str, http: httpx.Client, issuer: FakeIssuer, decisions: list[Decision]
+    starlette_backend: str,
+    fastapi_app: str,
+    http: httpx.Client,
+    issuer: FakeIssuer,
+    decisions: list[Decision],
 ) -> None:
     token = issuer.mint()
     for base in (starlette_backend, fastapi_app):
