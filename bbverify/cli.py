@@ -281,8 +281,11 @@ _EPILOG = """examples:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
+    # allow_abbrev=False: a flag is spelled exactly (--work is not --workspace),
+    # like every other setting (issue 11: near misses are errors).
     parser = argparse.ArgumentParser(
         prog="bbverify",
+        allow_abbrev=False,
         description="Verify Bitbucket Pipelines OIDC tokens and try the rules offline.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -292,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
+        allow_abbrev=False,
         help="run the end-to-end demo offline (fake issuer + protected app on loopback)",
         description="Start a fake Bitbucket issuer and a protected app on 127.0.0.1, send them "
         "tokens for several scenarios, and print what each got. Exits 0 when every scenario "
@@ -305,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     inspect = sub.add_parser(
         "inspect",
+        allow_abbrev=False,
         help="decode a token WITHOUT verifying it and show its claims",
         description="Decode a token without verifying it: header, claims, dates, the pipeline it "
         "names. Nothing is checked; use 'verify' for that.",
@@ -317,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify = sub.add_parser(
         "verify",
+        allow_abbrev=False,
         help="fully verify a token with the library's rules",
         description="Verify a token exactly as the library would. Settings come from --config "
         "(TOML), then BBVERIFY_* environment variables, then these flags. Exit 0 accepted, "
@@ -338,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ipr = sub.add_parser(
         "ip-ranges",
+        allow_abbrev=False,
         help="read Atlassian's IP-range feed and print the CIDRs the IP rule uses",
         description="Read Atlassian's published IP-range feed (URL or file), filter it by product "
         "and direction, and print or write the CIDR list.",

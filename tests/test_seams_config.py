@@ -217,3 +217,11 @@ def test_inspect_escapes_everything_from_the_token(mode: list[str]) -> None:
         assert "NOT VERIFIED" in result.stdout
         assert "\\x1b7\\x1b[7A\\x0d\\x1b[2KVERIFIED: signature OK\\x1b8" in result.stdout
         assert "\\u202e" in result.stdout
+
+
+def test_cli_flags_are_spelled_exactly(issuer: FakeIssuer) -> None:
+    # argparse would otherwise take --work for --workspace and --iss for --issuer.
+    for flag in ("--work", "--iss", "--jwks"):
+        result = cli("verify", "a.b.c", flag, "x")
+        assert result.returncode == 2, flag
+        assert "unrecognized arguments" in result.stderr
