@@ -77,9 +77,10 @@ def safe_text(value: object) -> str:
     return _UNSAFE_TERMINAL.sub(_escape_char, text)
 
 
-def _json_line(value: object) -> str:
-    # ensure_ascii escapes C0, C1 and every non-ASCII character; DEL is ASCII, so it is escaped here.
-    return json.dumps(value).replace("\x7f", "\\u007f")
+def _json_line(value: object, indent: int | None = None) -> str:
+    """JSON that cannot drive a terminal: ``ensure_ascii`` escapes C0, C1 and
+    every non-ASCII character; DEL is ASCII, so it is escaped here."""
+    return json.dumps(value, indent=indent).replace("\x7f", "\\u007f")
 
 
 def _err(message: str) -> None:
@@ -141,7 +142,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         return EXIT_REJECTED
     if args.json:
         document = {"verified": False, "header": header, "payload": payload}
-        print(json.dumps(document, indent=2).replace("\x7f", "\\u007f"))
+        print(_json_line(document, indent=2))
         return EXIT_OK
     print(style.yellow("NOT VERIFIED: decoded only; nothing here has been checked."))
     print(style.bold("Header"))
@@ -211,7 +212,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     except VerificationError as exc:
         if args.json:
             print(
-                json.dumps(
+                _json_line(
                     {
                         "accepted": False,
                         "code": exc.code,
@@ -225,7 +226,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             print(style.red(f"REJECTED ({exc.status_code} {safe_text(exc.code)}): {safe_text(exc.message)}"))
         return EXIT_REJECTED
     if args.json:
-        print(json.dumps({"accepted": True, "code": "ok", "claims": claims.summary()}))
+        print(_json_line({"accepted": True, "code": "ok", "claims": claims.summary()}))
     else:
         print(style.green("ACCEPTED"))
         for k, v in claims.summary().items():

@@ -335,6 +335,12 @@ def check_document_tables(document: Mapping[str, Any], source: str = "") -> None
     spelling meant. Unrelated tables of a shared file are left alone.
     """
     where = f" in {source}" if source else ""
+    nested = _nested_root(document, (), 0)
+    if nested is not None:
+        raise ConfigurationError(
+            f"table [{nested}]{where} is not read by bbverify; it reads only the top-level [{ROOT_TABLE}]",
+            key=nested,
+        )
     for name in document:
         if not isinstance(name, str) or name == ROOT_TABLE:
             continue
@@ -355,6 +361,23 @@ def check_document_tables(document: Mapping[str, Any], source: str = "") -> None
                 f"table [{name}]{where} is not read by bbverify; did you mean [{ROOT_TABLE}.{sub}]?",
                 key=name,
             )
+
+
+def _nested_root(table: Mapping[str, Any], path: tuple[str, ...], depth: int) -> str | None:
+    """The dotted name of a table below the top level named like ``bbverify`` (``tool.bbverify``)."""
+    if depth > 4:  # bounded: configuration files are shallow
+        return None
+    for name, value in table.items():
+        if not isinstance(name, str) or not isinstance(value, Mapping):
+            continue
+        if path and _normal(name).startswith(ROOT_TABLE):
+            return ".".join((*path, name))
+        if not path and name == ROOT_TABLE:
+            continue  # the real table: its own keys are checked by their owners
+        found = _nested_root(value, (*path, name), depth + 1)
+        if found is not None:
+            return found
+    return None
 
 
 def _check_env_name(full: str, prefix: str, known: Iterable[str]) -> None:

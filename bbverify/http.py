@@ -40,6 +40,7 @@ __all__ = [
     "CLAIMS_KEY",
     "CLIENT_IP_KEY",
     "DEFAULT_REALM",
+    "KNOWN_SCOPES",
     "UNIX_SOCKET_PEER",
     "ErrorHandler",
     "ErrorResponse",
@@ -48,6 +49,8 @@ __all__ = [
     "MissingToken",
     "TrustedProxies",
     "bearer_token",
+    "check_scope_names",
+    "check_scopes",
     "client_ip",
     "error_response",
     "normalize_ip",
@@ -57,6 +60,7 @@ __all__ = [
     "request_client_ip",
     "rfc6750_error",
     "routing_path",
+    "scopes_for",
 ]
 
 _log = logging.getLogger("bbverify")

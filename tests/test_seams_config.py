@@ -225,3 +225,22 @@ def test_cli_flags_are_spelled_exactly(issuer: FakeIssuer) -> None:
         result = cli("verify", "a.b.c", flag, "x")
         assert result.returncode == 2, flag
         assert "unrecognized arguments" in result.stderr
+
+
+def test_toml_nested_bbverify_table_is_an_error(issuer: FakeIssuer, tmp_path: Path) -> None:
+    path = write(tmp_path, issuer, f'[tool.bbverify.rules]\nrepositories = ["{OTHER_REPO}"]\n')
+    with pytest.raises(ConfigurationError, match=r"\[tool\.bbverify\].*top-level \[bbverify\]"):
+        verifier_from_toml(path)
+    # A dependency pin or a key named bbverify elsewhere is not a table: left alone.
+    pinned = write(tmp_path, issuer, '[tool.poetry.dependencies]\nbbverify = "^0.1"\n')
+    assert verifier_from_toml(pinned).issuer == issuer.issuer
+
+
+@pytest.mark.parametrize("mode", [[], ["--json"]])
+def test_verify_escapes_claims_from_a_signed_token(issuer: FakeIssuer, mode: list[str]) -> None:
+    token = issuer.mint(branch=ATTACK + "\x7f" + OSC52)
+    env = {"BBVERIFY_ISSUER": issuer.issuer, "BBVERIFY_AUDIENCE": issuer.audience}
+    result = cli("verify", "-", *mode, stdin=token, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert not [c for c in output if (ord(c) < 0x20 and c != "\n") or 0x7F <= ord(c) <= 0x9F]
