@@ -498,10 +498,12 @@ def routing_path(path: str | None, root_path: str | None = None) -> str:
     ASGI and a WSGI deployment of the same configuration decide alike.
     """
     text = path if isinstance(path, str) and path else "/"
-    if root_path and isinstance(root_path, str):
-        prefix = root_path.rstrip("/")
-        if prefix and text.startswith(prefix) and text[len(prefix) : len(prefix) + 1] in ("", "/"):
-            text = text[len(prefix) :] or "/"
+    # The same cut as Starlette's router (starlette._utils.get_route_path):
+    # only at a segment boundary, so "/v10" is not under "/v1".
+    if root_path and isinstance(root_path, str) and text.startswith(root_path):
+        rest = text[len(root_path) :]
+        if not rest or rest.startswith("/"):
+            text = rest or "/"
     return text
 
 

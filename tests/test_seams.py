@@ -136,6 +136,7 @@ def test_uvicorn_root_path_is_stripped_like_a_mount(verifier: Any, http: httpx.C
         ("/v1/healthz", "/v1", "/healthz"),
         ("/v1", "/v1", "/"),
         ("/v1/", "/v1/", "/"),
+        ("/v1/x", "/v1/", "/v1/x"),  # as Starlette: a cut only at a segment boundary
         ("/v10/healthz", "/v1", "/v10/healthz"),  # not under the mount: left whole
         ("/healthz", "", "/healthz"),
         ("", None, "/"),
@@ -424,3 +425,14 @@ def test_scope_refusals_are_audited(
         decisions.clear()
         assert http.get(base + "/deploy", headers=bearer(token)).status_code == 403
         assert [(d.code, d.method, d.path) for d in decisions][-1] == ("insufficient_scope", "GET", "/deploy")
+
+
+def test_routing_path_agrees_with_starlettes_router() -> None:
+    from starlette._utils import get_route_path
+
+    paths = ["/", "/v1", "/v1/", "/v1/x", "/v10/x", "/api/v1/healthz", "/x/v1"]
+    roots = ["", "/v1", "/v1/", "/api", "/api/v1", "/x"]
+    for path in paths:
+        for root in roots:
+            expected = get_route_path({"path": path, "root_path": root}) or "/"
+            assert routing_path(path, root) == expected, (path, root)
