@@ -28,6 +28,7 @@ from .http import (
     CLAIMS_KEY,
     CLIENT_IP_KEY,
     DEFAULT_REALM,
+    POLICY_KEY,
     UNIX_SOCKET_PEER,
     VERIFIER_KEY,
     ErrorHandler,
@@ -91,12 +92,20 @@ class PipelineCredentials:
 
 
 def set_scope_claims(
-    scope: Scope, claims: PipelineClaims, verifier: Verifier, client: str | None = None
+    scope: Scope,
+    claims: PipelineClaims,
+    verifier: Verifier,
+    policy: str | None = None,
+    client: str | None = None,
 ) -> None:
-    """Record verified claims and the client address in an ASGI scope (every ASGI adapter)."""
+    """Record verified claims and the client address in an ASGI scope (every ASGI adapter).
+
+    ``policy`` is the named policy the claims passed (after the default).
+    """
     scope[CLAIMS_KEY] = claims
     scope[CLIENT_IP_KEY] = client
     scope[VERIFIER_KEY] = verifier
+    scope[POLICY_KEY] = policy
     scope["user"] = PipelineUser(claims)
     scope["auth"] = PipelineCredentials(scopes_for(claims))
 
@@ -178,6 +187,8 @@ class PipelineAuthMiddleware:
         trusted_proxies: ``None`` (the socket peer is the client), a hop
             count, or a list of proxy CIDRs; see :func:`bbverify.http.client_ip`.
         policies: extra rules for every request this middleware protects.
+        policy: the verifier's named policy for these requests (``None``:
+            its default policy, if any); checked now.
         realm: the ``realm`` of ``WWW-Authenticate``.
         on_error: ``on_error(error)`` returning an
             :class:`~bbverify.http.ErrorResponse` or an ASGI app (a Starlette
@@ -200,6 +211,7 @@ class PipelineAuthMiddleware:
         realm: str = DEFAULT_REALM,
         on_error: ErrorHandler | None = None,
         websocket_denial: str = "close",
+        policy: str | None = None,
     ) -> None:
         self.app = app
         self.guard = Guard(
@@ -210,6 +222,7 @@ class PipelineAuthMiddleware:
             trusted_proxies=trusted_proxies,
             realm=realm,
             on_error=on_error,
+            policy=policy,
         )
         if websocket_denial not in ("close", "http"):
             raise ConfigurationError("must be 'close' or 'http'", key="websocket_denial")
@@ -236,7 +249,7 @@ class PipelineAuthMiddleware:
             else:
                 await self._refuse_websocket(exc, scope, receive, send)
             return
-        set_scope_claims(scope, claims, guard.verifier, client)
+        set_scope_claims(scope, claims, guard.verifier, guard.applied_policy, client)
         await self.app(scope, receive, send)
 
     async def _refuse_websocket(

@@ -49,6 +49,7 @@ from .errors import ConfigurationError, VerificationError
 from .http import (
     CLAIMS_KEY,
     DEFAULT_REALM,
+    POLICY_KEY,
     VERIFIER_KEY,
     ErrorHandler,
     ErrorResponse,
@@ -96,6 +97,9 @@ class PipelineAuth(HTTPBearer):
         route_rules: rules for this route, added to the verifier's own.
         trusted_proxies: as for :class:`bbverify.asgi.PipelineAuthMiddleware`.
         realm: the ``realm`` of ``WWW-Authenticate``.
+        policy: the verifier's named policy for this route
+            (``PipelineAuth(verifier, policy="deploy")``); ``None`` applies the
+            verifier's default policy, if any. Checked now.
         on_error: ``on_error(error)`` returning an
             :class:`~bbverify.http.ErrorResponse` or a Starlette ``Response``
             for :func:`install_error_handler` to send.
@@ -125,12 +129,18 @@ class PipelineAuth(HTTPBearer):
         auto_error: bool = True,
         scheme_name: str | None = "BitbucketPipelinesOIDC",
         description: str | None = "A Bitbucket Pipelines OIDC token ($BITBUCKET_STEP_OIDC_TOKEN).",
+        policy: str | None = None,
     ) -> None:
         super().__init__(
             bearerFormat="JWT", scheme_name=scheme_name, description=description, auto_error=False
         )
         self.guard = Guard(
-            verifier, route_rules, trusted_proxies=trusted_proxies, realm=realm, on_error=on_error
+            verifier,
+            route_rules,
+            trusted_proxies=trusted_proxies,
+            realm=realm,
+            on_error=on_error,
+            policy=policy,
         )
         if not isinstance(auto_error, bool):
             raise ConfigurationError("must be True or False", key="auto_error")
@@ -143,7 +153,7 @@ class PipelineAuth(HTTPBearer):
         scope = request.scope
         guard = self.guard
         required = check_scope_names(security_scopes.scopes, "Security.scopes")
-        claims = guard.reusable(scope.get(CLAIMS_KEY), scope.get(VERIFIER_KEY))
+        claims = guard.reusable(scope.get(CLAIMS_KEY), scope.get(VERIFIER_KEY), scope.get(POLICY_KEY))
         try:
             if claims is None:
                 authorization, forwarded_for = auth_headers(scope)
@@ -154,7 +164,7 @@ class PipelineAuth(HTTPBearer):
                     authorization, client=client, method=scope.get("method", "GET"), path=scope_path(scope)
                 )
                 if CLAIMS_KEY not in scope:
-                    set_scope_claims(scope, claims, guard.verifier, client)
+                    set_scope_claims(scope, claims, guard.verifier, guard.applied_policy, client)
             check_scopes(claims, required, scope)
         except VerificationError as exc:
             response, native = guard.refusal(exc)

@@ -15,13 +15,14 @@
     def deploy():
         return {"repository": current_claims().repository_uuid}
 
-``require_pipeline(verifier, *route_rules)`` takes a
+``require_pipeline(verifier, *route_rules, policy=None)`` takes a
 :class:`~bbverify.Verifier`, or ``None`` to use the app's :class:`BBVerify`
-extension. The verified claims are in ``flask.g.pipeline_claims`` and
-:func:`current_claims`; the client address the rules saw in
-:func:`current_client_ip`. Both are also in ``request.environ`` under the
-keys every adapter uses (``bbverify.http.request_claims(request)`` and
-``bbverify.http.request_client_ip(request)`` read them).
+extension; ``policy`` names one of the verifier's named policies
+(``@require_pipeline(policy="deploy")``). The verified claims are in
+``flask.g.pipeline_claims`` and :func:`current_claims`; the client address the
+rules saw in :func:`current_client_ip`. Both are also in ``request.environ``
+under the keys every adapter uses (``bbverify.http.request_claims(request)``
+and ``bbverify.http.request_client_ip(request)`` read them).
 ``require_pipeline(optional=True)`` lets a request without ``Authorization``
 through with no claims (a bad token is still refused). Refusals use the RFC 6750 JSON answer of
 :mod:`bbverify.http`. Works with blueprints and ``app.test_client()``.
@@ -34,7 +35,7 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, cast
 
-from flask import Flask, current_app, g, make_response, request
+from flask import Flask, current_app, g, has_app_context, make_response, request
 from flask.typing import ResponseReturnValue
 
 from .claims import PipelineClaims
@@ -43,6 +44,7 @@ from .http import (
     CLAIMS_KEY,
     CLIENT_IP_KEY,
     DEFAULT_REALM,
+    POLICY_KEY,
     VERIFIER_KEY,
     ErrorHandler,
     Guard,
@@ -57,6 +59,8 @@ __all__ = ["BBVerify", "current_claims", "current_client_ip", "require_pipeline"
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXTENSION_KEY = "bbverify"
+#: Attribute marking a view decorated by :func:`require_pipeline` that names a policy.
+_POLICY_ATTR = "__bbverify_policy__"
 #: ``app.config`` keys read by the extension itself rather than the verifier.
 ADAPTER_SETTINGS = ("BBVERIFY_TRUSTED_PROXIES", "BBVERIFY_REALM")
 
@@ -74,8 +78,11 @@ class BBVerify:
         realm: overrides ``app.config["BBVERIFY_REALM"]``.
         on_error: ``on_error(error)`` returning an
             :class:`~bbverify.http.ErrorResponse` or any Flask response value.
+        policy: the named policy for views whose decorator names none
+            (``None``: the verifier's default policy, if any).
 
-    Configuration errors surface in :meth:`init_app`, at start-up.
+    Configuration errors surface in :meth:`init_app`, at start-up, including
+    unknown policy names on views already registered with the app.
     """
 
     def __init__(
@@ -86,11 +93,13 @@ class BBVerify:
         trusted_proxies: TrustedProxiesSpec = None,
         realm: str | None = None,
         on_error: ErrorHandler | None = None,
+        policy: str | None = None,
     ) -> None:
         self._verifier = verifier
         self._trusted_proxies = trusted_proxies
         self._realm = realm
         self._on_error = on_error
+        self._policy = policy
         if app is not None:
             self.init_app(app)
 
@@ -105,7 +114,11 @@ class BBVerify:
         if trusted is None:
             trusted = app.config.get("BBVERIFY_TRUSTED_PROXIES")
         realm = self._realm or app.config.get("BBVERIFY_REALM") or DEFAULT_REALM
-        app.extensions[EXTENSION_KEY] = _State(verifier, trusted, realm, self._on_error)
+        app.extensions[EXTENSION_KEY] = _State(verifier, trusted, realm, self._on_error, self._policy)
+        for endpoint, view in app.view_functions.items():
+            named = getattr(view, _POLICY_ATTR, None)
+            if named is not None:
+                verifier.check_policy(named, key=f"view {endpoint!r}: policy")
 
     @staticmethod
     def verifier_for(app: Flask) -> Verifier:
@@ -115,10 +128,15 @@ class BBVerify:
 
 class _State:
     def __init__(
-        self, verifier: Verifier, trusted: TrustedProxiesSpec, realm: str, on_error: ErrorHandler | None
+        self,
+        verifier: Verifier,
+        trusted: TrustedProxiesSpec,
+        realm: str,
+        on_error: ErrorHandler | None,
+        policy: str | None,
     ) -> None:
         # Building a Guard checks the settings now rather than at the first request.
-        self.base = Guard(verifier, trusted_proxies=trusted, realm=realm, on_error=on_error)
+        self.base = Guard(verifier, trusted_proxies=trusted, realm=realm, on_error=on_error, policy=policy)
         self.verifier = verifier
         self._guards: dict[object, Guard] = {}
 
@@ -129,6 +147,7 @@ class _State:
         trusted: TrustedProxiesSpec = None,
         realm: str | None = None,
         on_error: ErrorHandler | None = None,
+        policy: str | None = None,
     ) -> Guard:
         """The guard of one decorated view under this app's settings (built once)."""
         guard = self._guards.get(key)
@@ -140,6 +159,7 @@ class _State:
                 trusted_proxies=trusted if trusted is not None else base.trusted_proxies,
                 realm=realm or base.realm,
                 on_error=on_error or base.on_error,
+                policy=policy if policy is not None else base.policy,
             )
             self._guards[key] = guard
         return guard
@@ -186,17 +206,22 @@ def require_pipeline(
     trusted_proxies: TrustedProxiesSpec = None,
     realm: str | None = None,
     on_error: ErrorHandler | None = None,
+    policy: str | None = None,
     optional: bool = False,
 ) -> Callable[[F], F]:
     """Decorate a view so that it needs a valid pipeline token.
 
     ``verifier`` is a :class:`~bbverify.Verifier`, or ``None`` to use the
     :class:`BBVerify` extension of the current app (its trusted proxies,
-    realm and ``on_error`` apply unless given here). ``route_rules`` are added
-    to the verifier's own rules for this view. With ``optional=True`` a
-    request without an ``Authorization`` header reaches the view with no
-    claims (``flask.g.pipeline_claims`` is ``None``); a request with a bad
-    token is refused as usual.
+    realm, ``on_error`` and policy apply unless given here). ``route_rules``
+    are added to the verifier's own rules for this view. ``policy`` names one
+    of the verifier's named policies; an unknown name raises
+    ``ConfigurationError`` here (with an explicit verifier, or inside an app
+    context), else in :meth:`BBVerify.init_app` for views registered before
+    it, else when the view's first request builds its guard. With
+    ``optional=True`` a request without an ``Authorization`` header reaches
+    the view with no claims (``flask.g.pipeline_claims`` is ``None``); a
+    request with a bad token is refused as usual.
     """
     if not isinstance(optional, bool):
         raise ConfigurationError("must be True or False", key="optional")
@@ -214,8 +239,13 @@ def require_pipeline(
             trusted_proxies=trusted_proxies,
             realm=realm or DEFAULT_REALM,
             on_error=on_error,
+            policy=policy,
         )
     else:
+        if policy is not None and has_app_context():
+            state = current_app.extensions.get(EXTENSION_KEY)
+            if isinstance(state, _State):
+                state.verifier.check_policy(policy)
         # Check the rules now; the guard itself needs the app's settings.
         for i, rule in enumerate(route_rules):
             if not callable(rule):
@@ -225,12 +255,12 @@ def require_pipeline(
     def guard_now() -> Guard:
         if own is not None:
             return own
-        return _state(current_app).guard(key, route_rules, trusted_proxies, realm, on_error)
+        return _state(current_app).guard(key, route_rules, trusted_proxies, realm, on_error, policy)
 
     def check() -> ResponseReturnValue | None:
         guard = guard_now()
         environ = request.environ
-        reused = guard.reusable(environ.get(CLAIMS_KEY), environ.get(VERIFIER_KEY))
+        reused = guard.reusable(environ.get(CLAIMS_KEY), environ.get(VERIFIER_KEY), environ.get(POLICY_KEY))
         if reused is None:
             authorization, peer, forwarded = environ_request(environ)
             if optional and not authorization:
@@ -245,6 +275,7 @@ def require_pipeline(
                 return _refusal(guard, exc)
             environ[CLAIMS_KEY] = reused
             environ[VERIFIER_KEY] = guard.verifier
+            environ[POLICY_KEY] = guard.applied_policy
             environ[CLIENT_IP_KEY] = client
         g.pipeline_claims = reused
         return None
@@ -259,6 +290,8 @@ def require_pipeline(
                     return refused
                 return await view(*args, **kwargs)
 
+            if own is None and policy is not None:
+                setattr(async_wrapper, _POLICY_ATTR, policy)
             return cast(F, async_wrapper)
 
         @functools.wraps(view)
@@ -268,6 +301,8 @@ def require_pipeline(
                 return refused
             return view(*args, **kwargs)
 
+        if own is None and policy is not None:
+            setattr(wrapper, _POLICY_ATTR, policy)
         return cast(F, wrapper)
 
     return decorate

@@ -97,6 +97,8 @@ class PipelineAuthBackend(AuthenticationBackend):
     ``scope["bbverify.claims"]``. A bad token raises
     :class:`PipelineAuthenticationError`; pass :meth:`on_error` to the
     middleware so that it is answered with the RFC 6750 response.
+    ``policy`` names the verifier's named policy to apply (``None``: its
+    default policy, if any); it is checked when the backend is built.
     """
 
     def __init__(
@@ -105,8 +107,11 @@ class PipelineAuthBackend(AuthenticationBackend):
         *route_rules: Rule,
         trusted_proxies: TrustedProxiesSpec = None,
         realm: str = DEFAULT_REALM,
+        policy: str | None = None,
     ) -> None:
-        self.guard = Guard(verifier, route_rules, trusted_proxies=trusted_proxies, realm=realm)
+        self.guard = Guard(
+            verifier, route_rules, trusted_proxies=trusted_proxies, realm=realm, policy=policy
+        )
 
     async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, PipelineUser] | None:
         scope = conn.scope
@@ -121,7 +126,7 @@ class PipelineAuthBackend(AuthenticationBackend):
             )
         except VerificationError as exc:
             raise PipelineAuthenticationError(exc) from None
-        set_scope_claims(scope, claims, self.guard.verifier, client)
+        set_scope_claims(scope, claims, self.guard.verifier, self.guard.applied_policy, client)
         return AuthCredentials(scopes_for(claims)), PipelineUser(claims)
 
     def on_error(self, conn: HTTPConnection, exc: AuthenticationError) -> Response:
