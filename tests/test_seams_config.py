@@ -38,6 +38,8 @@ def base_env(issuer: FakeIssuer) -> dict[str, str]:
         ("BB_VERIFY_REPOSITORIES", "BBVERIFY_REPOSITORIES"),
         ("BBVERIFY_REPOSITORY", "BBVERIFY_REPOSITORIES"),
         ("bbverify_Leeway", "BBVERIFY_LEEWAY"),
+        ("bbverify_policies", "BBVERIFY_POLICIES"),
+        ("BBVERIFY_WORKSPACELIST", "BBVERIFY_WORKSPACE_LIST"),
     ],
 )
 def test_env_near_misses_are_errors_with_a_suggestion(issuer: FakeIssuer, name: str, meant: str) -> None:
@@ -219,12 +221,13 @@ def test_inspect_escapes_everything_from_the_token(mode: list[str]) -> None:
         assert "\\u202e" in result.stdout
 
 
-def test_cli_flags_are_spelled_exactly(issuer: FakeIssuer) -> None:
+def test_cli_flags_are_spelled_exactly(capsys: pytest.CaptureFixture[str]) -> None:
+    from bbverify.cli import main
+
     # argparse would otherwise take --work for --workspace and --iss for --issuer.
     for flag in ("--work", "--iss", "--jwks"):
-        result = cli("verify", "a.b.c", flag, "x")
-        assert result.returncode == 2, flag
-        assert "unrecognized arguments" in result.stderr
+        assert main(["verify", "a.b.c", flag, "x"]) == 2, flag
+        assert "unrecognized arguments" in capsys.readouterr().err
 
 
 def test_toml_nested_bbverify_table_is_an_error(issuer: FakeIssuer, tmp_path: Path) -> None:
@@ -244,3 +247,14 @@ def test_verify_escapes_claims_from_a_signed_token(issuer: FakeIssuer, mode: lis
     assert result.returncode == 0, result.stdout + result.stderr
     output = result.stdout + result.stderr
     assert not [c for c in output if (ord(c) < 0x20 and c != "\n") or 0x7F <= ord(c) <= 0x9F]
+
+
+def test_layers_structured_variables(issuer: FakeIssuer, tmp_path: Path) -> None:
+    path = write(tmp_path, issuer, "")
+    policies = json.dumps({"deploy": {"allow": [{"repositories": [issuer.repository_uuid]}]}})
+    verifier = verifier_from_layers(path, {"BBVERIFY_POLICIES": policies})
+    assert verifier.verify(issuer.mint(), policy="deploy")
+    bad = json.dumps({"deploy": {"allow": [{"repositories": ["nope"]}]}})
+    with pytest.raises(ConfigurationError) as info:
+        verifier_from_layers(path, {"BBVERIFY_POLICIES": bad})
+    assert (info.value.key or "").startswith("BBVERIFY_POLICIES.deploy.allow[0]")
