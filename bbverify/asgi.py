@@ -137,14 +137,17 @@ def peer_address(scope: Scope) -> str | None:
     A connection over a Unix socket has no peer address: the ASGI spec gives
     ``server`` as ``[path, None]`` there and servers leave ``client`` out
     (uvicorn ``--uds``), so the peer is :data:`~bbverify.http.UNIX_SOCKET_PEER`,
-    which only ``trusted_proxies=["unix", ...]`` trusts.
+    which only ``trusted_proxies=["unix", ...]`` trusts. That holds even when
+    ``client`` is set: on a Unix socket it can only come from a header
+    (uvicorn ``--forwarded-allow-ips='*'`` copies the leftmost, client-written
+    ``X-Forwarded-For`` entry there), never from the socket.
     """
-    client = scope.get("client")
-    if client and isinstance(client[0], str) and client[0]:
-        return client[0]
     server = scope.get("server")
     if server is None or (isinstance(server, list | tuple) and len(server) == 2 and server[1] is None):
         return UNIX_SOCKET_PEER
+    client = scope.get("client")
+    if client and isinstance(client[0], str) and client[0]:
+        return client[0]
     return None
 
 

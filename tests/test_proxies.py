@@ -167,3 +167,22 @@ def test_uvicorn_proxy_headers_decide_before_bbverify(
     else:
         assert answer.status_code == 403
         assert answer.json()["code"] == "ip_not_allowed"
+
+
+@pytest.mark.parametrize(("trusted", "code"), [(None, "client_ip_unknown"), (["unix"], "ip_not_allowed")])
+def test_uds_client_rewritten_by_uvicorn_is_not_the_peer(
+    issuer: FakeIssuer, short_tmp: str, trusted: Any, code: str
+) -> None:
+    # uvicorn --uds --forwarded-allow-ips='*' puts the leftmost (client-written) entry in
+    # scope["client"]; bbverify still takes the Unix socket as the peer and walks the header itself.
+    from servers import uds_client
+
+    app = guarded(issuer, [f"{SPOOF}/32"], trusted)
+    with (
+        serve_asgi_uds(app, short_tmp, proxy_headers=True, forwarded_allow_ips="*") as sock,
+        uds_client(sock, timeout=10) as client,
+    ):
+        headers = {**bearer(issuer.mint()), "X-Forwarded-For": f"{SPOOF}, 203.0.113.9"}
+        answer = client.get("/whoami", headers=headers)
+    assert answer.status_code == 403
+    assert answer.json()["code"] == code
