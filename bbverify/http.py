@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from .audit import Decision, emit
 from .claims import PipelineClaims
 from .errors import ConfigurationError, KeysUnavailable, PolicyDenied, VerificationError
-from .ipranges import parse_cidr
+from .ipranges import catch_all_versions, parse_cidr
 from .policies import Rule, as_rules
 from .verifier import Verifier
 
@@ -304,8 +304,14 @@ class TrustedProxies:
             text = value.strip()
             if not text:
                 return None
-            if text.isdigit():
+            # Only ASCII digits are a hop count: str.isdigit() also takes "²" (int() fails)
+            # and "٣" (int() reads 3), neither of which an operator means as a count.
+            if text.isascii() and text.isdigit():
                 value = int(text)
+            elif text.isdigit():
+                raise ConfigurationError(
+                    f"hop count {text!r} must be written in ASCII digits 0-9", key="trusted_proxies"
+                )
             else:
                 value = [part.strip() for part in text.split(",") if part.strip()]
         if isinstance(value, int):
@@ -324,16 +330,14 @@ class TrustedProxies:
                 continue
             # The same strict parser as IPRanges: host bits, zone ids and junk are refused.
             networks.append(parse_cidr(cidr, key=f"trusted_proxies[{i}]"))
-        for version in (4, 6):
-            # Covering everything is refused whatever its shape (0.0.0.0/1 + 128.0.0.0/1):
-            # trusting every address as a proxy lets any caller choose its own IP.
-            same = [n for n in networks if n.version == version]
-            if same and any(n.prefixlen == 0 for n in ipaddress.collapse_addresses(same)):  # type: ignore[type-var]
-                raise ConfigurationError(
-                    f"these ranges together trust every IPv{version} address as a proxy, so any "
-                    "caller could set its own IP; list your proxies' addresses, or give a hop count",
-                    key="trusted_proxies",
-                )
+        # Covering everything is refused whatever its shape (0.0.0.0/1 + 128.0.0.0/1):
+        # trusting every address as a proxy lets any caller choose its own IP.
+        for version in catch_all_versions(networks):
+            raise ConfigurationError(
+                f"these ranges together trust every IPv{version} address as a proxy, so any "
+                "caller could set its own IP; list your proxies' addresses, or give a hop count",
+                key="trusted_proxies",
+            )
         if not networks and not unix:
             return None
         return cls(networks=tuple(networks), unix=unix)

@@ -160,6 +160,25 @@ def _merge(intervals: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
     return starts, ends
 
 
+def catch_all_versions(networks: Iterable[IPNetwork]) -> tuple[int, ...]:
+    """The IP versions (4, 6) of which ``networks`` together cover every address.
+
+    ``0.0.0.0/0`` does, and so do ``0.0.0.0/1`` + ``128.0.0.0/1`` or any other
+    split: the one coverage check behind the IP-range feed and ``trusted_proxies``.
+    Returns ``()`` when neither version is covered.
+    """
+    by_version: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
+    for n in networks:
+        by_version[n.version].append((int(n.network_address), int(n.broadcast_address)))
+    full = {4: (1 << 32) - 1, 6: (1 << 128) - 1}
+    covered: list[int] = []
+    for version, intervals in by_version.items():
+        starts, ends = _merge(intervals)
+        if starts == [0] and ends == [full[version]]:
+            covered.append(version)
+    return tuple(covered)
+
+
 class AddressSet:
     """An immutable set of IPv4 and IPv6 networks with O(log n) membership.
 
@@ -288,6 +307,15 @@ def parse_feed(
             skipped += 1
             continue
         networks.append(network)
+    covered = catch_all_versions(networks)
+    if covered:
+        # Split catch-alls (0.0.0.0/1 + 128.0.0.0/1) admit every caller just as 0.0.0.0/0
+        # does; the selection is then broken or tampered as a whole, so none of it is used.
+        raise FeedError(
+            "feed items together cover every "
+            + " and every ".join(f"IPv{v}" for v in covered)
+            + " address; refused as broken or tampered"
+        )
     if not networks:
         raise FeedError(
             "feed lists no usable range for "
