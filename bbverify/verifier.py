@@ -2,11 +2,11 @@
 
 A token travels: size cap and split (:mod:`bbverify.token`), header and
 algorithm allowlist, payload parse, plausibility on the unverified payload
-(the workspace picked by exact ``iss``, ``aud``, ``exp``, ``iat``, Bitbucket
-claims present: no key fetch for a token that cannot be genuine), key lookup
+(the workspace picked by exact ``iss``, ``aud``, ``exp``, ``iat``, ``nbf``,
+Bitbucket claims present and of the right types, ``sub`` agreement, the
+workspace pin: no key fetch for a token that cannot be genuine), key lookup
 in that workspace's key source (:mod:`bbverify.keys`), signature
-(:mod:`bbverify.jwk`), every claim check again plus ``nbf``, ``sub``
-agreement and the workspace pin, then the rules (:mod:`bbverify.policies`):
+(:mod:`bbverify.jwk`), every claim check again, then the rules (:mod:`bbverify.policies`):
 base, the workspace's own, the named policy, per-route, on every call,
 cached or not.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from types import MappingProxyType
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -188,9 +189,10 @@ class Verifier:
 
     Before any key lookup that may fetch, the unverified payload must be
     plausible for this verifier: a configured ``iss``, an accepted ``aud``,
-    ``exp`` not past, ``iat`` not in the future, the Bitbucket claims present.
-    So a token for another workspace is ``issuer_mismatch`` and costs no
-    fetch. All checks run again after the signature.
+    ``exp`` not past, ``iat`` and ``nbf`` not in the future, the Bitbucket
+    claims present and strings, ``sub`` agreeing with them, ``workspaceUuid``
+    the pinned one. So a token for another workspace is ``issuer_mismatch``
+    (or ``workspace_mismatch``) and costs no fetch. All checks run again after the signature.
 
     Args:
         workspace: the workspace slug; the issuer is derived from it.
@@ -199,7 +201,8 @@ class Verifier:
             Defaults to Bitbucket's own when ``workspace_uuid`` is given.
         workspace_uuid: the workspace UUID; when given, ``workspaceUuid`` in
             the token must match it.
-        jwks_url: skip discovery and fetch keys here.
+        jwks_url: skip discovery and fetch keys here (excludes ``keys``; validated
+            like every fetch URL: https, plain http only on loopback).
         keys: a ready key source (for example :class:`~bbverify.keys.StaticKeySet`).
         workspaces: several workspaces (see above); excludes the six
             arguments before it.
@@ -255,7 +258,7 @@ class Verifier:
                 f"{sorted(SUPPORTED_ALGORITHMS)} (HS* and none are never accepted)",
                 key="algorithms",
             )
-        self.algorithms = algs
+        self._algorithms = algs
         if not isinstance(leeway, int | float) or not 0 <= leeway <= MAX_LEEWAY:
             raise ConfigurationError(f"must be between 0 and {MAX_LEEWAY:g} seconds", key="leeway")
         self.leeway = float(leeway)
@@ -263,14 +266,16 @@ class Verifier:
             raise ConfigurationError("must be between 512 and 65536", key="max_token_bytes")
         self.max_token_bytes = max_token_bytes
         self._clock = clock
-        self.policies: tuple[Rule, ...] = as_rules(policies)
-        for i, rule in enumerate(self.policies):
+        # Read-only after construction (properties below): the base rules are joined into
+        # each workspace here, so a later assignment would be silently ignored (f12).
+        self._policies: tuple[Rule, ...] = as_rules(policies)
+        for i, rule in enumerate(self._policies):
             if not callable(rule):
                 raise ConfigurationError(f"{rule!r} is not a rule (a callable)", key=f"policies[{i}]")
         self._named = self._check_named(named_policies)
         if default_policy is not None:
             self.check_policy(default_policy, key="default_policy")
-        self.default_policy: str | None = default_policy
+        self._default_policy: str | None = default_policy
         self.on_decision = on_decision
         self._cache = _TokenCache(int(cache_size))
         self._headers: dict[str, Header] = {}
@@ -292,7 +297,7 @@ class Verifier:
                 jwks_url=jwks_url,
                 keys=keys,
             )
-            trusts = [_Trust(spec, self._key_source(spec, fetch_options), self.policies)]
+            trusts = [_Trust(spec, self._key_source(spec, fetch_options), self._policies)]
         else:
             given = {
                 "workspace": workspace,
@@ -305,8 +310,20 @@ class Verifier:
             trusts = self._check_workspaces(workspaces, given, fetch_options)
         self._trusts: tuple[_Trust, ...] = tuple(trusts)
         self._by_issuer: dict[str, _Trust] = {t.issuer: t for t in trusts}
-        #: The trusted workspaces, in the order given.
-        self.workspaces: tuple[WorkspaceSpec, ...] = tuple(t.spec for t in trusts)
+        self._workspaces: tuple[WorkspaceSpec, ...] = tuple(t.spec for t in trusts)
+
+    # Settings fixed at construction are read-only: each is built into the workspaces'
+    # key sources and rules, so assigning one later would be silently ignored (f12).
+
+    @property
+    def workspaces(self) -> tuple[WorkspaceSpec, ...]:
+        """The trusted workspaces, in the order given (read-only)."""
+        return self._workspaces
+
+    @property
+    def algorithms(self) -> frozenset[str]:
+        """The accepted signature algorithms (read-only)."""
+        return self._algorithms
 
     def _check_workspaces(
         self,
@@ -347,7 +364,7 @@ class Verifier:
                 if exc.key and message.startswith(exc.key + ": "):
                     message = message[len(exc.key) + 2 :]
                 raise ConfigurationError(message, key=f"{key}.{exc.key}") from None
-            trusts.append(_Trust(spec, source, self.policies))
+            trusts.append(_Trust(spec, source, self._policies))
         return trusts
 
     def _key_source(self, spec: WorkspaceSpec, options: dict[str, Any]) -> _keys.KeySource:
@@ -358,7 +375,7 @@ class Verifier:
         source = _keys.RemoteKeySet(
             issuer=spec.issuer if spec.jwks_url is None else None,
             jwks_url=spec.jwks_url,
-            allowed_algorithms=self.algorithms,
+            allowed_algorithms=self._algorithms,
             **options,
         )
         if spec.jwks_url is not None:
@@ -433,6 +450,21 @@ class Verifier:
     # -- named policies ---------------------------------------------------------
 
     @property
+    def policies(self) -> tuple[Rule, ...]:
+        """The base rules (read-only: they are fixed when the verifier is built)."""
+        return self._policies
+
+    @property
+    def named_policies(self) -> Mapping[str, tuple[Rule, ...]]:
+        """``{name: rules}`` of the named policies, as a read-only mapping."""
+        return MappingProxyType(self._named)
+
+    @property
+    def default_policy(self) -> str | None:
+        """The named policy applied when a call names none (read-only)."""
+        return self._default_policy
+
+    @property
     def policy_names(self) -> tuple[str, ...]:
         """The names of the named policies, in the order configured."""
         return tuple(self._named)
@@ -451,7 +483,7 @@ class Verifier:
 
     def _policy_rules(self, name: str | None) -> tuple[Rule, ...]:
         if name is None:
-            name = self.default_policy
+            name = self._default_policy
             if name is None:
                 return ()
         rules = self._named.get(name) if type(name) is str else None
@@ -576,7 +608,7 @@ class Verifier:
         parsed = split(token, self.max_token_bytes)
         header = self._headers.get(parsed.header_segment)
         if header is None:
-            header = parse_header(parsed.header_segment, self.algorithms)
+            header = parse_header(parsed.header_segment, self._algorithms)
             # Bitbucket reuses one header per key, so this stays tiny; the cap
             # keeps hostile traffic from growing it.
             if len(self._headers) < 64:
@@ -623,7 +655,18 @@ class Verifier:
             raise InvalidToken("token has expired", code="expired")
         if iat > now + leeway:
             raise InvalidToken("token was issued in the future", code="not_yet_valid")
+        if "nbf" in payload:  # Bitbucket sends none; checked when present
+            nbf = _timestamp(payload, "nbf", required=False)
+            if nbf is not None and nbf > now + leeway:
+                raise InvalidToken("token is not valid yet (nbf)", code="not_yet_valid")
+        # Everything else a genuine token must satisfy is checkable unsigned too: claim
+        # types, 'sub' agreement and the workspace pin. A token failing any of them is
+        # refused for that reason before it can cost a key fetch (finding f01).
         _require_bitbucket_claims(payload)
+        _check_bitbucket_claims(payload)
+        pin = trust.workspace_uuid
+        if pin is not None and payload["workspaceUuid"].lower() != pin:
+            raise InvalidToken("token belongs to another workspace", code="workspace_mismatch")
         return trust
 
     def _finish(
@@ -637,22 +680,10 @@ class Verifier:
     ) -> PipelineClaims:
         key.verify(header.alg, parsed.signature, parsed.signing_input)
         # Every check again, now on signed claims and at the time after any fetch.
-        now = self._clock()
-        self._plausible(payload, now)
-        leeway = self.leeway
-        exp = float(payload["exp"])
-        nbf = _timestamp(payload, "nbf", required=False) if "nbf" in payload else None  # Bitbucket sends none
-        if nbf is not None and nbf > now + leeway:
-            raise InvalidToken("token is not valid yet (nbf)", code="not_yet_valid")
-
-        _check_bitbucket_claims(payload)
-        pin = trust.workspace_uuid
-        if pin is not None and payload["workspaceUuid"].lower() != pin:
-            raise InvalidToken("token belongs to another workspace", code="workspace_mismatch")
-
+        self._plausible(payload, self._clock())
         claims = PipelineClaims.from_payload(payload)
         if type(token) is str:
-            self._cache.put(token, (claims, exp + leeway, header, key, trust))
+            self._cache.put(token, (claims, float(payload["exp"]) + self.leeway, header, key, trust))
         return claims
 
     def _authorize(

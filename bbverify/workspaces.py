@@ -24,6 +24,7 @@ from typing import Any
 from . import keys as _keys
 from .claims import normalize_uuid
 from .errors import ConfigurationError
+from .fetch import check_fetch_url
 from .policies import Rule, as_rules
 
 __all__ = [
@@ -97,9 +98,11 @@ class WorkspaceSpec:
             audience when ``workspace_uuid`` is given.
         workspace_uuid: when given, the token's ``workspaceUuid`` must be
             this UUID (braces optional, any case).
-        jwks_url: fetch this workspace's keys here instead of discovery.
+        jwks_url: fetch this workspace's keys here instead of discovery
+            (``https://``; plain ``http://`` only on loopback).
         keys: a ready :class:`~bbverify.keys.KeySource` for this workspace
-            (for example a :class:`~bbverify.keys.StaticKeySet`).
+            (for example a :class:`~bbverify.keys.StaticKeySet`); excludes
+            ``jwks_url``.
         policies: rules applied to this workspace's tokens only, after the
             verifier's own base rules.
         name: how decisions, logs and the ``workspace`` policy condition name
@@ -142,8 +145,15 @@ class WorkspaceSpec:
         if audience is None and self.workspace_uuid is not None:
             audience = bitbucket_audience(self.workspace_uuid)
         self.audiences: frozenset[str] = check_audience(audience)
-        if jwks_url is not None and (not isinstance(jwks_url, str) or not jwks_url):
-            raise ConfigurationError("must be a non-empty string", key="jwks_url")
+        if jwks_url is not None:
+            if keys is not None:
+                # Two key sources would be a contradiction: one of them would be ignored.
+                raise ConfigurationError(
+                    "give keys= (a ready key source) or jwks_url= (fetch the keys there), not both",
+                    key="jwks_url",
+                )
+            # Validated here, whatever else is given: https://, plain http only on loopback.
+            check_fetch_url(jwks_url, "jwks_url")
         self.jwks_url = jwks_url
         self.keys = keys
         self.policies: tuple[Rule, ...] = as_rules(policies)
