@@ -365,6 +365,18 @@ class Verifier:
                     message = message[len(exc.key) + 2 :]
                 raise ConfigurationError(message, key=f"{key}.{exc.key}") from None
             trusts.append(_Trust(spec, source, self._policies))
+        # A name must not be another workspace's slug or issuer: names default to the slug
+        # (else the issuer), so a condition `workspace = ["acme"]` would otherwise silently
+        # mean whichever item is *named* acme, not the workspace whose slug is acme (f10).
+        aliases = {alias: j for j, t in enumerate(trusts) for alias in (t.spec.slug, t.issuer) if alias}
+        for i, t in enumerate(trusts):
+            j = aliases.get(t.name)
+            if j is not None and j != i:
+                raise ConfigurationError(
+                    f"{t.name!r} is the slug or issuer of workspaces[{j}]; name each workspace so "
+                    "that no name stands for another workspace",
+                    key=f"workspaces[{i}].name",
+                )
         return trusts
 
     def _key_source(self, spec: WorkspaceSpec, options: dict[str, Any]) -> _keys.KeySource:

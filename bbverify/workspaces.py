@@ -39,6 +39,7 @@ BITBUCKET_ISSUER_TEMPLATE = (
     "https://api.bitbucket.org/2.0/workspaces/{workspace}/pipelines-config/identity/oidc"
 )
 _SLUG_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,99}")
+_PREFIX, _, _SUFFIX = BITBUCKET_ISSUER_TEMPLATE.partition("{workspace}")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,199}")
 
 
@@ -52,6 +53,15 @@ def bitbucket_issuer(workspace: str) -> str:
     if not _SLUG_RE.fullmatch(slug):
         raise ConfigurationError(f"{workspace!r} is not a Bitbucket workspace slug", key="workspace")
     return BITBUCKET_ISSUER_TEMPLATE.format(workspace=slug)
+
+
+def slug_of(issuer: str) -> str | None:
+    """The workspace slug of a Bitbucket issuer URL, or ``None`` for any other issuer."""
+    if issuer.startswith(_PREFIX) and issuer.endswith(_SUFFIX):
+        slug = issuer[len(_PREFIX) : len(issuer) - len(_SUFFIX)]
+        if _SLUG_RE.fullmatch(slug):
+            return slug
+    return None
 
 
 def bitbucket_audience(workspace_uuid: str) -> str:
@@ -106,13 +116,15 @@ class WorkspaceSpec:
         policies: rules applied to this workspace's tokens only, after the
             verifier's own base rules.
         name: how decisions, logs and the ``workspace`` policy condition name
-            it; defaults to the slug, else the issuer.
+            it; defaults to the slug, else the issuer. In a verifier over
+            several workspaces, a name may not be another workspace's slug or
+            issuer (a condition naming it would be ambiguous).
 
     Raises :class:`ConfigurationError` (``key`` names the argument) on any
     mistake. Building one makes no network call.
     """
 
-    __slots__ = ("audiences", "issuer", "jwks_url", "keys", "name", "policies", "workspace_uuid")
+    __slots__ = ("audiences", "issuer", "jwks_url", "keys", "name", "policies", "slug", "workspace_uuid")
 
     def __init__(
         self,
@@ -138,6 +150,8 @@ class WorkspaceSpec:
         if not isinstance(issuer, str) or not issuer:
             raise ConfigurationError("must be a non-empty string", key="issuer")
         self.issuer: str = issuer
+        #: The workspace slug when the issuer is a Bitbucket workspace's, else ``None``.
+        self.slug: str | None = slug_of(issuer)
         # "" is refused, not read as "unset": it would drop the workspace pin silently.
         self.workspace_uuid: str | None = (
             normalize_uuid(workspace_uuid, key="workspace_uuid") if workspace_uuid is not None else None
