@@ -62,6 +62,7 @@ __all__ = [
     "rfc6750_error",
     "routing_path",
     "scopes_for",
+    "wsgi_path",
 ]
 
 _log = logging.getLogger("bbverify")
@@ -461,7 +462,7 @@ def check_scopes(
         verifier = carrier.get(VERIFIER_KEY) if carrier is not None else None
         if carrier is not None and isinstance(verifier, Verifier):
             method = carrier.get("method", carrier.get("REQUEST_METHOD"))
-            path = carrier.get("path", carrier.get("PATH_INFO"))
+            path = carrier.get("path") if "path" in carrier else wsgi_path(carrier.get("PATH_INFO"))
             root = carrier.get("root_path")
             decision = Decision.build(
                 claims,
@@ -495,8 +496,8 @@ def _check_scopes(claims: PipelineClaims, required: Iterable[str]) -> None:
 def routing_path(path: str | None, root_path: str | None = None) -> str:
     """The path the wrapped application routes on.
 
-    WSGI: ``PATH_INFO`` as it is (a dispatcher moves its prefix to
-    ``SCRIPT_NAME``), so call it with ``root_path=None``. ASGI: ``path`` holds
+    WSGI: ``PATH_INFO`` decoded by :func:`wsgi_path` (a dispatcher moves
+    its prefix to ``SCRIPT_NAME``), so call it with ``root_path=None``. ASGI: ``path`` holds
     the full path and ``root_path`` the part consumed by mounts and the
     server's ``--root-path`` (ASGI HTTP scope spec; Starlette's ``Mount``
     since 0.35 extends ``root_path`` and leaves ``path`` whole), so the
@@ -512,6 +513,28 @@ def routing_path(path: str | None, root_path: str | None = None) -> str:
         if not rest or rest.startswith("/"):
             text = rest or "/"
     return text
+
+
+def wsgi_path(path_info: object) -> str:
+    """``PATH_INFO`` decoded the PEP 3333 way: the server's bytes as latin-1, read as UTF-8.
+
+    A WSGI server passes the URL-decoded path bytes as a latin-1 "native
+    string" (PEP 3333, "Unicode Issues"), so ``/café`` arrives as ``/cafÃ©``.
+    ASGI servers hand over the decoded text (uvicorn decodes UTF-8, invalid
+    bytes become U+FFFD), and Werkzeug's ``request.path`` does the same as
+    here, so exclusions and audit paths agree across ASGI, WSGI and Flask.
+    A value that is not a latin-1 string (a server that already decoded it)
+    is used as it is. Returns the path for :func:`routing_path`.
+    """
+    if not isinstance(path_info, str) or not path_info:
+        return "/"
+    if path_info.isascii():
+        return path_info
+    try:
+        raw = path_info.encode("latin-1")
+    except UnicodeEncodeError:
+        return path_info
+    return raw.decode("utf-8", errors="replace")
 
 
 def request_claims(carrier: object) -> PipelineClaims | None:

@@ -7,7 +7,8 @@
     app.wsgi_app = PipelineAuthMiddleware(app.wsgi_app, verifier=verifier, exclude_paths=["/healthz"])
 
 Every request needs a valid token except on excluded paths (matched against
-``PATH_INFO``). On success the claims are in ``environ["bbverify.claims"]``.
+``PATH_INFO`` decoded as PEP 3333 says: latin-1 bytes read as UTF-8, so
+``exclude_paths=["/café"]`` matches as it does under ASGI). On success the claims are in ``environ["bbverify.claims"]``.
 The verifier is thread-safe, so the middleware works under threaded servers.
 This module imports no framework.
 """
@@ -31,6 +32,7 @@ from .http import (
     TrustedProxiesSpec,
     reason_phrase,
     routing_path,
+    wsgi_path,
 )
 from .policies import Rule
 from .verifier import Verifier
@@ -104,7 +106,8 @@ class PipelineAuthMiddleware:
         )
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        path = routing_path(environ.get("PATH_INFO"))
+        # PEP 3333 latin-1 -> UTF-8, as ASGI servers and Werkzeug decode it (f14).
+        path = routing_path(wsgi_path(environ.get("PATH_INFO")))
         if self.guard.is_excluded(path):
             return self.app(environ, start_response)
         guard = self.guard
