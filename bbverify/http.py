@@ -63,6 +63,7 @@ __all__ = [
     "routing_path",
     "scopes_for",
     "wsgi_path",
+    "wsgi_peer",
 ]
 
 _log = logging.getLogger("bbverify")
@@ -79,6 +80,28 @@ DEFAULT_REALM = "bbverify"
 #: The peer adapters report for a connection over a Unix socket (no address).
 #: Only a ``trusted_proxies`` list naming ``"unix"`` trusts it as a proxy.
 UNIX_SOCKET_PEER = "unix"
+
+
+def wsgi_peer(remote_addr: object) -> str | None:
+    """The socket peer from a WSGI ``REMOTE_ADDR``: an address, :data:`UNIX_SOCKET_PEER`, or ``None``.
+
+    WSGI servers listening on a Unix socket spell the peer several ways, all
+    meaning "a local process on the socket", never an IP address:
+
+    * ``""``: gunicorn (``--bind unix:...``; ``accept()`` gives an unnamed peer),
+    * ``"<local>"``: Werkzeug's server (``run_simple("unix://...")``,
+      ``flask run --host unix://...``),
+    * a path (``/run/nginx.sock``) or an abstract name (``@name``, or a
+      leading NUL): gunicorn when the connecting process bound its socket.
+
+    Each is the one Unix-socket peer that only ``trusted_proxies=["unix",
+    ...]`` trusts. Anything else is returned as it is (parsed later as an IP).
+    """
+    if not isinstance(remote_addr, str):
+        return None
+    if not remote_addr or remote_addr == "<local>" or remote_addr[0] in "/@\x00":
+        return UNIX_SOCKET_PEER
+    return remote_addr
 
 # Cap on X-Forwarded-For entries considered; a longer chain is hostile or broken.
 MAX_FORWARDED_ENTRIES = 64

@@ -24,7 +24,6 @@ from .http import (
     CLIENT_IP_KEY,
     DEFAULT_REALM,
     POLICY_KEY,
-    UNIX_SOCKET_PEER,
     VERIFIER_KEY,
     ErrorHandler,
     ErrorResponse,
@@ -33,6 +32,7 @@ from .http import (
     reason_phrase,
     routing_path,
     wsgi_path,
+    wsgi_peer,
 )
 from .policies import Rule
 from .verifier import Verifier
@@ -50,17 +50,16 @@ def environ_request(environ: Mapping[str, Any]) -> tuple[list[str], str | None, 
 
     WSGI servers join repeated headers with commas into one value, so several
     ``Authorization`` lines arrive as one malformed value (refused with 400).
-    An empty ``REMOTE_ADDR`` is what servers listening on a Unix socket set
-    (gunicorn ``--bind unix:...``); the peer is then
-    :data:`~bbverify.http.UNIX_SOCKET_PEER`, which only
-    ``trusted_proxies=["unix", ...]`` trusts.
+    Servers listening on a Unix socket spell ``REMOTE_ADDR`` as ``""``
+    (gunicorn), ``"<local>"`` (Werkzeug) or a socket path; the peer is then
+    :data:`~bbverify.http.UNIX_SOCKET_PEER` (see :func:`bbverify.http.wsgi_peer`),
+    which only ``trusted_proxies=["unix", ...]`` trusts.
     """
     auth = environ.get("HTTP_AUTHORIZATION")
     xff = environ.get("HTTP_X_FORWARDED_FOR")
-    peer = environ.get("REMOTE_ADDR")
     return (
         [auth] if isinstance(auth, str) else [],
-        (peer or UNIX_SOCKET_PEER) if isinstance(peer, str) else None,
+        wsgi_peer(environ.get("REMOTE_ADDR")),
         [xff] if isinstance(xff, str) else [],
     )
 
