@@ -16,8 +16,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from types import MappingProxyType
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import requests

@@ -8,7 +8,8 @@
 
 Every request needs a valid token except on excluded paths (matched against
 ``PATH_INFO`` decoded as PEP 3333 says: latin-1 bytes read as UTF-8, so
-``exclude_paths=["/café"]`` matches as it does under ASGI). On success the claims are in ``environ["bbverify.claims"]``.
+``exclude_paths=["/café"]`` matches as it does under ASGI). On success the
+claims are in ``environ["bbverify.claims"]``.
 The verifier is thread-safe, so the middleware works under threaded servers.
 This module imports no framework.
 """
