@@ -536,7 +536,7 @@ class Guard:
         try:
             return bearer_token(authorization)
         except VerificationError as exc:
-            emit(Decision.build(None, client, exc), self.verifier.on_decision)
+            emit(Decision.build(None, client, exc, policy=self.applied_policy), self.verifier.on_decision)
             raise
 
     def verify(

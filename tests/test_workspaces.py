@@ -429,3 +429,44 @@ def test_configuration_doc_examples_build(tmp_path: Any) -> None:
         assert v.workspaces
         built += 1
     assert built >= 4
+
+
+# -- decisions record the workspace ---------------------------------------------------------------------
+
+
+def test_decisions_name_the_workspace_and_policy(
+    a: FakeIssuer, b: FakeIssuer, caplog: pytest.LogCaptureFixture
+) -> None:
+    from bbverify import Decision
+
+    seen: list[Decision] = []
+    v = Verifier(
+        workspaces=[spec(a, name="alpha"), spec(b, name="beta")],
+        named_policies={"main-only": Branches("main")},
+        on_decision=seen.append,
+        clock=lambda: NOW,
+        **FAST,
+    )
+    good = b.mint(issued_at=NOW)
+    v.verify(a.mint(issued_at=NOW))
+    with caplog.at_level("INFO", logger="bbverify.audit"):
+        v.verify(good)
+        v.verify(good)  # cached: still a full decision
+    with pytest.raises(PolicyDenied):
+        v.verify(b.mint(issued_at=NOW, branch="dev"), policy="main-only")
+    with pytest.raises(InvalidToken):
+        v.verify(b.sign(a.claims(issued_at=NOW), header={"kid": a.signing_key.kid}))  # bad signature
+    with FakeIssuer("gamma") as c, pytest.raises(InvalidToken):
+        v.verify(c.mint(issued_at=NOW))
+    got = [(d.allowed, d.code, d.workspace_name, d.issuer, d.policy) for d in seen]
+    assert got == [
+        (True, "ok", "alpha", a.issuer, None),
+        (True, "ok", "beta", b.issuer, None),
+        (True, "ok", "beta", b.issuer, None),
+        (False, "branch_not_allowed", "beta", b.issuer, "main-only"),
+        (False, "bad_signature", "alpha", a.issuer, None),
+        (False, "issuer_mismatch", None, None, None),
+    ]
+    records = [r for r in caplog.records if r.name == "bbverify.audit" and r.levelname == "INFO"]
+    assert len(records) == 2 and all("workspace=beta" in r.getMessage() for r in records)
+    assert records[0].bbverify["issuer"] == b.issuer  # type: ignore[attr-defined]
