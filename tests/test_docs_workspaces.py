@@ -9,6 +9,7 @@ import re
 import shlex
 import time
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,12 @@ RELEASE_REPO = "{5c0e3f4a-1b2c-4d5e-8f90-a1b2c3d4e5f6}"
 OTHER_ENV = "{2f3e4d5c-6b7a-4c8d-9e0f-1a2b3c4d5e6f}"
 
 
+@pytest.fixture(scope="module")
+def acme() -> Iterator[FakeIssuer]:
+    with FakeIssuer("acme", workspace_uuid="{0f2b0d1e-8c4e-4b9a-9a57-5a3c2d1e0f00}") as issuer:
+        yield issuer
+
+
 def comparison() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     section = readme_section("### The same intent in AWS IAM", "## Configuration")
     aws, vault = (json.loads(b) for b in blocks(section, "json"))
@@ -125,11 +132,10 @@ def vault_admits(role: dict[str, Any], payload: dict[str, Any]) -> bool:
     ],
 )
 def test_readme_comparison_says_what_each_admits(
-    case: dict[str, Any], aws: bool, vault: bool, bbverify: bool
+    acme: FakeIssuer, case: dict[str, Any], aws: bool, vault: bool, bbverify: bool
 ) -> None:
     aws_policy, vault_role, table = comparison()
-    with FakeIssuer("acme", workspace_uuid="{0f2b0d1e-8c4e-4b9a-9a57-5a3c2d1e0f00}") as issuer:
-        payload = issuer.claims(issued_at=NOW, lifetime=case.pop("lifetime", 1500), **case)
+    payload = acme.claims(issued_at=NOW, lifetime=case.pop("lifetime", 1500), **case)
     assert aws_admits(aws_policy, payload) is aws
     assert vault_admits(vault_role, payload) is vault
     deploy = policies_from_mapping(table["policies"])["deploy"]
