@@ -347,6 +347,14 @@ class Verifier:
                 if exc.key and message.startswith(exc.key + ": "):
                     message = message[len(exc.key) + 2 :]
                 raise ConfigurationError(message, key=f"{key}.{exc.key}") from None
+            for j, other in enumerate(trusts):
+                if other.keys is source:
+                    # One key set behind two issuers would let either workspace's keys
+                    # vouch for the other's tokens.
+                    raise ConfigurationError(
+                        f"is the same key source as workspaces[{j}]; each workspace needs its own",
+                        key=f"{key}.keys",
+                    )
             trusts.append(_Trust(spec, source, self.policies))
         return trusts
 

@@ -168,6 +168,13 @@ def test_static_keys_per_workspace(a: FakeIssuer, b: FakeIssuer) -> None:
     assert counts(a, b) == before
 
 
+def test_one_key_source_cannot_serve_two_workspaces(a: FakeIssuer, b: FakeIssuer) -> None:
+    shared = StaticKeySet({"keys": a.jwks()["keys"] + b.jwks()["keys"]})
+    with pytest.raises(ConfigurationError) as exc:
+        Verifier(workspaces=[spec(a, keys=shared), spec(b, keys=shared)])
+    assert exc.value.key == "workspaces[1].keys"
+
+
 def test_warm_up_fetches_every_workspace(a: FakeIssuer, b: FakeIssuer) -> None:
     v = two(a, b)
     before = counts(a, b)
