@@ -45,6 +45,8 @@ class Decision:
     pipeline: str | None = None
     step: str | None = None
     branch: str | None = None
+    method: str | None = None  #: the HTTP request method, when an adapter verified a request
+    path: str | None = None  #: the path the application routes on (see ``bbverify.http.routing_path``)
     workspace_name: str | None = None
     issuer: str | None = None
     policy: str | None = None
@@ -56,12 +58,16 @@ class Decision:
         client_ip: str | None,
         error: VerificationError | None = None,
         *,
+        method: str | None = None,
+        path: str | None = None,
         workspace_name: str | None = None,
         issuer: str | None = None,
         policy: str | None = None,
     ) -> Decision:
-        """Describe an allow (``error`` is None) or a denial."""
+        """Describe an allow (``error`` is None) or a denial of one request (``method``, ``path``)."""
         ids: dict[str, Any] = claims.summary() if claims is not None else {}
+        ids["method"] = method
+        ids["path"] = path
         if error is None:
             return cls(
                 True, "ok", 200, None, "allowed", client_ip, **ids,
@@ -104,8 +110,8 @@ def emit(decision: Decision, hook: DecisionHook | None) -> None:
     if AUDIT_LOGGER.isEnabledFor(level):
         AUDIT_LOGGER.log(
             level,
-            "%s code=%s rule=%s repository=%s environment=%s pipeline=%s step=%s client_ip=%s "
-            "workspace=%s policy=%s",
+            "%s code=%s rule=%s repository=%s environment=%s pipeline=%s step=%s client_ip=%s"
+            " method=%s path=%s workspace=%s policy=%s",
             "allow" if decision.allowed else "deny",
             _printable(decision.code),
             _printable(decision.rule),
@@ -114,6 +120,8 @@ def emit(decision: Decision, hook: DecisionHook | None) -> None:
             _printable(decision.pipeline),
             _printable(decision.step),
             _printable(decision.client_ip),
+            _printable(decision.method),
+            _printable(decision.path),
             _printable(decision.workspace_name),
             _printable(decision.policy),
             extra={"bbverify": decision.as_dict()},

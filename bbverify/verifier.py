@@ -518,10 +518,10 @@ class Verifier:
                 claims, trust = entry[0], entry[4]
             self._authorize(claims, trust, client_ip, named, policies, method, path, policy)
         except VerificationError as exc:
-            self._denied(exc, claims, client_ip, trust, policy)
+            self._denied(exc, claims, client_ip, trust, policy, method, path)
             raise
         except Exception as exc:
-            raise self._internal(exc, claims, client_ip, trust, policy) from None
+            raise self._internal(exc, claims, client_ip, trust, policy, method, path) from None
         return claims
 
     async def averify(
@@ -552,10 +552,10 @@ class Verifier:
                 claims, trust = entry[0], entry[4]
             self._authorize(claims, trust, client_ip, named, policies, method, path, policy)
         except VerificationError as exc:
-            self._denied(exc, claims, client_ip, trust, policy)
+            self._denied(exc, claims, client_ip, trust, policy, method, path)
             raise
         except Exception as exc:
-            raise self._internal(exc, claims, client_ip, trust, policy) from None
+            raise self._internal(exc, claims, client_ip, trust, policy, method, path) from None
         return claims
 
     def cache_info(self) -> dict[str, int]:
@@ -694,6 +694,8 @@ class Verifier:
                 Decision.build(
                     claims,
                     client_ip,
+                    method=method,
+                    path=path,
                     workspace_name=trust.name,
                     issuer=trust.issuer,
                     policy=policy if policy is not None else self.default_policy,
@@ -708,6 +710,8 @@ class Verifier:
         client_ip: str | None,
         trust: _Trust | None,
         policy: str | None,
+        method: str | None = None,
+        path: str | None = None,
     ) -> None:
         hook = self.on_decision
         if wanted(False, hook):
@@ -715,6 +719,8 @@ class Verifier:
                 claims,
                 client_ip,
                 exc,
+                method=method,
+                path=path,
                 workspace_name=trust.name if trust is not None else None,
                 issuer=trust.issuer if trust is not None else None,
                 policy=policy if policy is not None else self.default_policy,
@@ -728,13 +734,15 @@ class Verifier:
         client_ip: str | None,
         trust: _Trust | None,
         policy: str | None,
+        method: str | None = None,
+        path: str | None = None,
     ) -> InvalidToken:
         # Should not happen; if it does, refuse the token rather than leak the error.
         _log.exception("unexpected error while verifying a token; refusing it")
         error = InvalidToken(
             f"token could not be verified ({type(exc).__name__})", code="verification_failed"
         )
-        self._denied(error, claims, client_ip, trust, policy)
+        self._denied(error, claims, client_ip, trust, policy, method, path)
         return error
 
 
