@@ -378,10 +378,10 @@ class Verifier:
         # mean whichever item is *named* acme, not the workspace whose slug is acme (f10).
         aliases = {alias: j for j, t in enumerate(trusts) for alias in (t.spec.slug, t.issuer) if alias}
         for i, t in enumerate(trusts):
-            other = aliases.get(t.name)
-            if other is not None and other != i:
+            shadowed = aliases.get(t.name)
+            if shadowed is not None and shadowed != i:
                 raise ConfigurationError(
-                    f"{t.name!r} is the slug or issuer of workspaces[{other}]; name each workspace so "
+                    f"{t.name!r} is the slug or issuer of workspaces[{shadowed}]; name each workspace so "
                     "that no name stands for another workspace",
                     key=f"workspaces[{i}].name",
                 )
