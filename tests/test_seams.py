@@ -273,7 +273,10 @@ def fastapi_app(verifier: Any) -> Iterator[str]:
     async def optional(claims: PipelineClaims | None = Security(maybe)) -> dict[str, Any]:
         return {"repository": claims.repository_uuid if claims else None}
 
-    with serve_asgi(app) as url:
+    # Lifespan off: with it, install_error_handler's start-up check refuses the /typo route
+    # and the server does not start (tests/security/test_core_findings.py, f08); without
+    # it the per-request fallback below is what remains.
+    with serve_asgi(app, lifespan="off") as url:
         yield url
 
 

@@ -129,6 +129,7 @@ def test_f03_client_chosen_path_cannot_add_fields(audit_lines: list[str], path: 
     assert verdict == "deny"
     assert [k for k, _ in fields] == [
         "code", "rule", "repository", "environment", "pipeline", "step", "client_ip", "method", "path",
+        "workspace", "policy",
     ]  # fmt: skip
     assert dict(fields)["path"] == path and dict(fields)["client_ip"] == "198.51.100.7"
 
@@ -160,7 +161,7 @@ def test_f03_plain_values_stay_bare(audit_lines: list[str], issuer: FakeIssuer) 
     issuer.verifier().verify(issuer.mint(), client_ip="192.0.2.1", method="POST", path="/deploy/v1")
     line = audit_lines[-1]
     assert line.startswith("allow code=ok rule=None repository={")
-    assert line.endswith("client_ip=192.0.2.1 method=POST path=/deploy/v1")
+    assert "client_ip=192.0.2.1 method=POST path=/deploy/v1 workspace=" in line
 
 
 # -- f04: feed items that together cover everything ----------------------------------------
