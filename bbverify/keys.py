@@ -144,6 +144,18 @@ class StaticKeySet:
     def cached_key(self, kid: str | None, alg: str) -> VerifyingKey | None:
         return _select(self._by_kid, self._all, kid, alg)
 
+    def status(self) -> dict[str, Any]:
+        """As :meth:`RemoteKeySet.status`: always loaded, never stale, no fetches."""
+        return {
+            "loaded": True,
+            "stale": False,
+            "age_seconds": None,
+            "keys": len(self._all),
+            "fetches": 0,
+            "failures": 0,
+            "last_error": None,
+        }
+
     def get_key(self, kid: str | None, alg: str) -> VerifyingKey:
         key = self.cached_key(kid, alg)
         if key is None:
@@ -236,6 +248,27 @@ class RemoteKeySet(BackgroundLoader[KeyIndex]):
     def last_error(self) -> str | None:
         """Why the last fetch failed, while it has not succeeded since."""
         return self._last_error
+
+    def status(self) -> dict[str, Any]:
+        """A snapshot for monitoring (:mod:`bbverify.metrics`, the gateway's ``/readyz``).
+
+        Keys: ``loaded`` (bool: keys usable now, fresh or stale-but-allowed),
+        ``stale`` (bool: older than ``cache_ttl`` yet still served, the issuer
+        being unreachable or a refresh under way), ``age_seconds`` (float or
+        ``None`` before the first good fetch), ``keys`` (int), ``fetches`` and
+        ``failures`` (ints since start), ``last_error`` (str or ``None``).
+        """
+        fetched = self._fetched_at
+        age = None if fetched is None else max(0.0, self._now() - fetched)
+        return {
+            "loaded": age is not None and age < self.max_stale,
+            "stale": age is not None and self.cache_ttl <= age < self.max_stale,
+            "age_seconds": age,
+            "keys": len(self._all),
+            "fetches": self.fetch_count,
+            "failures": self.failure_count,
+            "last_error": self._last_error,
+        }
 
     def warm_up(self) -> None:
         """Fetch now (for application start-up); raise ``KeysUnavailable`` on failure."""
