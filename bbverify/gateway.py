@@ -345,7 +345,7 @@ class Gateway:
             registry.register(self.metrics.state)  # key sets and caches: this worker's view
             body = generate_latest(registry)
         else:
-            body = generate_latest(REGISTRY)
+            body = generate_latest(self.metrics.registry or REGISTRY)
         await _send(send, 200, [(b"content-type", CONTENT_TYPE_LATEST.encode())], body)
 
     # -- the check ---------------------------------------------------------------

@@ -158,6 +158,8 @@ class VerifierMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = REGISTRY, *, namespace: str = "bbverify") -> None:
         self.namespace = namespace
+        #: Where these metrics are registered (``None``: nowhere).
+        self.registry = registry
         try:
             self.decisions = Counter(
                 f"{namespace}_decisions",

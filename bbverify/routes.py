@@ -20,7 +20,10 @@ matches ``location`` blocks):
   control character are refused: proxies and upstreams disagree on them;
 * runs of ``/`` are merged (nginx ``merge_slashes on``, the default);
 * ``.`` and ``..`` segments are removed (RFC 3986 section 5.2.4); a ``..``
-  above the root is refused (nginx answers 400 to it too);
+  above the root is refused (nginx answers 400 to it too), and so is a path
+  where merging slashes before or after removing dot segments gives
+  different results (``/public//../admin``: ``/admin`` for nginx and Go,
+  ``/public/admin`` for RFC 3986 alone);
 * with ``case_insensitive_paths`` the result is lower-cased, for upstreams
   that serve ``/Admin`` as ``/admin``.
 
@@ -109,8 +112,22 @@ def normalize_path(target: str, *, case_insensitive: bool = False) -> str:
         else:
             out.append("%" + pair.upper())
         i += 3
+    decoded = "".join(out)
+    merged_first = _remove_dots(re.sub("/+", "/", decoded))
+    if merged_first != re.sub("/+", "/", _remove_dots(decoded)):
+        # "/public//../admin": nginx and Go's path.Clean merge slashes first
+        # (/admin), RFC 3986 alone keeps the empty segment (/public/admin).
+        # The upstream may do either, so no single route is right.
+        raise _refuse("the original path mixes '//' with '..'; proxies and servers resolve it differently")
+    result = re.sub("/+", "/", merged_first)
+    return result.lower() if case_insensitive else result
+
+
+def _remove_dots(path: str) -> str:
+    """RFC 3986 section 5.2.4 on a path starting with '/' (raises on '..' above the root)."""
     segments: list[str] = []
-    for segment in "".join(out).split("/")[1:]:
+    parts = path.split("/")[1:]
+    for segment in parts:
         if segment == ".":
             continue
         if segment == "..":
@@ -119,13 +136,10 @@ def normalize_path(target: str, *, case_insensitive: bool = False) -> str:
             segments.pop()
             continue
         segments.append(segment)
-    # Merging slashes drops empty segments, except a trailing one ("/a/" stays "/a/").
-    trailing = "".join(out).endswith(("/", "/.", "/.."))
-    kept = [s for s in segments if s]
-    result = "/" + "/".join(kept)
-    if trailing and kept:
-        result += "/"
-    return result.lower() if case_insensitive else result
+    # A final "." or ".." leaves a directory: "/a/b/.." is "/a/".
+    if parts and parts[-1] in (".", "..") and segments:
+        segments.append("")
+    return "/" + "/".join(segments)
 
 
 def normalize_host(value: str | None) -> tuple[str | None, int | None]:

@@ -1,0 +1,63 @@
+"""Shared by the gateway tests: a verifier with named policies, gateways, an echo upstream."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from bbverify import Verifier
+from bbverify.errors import ConfigurationError
+from bbverify.gateway import Gateway, serve_settings
+from bbverify.metrics import VerifierMetrics
+from bbverify.policies import Rule, as_rules
+from bbverify.testing import FakeIssuer
+
+
+class NamedPolicyVerifier(Verifier):
+    """Named policies as contract 1 describes them, until the real ones land on main."""
+
+    def __init__(self, *, named_policies: Mapping[str, Rule | Sequence[Rule]], **options: Any) -> None:
+        super().__init__(**options)
+        self.named = {name: as_rules(rules) for name, rules in named_policies.items()}
+
+    def check_policy(self, name: str) -> None:
+        if name not in self.named:
+            raise ConfigurationError(f"unknown policy {name!r}", key="policy")
+
+    async def averify(self, token: str | bytes, *, policy: str | None = None, **kw: Any) -> Any:  # type: ignore[override]
+        return await super().averify(token, policies=self.named.get(policy) if policy else None, **kw)
+
+
+def make_gateway(
+    fake: FakeIssuer,
+    serve: Mapping[str, Any],
+    *,
+    named: Mapping[str, Rule | Sequence[Rule]] | None = None,
+    **options: Any,
+) -> Gateway:
+    """A Gateway for ``fake`` with its own metrics registry."""
+    options.setdefault("issuer", fake.issuer)
+    options.setdefault("audience", fake.audience)
+    verifier = NamedPolicyVerifier(named_policies=named or {}, **options)
+    return Gateway(verifier, serve_settings(serve), metrics=VerifierMetrics(CollectorRegistry()))
+
+
+async def echo_upstream(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """A trivial upstream: answers 200 with the request's method, path and headers as JSON."""
+    if scope["type"] != "http":
+        return
+    headers: dict[str, list[str]] = {}
+    for k, v in scope["headers"]:
+        headers.setdefault(k.decode("latin-1"), []).append(v.decode("latin-1"))
+    body = json.dumps({"method": scope["method"], "path": scope["path"], "headers": headers}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
