@@ -341,6 +341,11 @@ def _build_verifier(
         raise
 
 
+#: ``[bbverify.*]`` tables that are not verifier settings: each is checked by the
+#: module that owns it (``serve``: :func:`bbverify.gateway.serve_settings`).
+_OTHER_TABLES = frozenset({"serve"})
+
+
 def verifier_from_mapping(mapping: Mapping[str, Any], **overrides: Any) -> Verifier:
     """Build a :class:`~bbverify.Verifier` from a ``bbverify`` table.
 
@@ -356,6 +361,8 @@ def verifier_from_mapping(mapping: Mapping[str, Any], **overrides: Any) -> Verif
     verifier_values: dict[str, Any] = {}
     rules: list[Rule] = []
     for name, raw in mapping.items():
+        if name in _OTHER_TABLES:
+            continue  # owned and checked by its own module (see _OTHER_TABLES)
         if name == "rules":
             if not isinstance(raw, Mapping):
                 raise ConfigurationError("must be a table of rule settings", key="rules")

@@ -58,7 +58,7 @@ from .asgi import peer_address
 from .audit import Decision, emit
 from .claims import PipelineClaims
 from .config import verifier_from_mapping
-from .errors import ConfigurationError, KeysUnavailable, RouteDenied, VerificationError
+from .errors import ConfigurationError, RouteDenied, VerificationError
 from .http import DEFAULT_REALM, ErrorResponse, Guard, InvalidRequest, TrustedProxiesSpec, error_response
 from .metrics import VerifierMetrics, key_sources
 from .routes import RouteMatch, RouteTable
@@ -93,6 +93,9 @@ DEFAULT_IDENTITY_HEADERS: Mapping[str, str] = {
     "step": "X-Bbverify-Step",
 }
 AUTH_PATH = "/auth"
+#: Refusals carry their JSON body in this header too, for nginx (see docs/gateway.md).
+ERROR_HEADER = "X-Bbverify-Error"
+_MAX_ERROR_HEADER = 1024
 OPS_PATHS = ("/healthz", "/readyz", "/metrics")
 _HEADER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
 _ORIGINAL_HEADERS = {
@@ -195,7 +198,7 @@ def serve_settings(table: Mapping[str, Any], *, key: str = "serve") -> GatewaySe
     lowered = [h.lower() for h in headers.values()]
     if len(set(lowered)) != len(lowered):
         raise ConfigurationError("two identities share one header name", key=f"{key}.identity_headers")
-    if {"authorization", "host", "content-length", "www-authenticate"} & set(lowered):
+    if {"authorization", "host", "content-length", "www-authenticate", ERROR_HEADER.lower()} & set(lowered):
         raise ConfigurationError("must not reuse a standard header", key=f"{key}.identity_headers")
     host = _expect(table.get("host", "127.0.0.1"), str, f"{key}.host", "an address")
     port = _expect(table.get("port", 9180), int, f"{key}.port", "a port number")
@@ -436,12 +439,16 @@ class Gateway:
 
     def _refusal(self, exc: VerificationError) -> ErrorResponse:
         response = error_response(exc, self.settings.realm)
+        # nginx's auth_request drops the subrequest's body; the documented
+        # snippet answers with this header instead (error_page + return). The
+        # body is json.dumps output: ASCII, no CR/LF, so it is a safe header value.
+        headers = (*response.headers, (ERROR_HEADER, response.body.decode("ascii")[:_MAX_ERROR_HEADER]))
+        status = response.status
         if isinstance(exc, InvalidRequest):
             # nginx turns a 400 from auth_request into a 500; keep the refusal a refusal.
-            return ErrorResponse(401, response.headers, response.body)
-        if isinstance(exc, KeysUnavailable):
-            return response  # 503: never admits; docs/gateway.md says what each proxy shows
-        return response
+            status = 401
+        # KeysUnavailable stays 503: it never admits; docs/gateway.md says what each proxy shows.
+        return ErrorResponse(status, headers, response.body)
 
     def _access(
         self,

@@ -45,19 +45,32 @@ def make_gateway(
     return Gateway(verifier, serve_settings(serve), metrics=VerifierMetrics(CollectorRegistry()))
 
 
-async def echo_upstream(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """A trivial upstream: answers 200 with the request's method, path and headers as JSON."""
-    if scope["type"] != "http":
-        return
-    headers: dict[str, list[str]] = {}
-    for k, v in scope["headers"]:
-        headers.setdefault(k.decode("latin-1"), []).append(v.decode("latin-1"))
-    body = json.dumps({"method": scope["method"], "path": scope["path"], "headers": headers}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+class EchoUpstream:
+    """A trivial upstream: answers 200 with the method, path and headers it received, as JSON.
+
+    ``seen`` keeps every request's headers (lower-case names), so a test can
+    prove what did, and did not, reach the upstream.
+    """
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, list[str]]] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        headers: dict[str, list[str]] = {}
+        for k, v in scope["headers"]:
+            headers.setdefault(k.decode("latin-1").lower(), []).append(v.decode("latin-1"))
+        self.seen.append(headers)
+        body = json.dumps({"method": scope["method"], "path": scope["path"], "headers": headers}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
