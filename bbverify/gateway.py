@@ -539,15 +539,3 @@ def load_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
 def gateway_from_toml(path: str | os.PathLike[str], **overrides: Any) -> Gateway:
     """A :class:`Gateway` from the ``[bbverify]`` table of a TOML file."""
     return gateway_from_mapping(load_toml(path), **overrides)
-
-
-#: The environment variable through which ``bbverify serve`` tells its workers the file.
-CONFIG_ENV = "_BBVERIFY_SERVE_CONFIG"
-
-
-def app_from_env() -> Gateway:
-    """The uvicorn factory for ``bbverify serve`` workers (reads :data:`CONFIG_ENV`)."""
-    path = os.environ.get(CONFIG_ENV)
-    if not path:
-        raise ConfigurationError(f"{CONFIG_ENV} is not set", key=CONFIG_ENV)
-    return gateway_from_toml(path)

@@ -25,9 +25,13 @@ import tempfile
 from typing import Any
 
 from .errors import ConfigurationError
-from .gateway import CONFIG_ENV, load_toml, serve_settings, split_serve
+from .gateway import Gateway, gateway_from_toml, load_toml, serve_settings, split_serve
 
-__all__ = ["GRACEFUL_SHUTDOWN", "run"]
+__all__ = ["CONFIG_ENV", "GRACEFUL_SHUTDOWN", "app_from_env", "run"]
+
+#: The environment variable through which ``bbverify serve`` tells its workers the file
+#: (not ``BBVERIFY_*``: those are verifier settings).
+CONFIG_ENV = "_BBVERIFY_SERVE_CONFIG"
 
 #: Seconds uvicorn waits for checks in flight on shutdown.
 GRACEFUL_SHUTDOWN = 10
@@ -44,13 +48,21 @@ def _logging() -> None:
         logger.propagate = False
 
 
+def app_from_env() -> Gateway:
+    """The uvicorn factory each ``bbverify serve`` worker calls (reads :data:`CONFIG_ENV`)."""
+    path = os.environ.get(CONFIG_ENV)
+    if not path:
+        raise ConfigurationError(f"{CONFIG_ENV} is not set", key=CONFIG_ENV)
+    _logging()  # in the worker: with several workers, each is its own process
+    return gateway_from_toml(path)
+
+
 def check(path: str) -> dict[str, Any]:
     """Build everything once from ``path`` (no network); return the serve table.
 
     Raises :class:`~bbverify.errors.ConfigurationError`.
     """
     from .config import verifier_from_mapping
-    from .gateway import Gateway
     from .metrics import VerifierMetrics
 
     table = load_toml(path)
@@ -81,10 +93,9 @@ def run(
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         own_dir = tempfile.mkdtemp(prefix="bbverify-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = own_dir
-    _logging()
     try:
         uvicorn.run(
-            "bbverify.gateway:app_from_env",
+            "bbverify.serve:app_from_env",
             factory=True,
             host=host,
             port=port,
