@@ -67,6 +67,7 @@ _TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32}")
 _LABEL_RE = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
 _MAX_PATH = 8192
 _METHODS_LIKE_GET = {"HEAD": "GET"}
+_MEMO_MAX = 4096
 
 
 def _refuse(message: str) -> RouteDenied:
@@ -337,6 +338,7 @@ class RouteTable:
             )
         built = [self._build(i, entry, f"{key}.routes[{i}]") for i, entry in enumerate(routes)]
         self.routes: tuple[Route, ...] = tuple(built)
+        self._memo: dict[tuple[str | None, str | None, str], RouteMatch | tuple[str, str]] = {}
         self._regex = {r.index: _glob_regex(r.path_glob) for r in built if r.path_glob is not None}
         seen: dict[tuple[Any, ...], Route] = {}
         for route in built:
@@ -432,6 +434,25 @@ class RouteTable:
         Raises :class:`~bbverify.errors.RouteDenied` with code
         ``unnormalizable_request``, ``unmatched_route`` or ``ambiguous_route``.
         """
+        # Proxies ask about the same few method/host/path triples again and
+        # again; the answer depends on nothing else, so it is memoised (the
+        # query is not part of the key, nor of the answer). The cap bounds
+        # the memo whatever requests arrive.
+        key = (method, host, (target or "").split("?", 1)[0])
+        hit = self._memo.get(key)
+        if hit is None:
+            try:
+                hit = self._match(method, host, target)
+            except RouteDenied as exc:
+                hit = (exc.code, exc.message)
+            if len(self._memo) >= _MEMO_MAX:
+                self._memo.clear()
+            self._memo[key] = hit
+        if isinstance(hit, tuple):
+            raise RouteDenied(hit[1], code=hit[0])
+        return hit
+
+    def _match(self, method: str | None, host: str | None, target: str | None) -> RouteMatch:
         norm_method = normalize_method(method)
         norm_host, port = normalize_host(host)
         path = normalize_path(target or "", case_insensitive=self.case_insensitive)
