@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -315,6 +316,11 @@ def test_keys_unavailable_never_admits(protocol: str, http: httpx.Client) -> Non
             ready = http.get(url + "/readyz")
             assert ready.status_code == 503
             assert ready.json()["ready"] is False
+            text = http.get(url + "/metrics").text
+        failures = re.search(r'bbverify_key_fetch_failures_total\{issuer="[^"]+"\} (\d+)', text)
+        assert failures is not None and int(failures.group(1)) >= 1, text
+        assert re.search(r'bbverify_key_set_loaded\{issuer="[^"]+"\} 0\.0', text), text
+        assert 'bbverify_decisions_total{code="keys_unavailable"' in text
 
 
 # -- operations --------------------------------------------------------------------------------
