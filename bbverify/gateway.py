@@ -58,7 +58,7 @@ from .asgi import peer_address
 from .audit import Decision, emit
 from .claims import PipelineClaims
 from .config import verifier_from_mapping
-from .errors import ConfigurationError, RouteDenied, VerificationError
+from .errors import ConfigurationError, InvalidToken, RouteDenied, VerificationError
 from .http import DEFAULT_REALM, ErrorResponse, Guard, InvalidRequest, TrustedProxiesSpec, error_response
 from .metrics import VerifierMetrics, key_sources
 from .routes import RouteMatch, RouteTable
@@ -413,7 +413,8 @@ class Gateway:
                     claims = await verify(
                         token, client_ip=client, method=match.method, path=match.path, policy=match.policy
                     )
-        except VerificationError as exc:
+        except Exception as caught:
+            exc = caught if isinstance(caught, VerificationError) else self._internal(caught)
             if isinstance(exc, RouteDenied):
                 # The verifier never saw it: audit it like the verifier's own refusals.
                 emit(Decision.build(None, client, exc), self.verifier.on_decision)
@@ -436,6 +437,15 @@ class Gateway:
             )
         await _send(send, 200, out, b"")
         self._access(method, host, target, match, 200, "ok", claims, client, elapsed)
+
+    @staticmethod
+    def _internal(exc: Exception) -> VerificationError:
+        # A bug here must refuse, never admit, and never answer 500 (a proxy
+        # shows that as its own error page): refuse like the verifier does.
+        _log.exception("unexpected error while checking a request; refusing it")
+        return InvalidToken(
+            f"the request could not be checked ({type(exc).__name__})", code="verification_failed"
+        )
 
     def _refusal(self, exc: VerificationError) -> ErrorResponse:
         response = error_response(exc, self.settings.realm)

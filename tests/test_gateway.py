@@ -459,3 +459,17 @@ def test_gateway_from_mapping_uses_the_library_schema(issuer: FakeIssuer) -> Non
     with pytest.raises(ConfigurationError) as info:
         gateway_from_mapping({"issuer": issuer.issuer, "audience": issuer.audience})
     assert info.value.key == "serve"
+
+
+def test_an_internal_error_refuses_and_is_not_a_500(
+    issuer: FakeIssuer, http: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gw = make_gateway(issuer, {"protocol": "nginx", "routes": ROUTES}, named=named(issuer))
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(gw.settings.routes, "match", broken)
+    with serve_asgi(gw) as url:
+        r = http.get(url + "/auth", headers={**nginx("POST", "/deploy"), **bearer(issuer.mint())})
+    assert_refusal(r, 401, "verification_failed")
