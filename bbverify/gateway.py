@@ -256,18 +256,8 @@ class Gateway:
         self.guard = Guard(verifier, trusted_proxies=settings.trusted_proxies, realm=settings.realm)
         self.verifier = verifier
         for route in settings.routes.routes:
-            if route.policy is None:
-                continue
-            check = getattr(verifier, "check_policy", None)
-            if check is None:
-                raise ConfigurationError(
-                    "named policies need a verifier with [bbverify.policies]",
-                    key=f"serve.{route.name}.policy",
-                )
-            try:
-                check(route.policy)
-            except ConfigurationError as exc:
-                raise ConfigurationError(str(exc), key=f"serve.{route.name}.policy") from None
+            # A misspelt policy name stops the start, naming the route.
+            verifier.check_policy(route.policy, key=f"serve.{route.name}.policy")
         self.metrics = metrics if metrics is not None else VerifierMetrics()
         self.metrics.watch(verifier)
         self._identity = tuple(
@@ -403,16 +393,10 @@ class Gateway:
             match = self.settings.routes.match(method, host, target)
             if not match.public:
                 token = guard.token(headers.get(b"authorization", []), client)
-                if match.policy is None:
-                    claims = await self.verifier.averify(
-                        token, client_ip=client, method=match.method, path=match.path
-                    )
-                else:
-                    # Named policies (contract 1): Verifier.averify(..., policy=name).
-                    verify: Any = self.verifier.averify
-                    claims = await verify(
-                        token, client_ip=client, method=match.method, path=match.path, policy=match.policy
-                    )
+                # policy=None: the verifier's default policy (if any); its base rules always apply.
+                claims = await self.verifier.averify(
+                    token, client_ip=client, method=match.method, path=match.path, policy=match.policy
+                )
         except Exception as caught:
             exc = caught if isinstance(caught, VerificationError) else self._internal(caught)
             if isinstance(exc, RouteDenied):

@@ -30,7 +30,8 @@ Families (all through :mod:`prometheus_client`):
   ``bbverify_key_set_stale`` (1 while keys older than ``cache_ttl`` are served),
   ``bbverify_key_set_keys``, ``bbverify_key_set_age_seconds`` and, when the
   key source reports one, ``bbverify_key_fetch_budget_remaining``;
-* ``bbverify_token_cache_entries`` and ``bbverify_token_cache_limit`` (gauges).
+* ``bbverify_token_cache_entries`` and ``bbverify_token_cache_limit``
+  (gauges, labelled ``verifier``: the watch order, one cache per verifier).
 
 Key-set figures are pulled at scrape time rather than pushed by events: the
 key source already keeps them, so nothing is added to the verification path.
@@ -76,15 +77,8 @@ LATENCY_BUCKETS = (
 
 
 def key_sources(verifier: Verifier) -> list[tuple[str, Any]]:
-    """``(issuer, key source)`` for every key set ``verifier`` uses.
-
-    A verifier for several workspaces may report them through a
-    ``key_sources()`` method returning such pairs; otherwise it has one.
-    """
-    several = getattr(verifier, "key_sources", None)
-    if callable(several):
-        return list(several())
-    return [(verifier.issuer, verifier.keys)]
+    """``(issuer, key source)`` for every workspace ``verifier`` trusts, in the order configured."""
+    return [(issuer, verifier.key_source(issuer)) for issuer in verifier.issuers]
 
 
 class _State(Collector):
@@ -115,15 +109,16 @@ class _State(Collector):
         budget = GaugeMetricFamily(
             f"{ns}_key_fetch_budget_remaining", "Key fetches the budget still allows", labels=["issuer"]
         )
-        tokens = GaugeMetricFamily(f"{ns}_token_cache_entries", "Verified tokens cached", labels=["issuer"])
+        # One token cache per verifier, whatever its workspaces: labelled by watch order.
+        tokens = GaugeMetricFamily(f"{ns}_token_cache_entries", "Verified tokens cached", labels=["verifier"])
         limit = GaugeMetricFamily(
-            f"{ns}_token_cache_limit", "Verified-token cache capacity", labels=["issuer"]
+            f"{ns}_token_cache_limit", "Verified-token cache capacity", labels=["verifier"]
         )
         has_budget = False
-        for verifier in verifiers:
+        for index, verifier in enumerate(verifiers):
             info = verifier.cache_info()
-            tokens.add_metric([verifier.issuer], info.get("tokens", 0))
-            limit.add_metric([verifier.issuer], info.get("token_limit", 0))
+            tokens.add_metric([str(index)], info.get("tokens", 0))
+            limit.add_metric([str(index)], info.get("token_limit", 0))
             for issuer, source in key_sources(verifier):
                 status_of = getattr(source, "status", None)
                 if not callable(status_of):
@@ -175,14 +170,16 @@ class VerifierMetrics:
             )
         except ValueError as exc:  # "Duplicated timeseries in CollectorRegistry"
             raise ConfigurationError(str(exc), key="registry") from None
-        self._verifiers: weakref.WeakSet[Verifier] = weakref.WeakSet()
+        # Weak references, in watch order: watching must not keep a verifier alive.
+        self._verifiers: list[weakref.ref[Verifier]] = []
         self.state = _State(self)
         if registry is not None:
             registry.register(self.state)
 
     def verifiers(self) -> list[Verifier]:
-        """The verifiers :meth:`watch` was given (still alive)."""
-        return list(self._verifiers)
+        """The verifiers :meth:`watch` was given (still alive), in watch order."""
+        alive = [ref() for ref in self._verifiers]
+        return [v for v in alive if v is not None]
 
     def record(self, decision: Decision) -> None:
         """An ``on_decision`` hook: count ``decision``."""
@@ -208,7 +205,7 @@ class VerifierMetrics:
         """
         if not isinstance(verifier, Verifier):
             raise ConfigurationError(f"{verifier!r} is not a bbverify.Verifier", key="verifier")
-        if verifier not in self._verifiers:
+        if not any(verifier is v for v in self.verifiers()):
             previous: DecisionHook | None = verifier.on_decision
             if previous is None:
                 verifier.on_decision = self.record
@@ -220,5 +217,5 @@ class VerifierMetrics:
                     record(decision)
 
                 verifier.on_decision = both
-            self._verifiers.add(verifier)
+            self._verifiers.append(weakref.ref(verifier))
         return verifier

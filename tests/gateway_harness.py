@@ -1,4 +1,4 @@
-"""Shared by the gateway tests: a verifier with named policies, gateways, an echo upstream."""
+"""Shared by the gateway tests: gateways over a fake issuer, an echo upstream."""
 
 from __future__ import annotations
 
@@ -9,26 +9,10 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from bbverify import Verifier
-from bbverify.errors import ConfigurationError
 from bbverify.gateway import Gateway, serve_settings
 from bbverify.metrics import VerifierMetrics
-from bbverify.policies import Rule, as_rules
+from bbverify.policies import Rule
 from bbverify.testing import FakeIssuer
-
-
-class NamedPolicyVerifier(Verifier):
-    """Named policies as contract 1 describes them, until the real ones land on main."""
-
-    def __init__(self, *, named_policies: Mapping[str, Rule | Sequence[Rule]], **options: Any) -> None:
-        super().__init__(**options)
-        self.named = {name: as_rules(rules) for name, rules in named_policies.items()}
-
-    def check_policy(self, name: str) -> None:
-        if name not in self.named:
-            raise ConfigurationError(f"unknown policy {name!r}", key="policy")
-
-    async def averify(self, token: str | bytes, *, policy: str | None = None, **kw: Any) -> Any:  # type: ignore[override]
-        return await super().averify(token, policies=self.named.get(policy) if policy else None, **kw)
 
 
 def make_gateway(
@@ -41,7 +25,7 @@ def make_gateway(
     """A Gateway for ``fake`` with its own metrics registry."""
     options.setdefault("issuer", fake.issuer)
     options.setdefault("audience", fake.audience)
-    verifier = NamedPolicyVerifier(named_policies=named or {}, **options)
+    verifier = Verifier(named_policies=named or None, **options)
     return Gateway(verifier, serve_settings(serve), metrics=VerifierMetrics(CollectorRegistry()))
 
 

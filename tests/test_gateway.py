@@ -351,7 +351,7 @@ def test_health_ready_and_metrics(issuer: FakeIssuer, http: httpx.Client) -> Non
     assert f'bbverify_key_fetches_total{{issuer="{issuer.issuer}"}}' in text
     assert f'bbverify_key_set_loaded{{issuer="{issuer.issuer}"}} 1.0' in text
     assert f'bbverify_key_set_stale{{issuer="{issuer.issuer}"}} 0.0' in text
-    assert f'bbverify_token_cache_entries{{issuer="{issuer.issuer}"}} 2.0' in text
+    assert 'bbverify_token_cache_entries{verifier="0"} 2.0' in text
     assert gw.metrics.latency is not None
 
 
@@ -473,3 +473,50 @@ def test_an_internal_error_refuses_and_is_not_a_500(
     with serve_asgi(gw) as url:
         r = http.get(url + "/auth", headers={**nginx("POST", "/deploy"), **bearer(issuer.mint())})
     assert_refusal(r, 401, "verification_failed")
+
+
+def test_several_workspaces_from_one_table(http: httpx.Client) -> None:
+    """[[bbverify.workspaces]] + [bbverify.policies.*] + routes: one gateway, one key set per workspace."""
+    from prometheus_client import CollectorRegistry
+
+    from bbverify.metrics import VerifierMetrics
+
+    with FakeIssuer("acme") as acme, FakeIssuer("subsidiary") as sub:
+        table = {
+            "default_policy": "any-build",
+            "workspaces": [
+                {"name": "acme", "issuer": acme.issuer, "audience": acme.audience},
+                {"name": "subsidiary", "issuer": sub.issuer, "audience": sub.audience},
+            ],
+            "policies": {
+                "any-build": {"allow": [{"workspace": ["acme", "subsidiary"]}]},
+                "deploy": {"allow": [{"workspace": ["acme"]}]},
+            },
+            "serve": {
+                "protocol": "forwarded",
+                "routes": [{"path_prefix": "/deploy", "policy": "deploy"}, {"path_prefix": "/"}],
+            },
+        }
+        gw = gateway_from_mapping(table, metrics=VerifierMetrics(CollectorRegistry()))
+        with serve_asgi(gw) as url:
+            for _ in range(200):
+                ready = http.get(url + "/readyz")
+                if ready.status_code == 200:
+                    break
+                threading_wait(0.02)
+            assert ready.json() == {"ready": True, "key_sets": {acme.issuer: True, sub.issuer: True}}
+            deploy_acme = http.get(
+                url + "/auth", headers={**traefik("POST", "/deploy/x"), **bearer(acme.mint())}
+            )
+            assert deploy_acme.status_code == 200
+            assert deploy_acme.headers["x-bbverify-workspace"] == acme.workspace_uuid
+            deploy_sub = http.get(
+                url + "/auth", headers={**traefik("POST", "/deploy/x"), **bearer(sub.mint())}
+            )
+            assert deploy_sub.status_code == 403
+            build_sub = http.get(url + "/auth", headers={**traefik("GET", "/builds/1"), **bearer(sub.mint())})
+            assert build_sub.status_code == 200
+            assert build_sub.headers["x-bbverify-workspace"] == sub.workspace_uuid
+            text = http.get(url + "/metrics").text
+        assert f'bbverify_key_set_loaded{{issuer="{acme.issuer}"}} 1.0' in text
+        assert f'bbverify_key_set_loaded{{issuer="{sub.issuer}"}} 1.0' in text
