@@ -520,3 +520,26 @@ def test_several_workspaces_from_one_table(http: httpx.Client) -> None:
             text = http.get(url + "/metrics").text
         assert f'bbverify_key_set_loaded{{issuer="{acme.issuer}"}} 1.0' in text
         assert f'bbverify_key_set_loaded{{issuer="{sub.issuer}"}} 1.0' in text
+
+
+def test_identity_header_names_are_configurable(issuer: FakeIssuer, http: httpx.Client) -> None:
+    serve = {
+        "protocol": "nginx",
+        "routes": ROUTES,
+        "identity_headers": {"repository": "X-Pipeline-Repo", "branch": "X-Pipeline-Branch"},
+    }
+    gw = make_gateway(issuer, serve, named=named(issuer))
+    with serve_asgi(gw) as url:
+        r = http.get(
+            url + "/auth", headers={**nginx("POST", "/deploy"), **bearer(issuer.mint(branch="main"))}
+        )
+    assert r.status_code == 200
+    assert r.headers["x-pipeline-repo"] == issuer.repository_uuid
+    assert r.headers["x-pipeline-branch"] == "main"
+    assert "x-bbverify-repository" not in r.headers
+    assert r.headers["x-bbverify-workspace"] == issuer.workspace_uuid  # the others keep their defaults
+
+
+def test_listens_on_loopback_by_default() -> None:
+    settings = serve_settings({"protocol": "nginx", "routes": ROUTES})
+    assert (settings.host, settings.port, settings.workers) == ("127.0.0.1", 9180, 1)
