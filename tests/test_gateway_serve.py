@@ -149,3 +149,48 @@ def test_docs_python_examples_run(index: int) -> None:
     code = _blocks("python")[index]
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_sigterm_lets_a_check_in_flight_finish(tmp_path: Path, http: httpx.Client) -> None:
+    with FakeIssuer() as fake:
+        fake.fail("slow", delay=2.0)  # every key fetch takes 2 s: the check below is in flight meanwhile
+        port = free_port()
+        config = _config(fake, tmp_path, extra="")
+        config.write_text(config.read_text().replace("[bbverify.rules]", "timeout = 5.0\n\n[bbverify.rules]"))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bbverify", "serve", "--config", str(config), "--port", str(port)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        base = f"http://127.0.0.1:{port}"
+        result: list[httpx.Response | BaseException] = []
+        try:
+            _wait(base + "/healthz", http, proc)
+            check = {"X-Forwarded-Method": "POST", "X-Forwarded-Uri": "/deploy", **bearer(fake.mint())}
+
+            def ask() -> None:
+                try:
+                    result.append(httpx.get(base + "/auth", headers=check, timeout=15))
+                except BaseException as exc:
+                    result.append(exc)
+
+            asker = threading.Thread(target=ask)
+            asker.start()
+            threading.Event().wait(0.5)
+            proc.send_signal(signal.SIGTERM)
+            asker.join(timeout=20)
+        finally:
+            try:
+                _, err = proc.communicate(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                _, err = proc.communicate(timeout=10)
+    assert len(result) == 1
+    response = result[0]
+    assert isinstance(response, httpx.Response), response
+    assert response.status_code == 200, response.text
+    # A single uvicorn process re-raises the signal once it has shut down cleanly,
+    # so that a supervisor sees it; with workers, the supervisor exits 0.
+    assert proc.returncode in (0, -signal.SIGTERM), err
+    assert "Traceback" not in err, err
