@@ -313,11 +313,19 @@ class Gateway:
             _log.warning("key set not loaded yet: %s", exc)
 
     def ready(self) -> tuple[bool, dict[str, bool]]:
-        """Whether every key set is loaded, and per issuer."""
+        """Whether every key set is loaded, and per issuer.
+
+        A key source that cannot say (it has no ``status()``) counts as not
+        loaded: readiness that cannot be shown is not claimed.
+        """
         per: dict[str, bool] = {}
         for issuer, source in key_sources(self.verifier):
             status_of = getattr(source, "status", None)
-            per[issuer] = bool(status_of()["loaded"]) if callable(status_of) else True
+            try:
+                per[issuer] = bool(status_of()["loaded"]) if callable(status_of) else False
+            except Exception:
+                _log.exception("key source status failed for %s", issuer)
+                per[issuer] = False
         return all(per.values()), per
 
     async def _readyz(self, send: Send) -> None:
