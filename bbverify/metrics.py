@@ -39,6 +39,7 @@ key source already keeps them, so nothing is added to the verification path.
 
 from __future__ import annotations
 
+import logging
 import time
 import weakref
 from collections.abc import Iterable, Iterator
@@ -54,6 +55,8 @@ from .errors import ConfigurationError
 from .verifier import Verifier
 
 __all__ = ["LATENCY_BUCKETS", "VerifierMetrics", "key_sources"]
+
+_log = logging.getLogger("bbverify")
 
 #: Histogram buckets in seconds: a cached token takes microseconds, a key fetch up to the timeout.
 LATENCY_BUCKETS = (
@@ -123,7 +126,12 @@ class _State(Collector):
                 status_of = getattr(source, "status", None)
                 if not callable(status_of):
                     continue
-                status = status_of()
+                try:
+                    status = status_of()
+                except Exception:
+                    # A broken source must not take the whole scrape down with it.
+                    _log.exception("key source status failed for %s", issuer)
+                    continue
                 fetches.add_metric([issuer], status.get("fetches", 0))
                 failures.add_metric([issuer], status.get("failures", 0))
                 loaded.add_metric([issuer], 1 if status.get("loaded") else 0)
