@@ -479,7 +479,7 @@ class Gateway:
             "duration_ms": round(elapsed * 1000, 3),
             **(claims.summary() if claims is not None else {}),
         }
-        ACCESS_LOGGER.info(json.dumps(record, ensure_ascii=True), extra={"bbverify_access": record})
+        ACCESS_LOGGER.info(json.dumps(record, ensure_ascii=True))
 
 
 def _encode(headers: tuple[tuple[str, str], ...]) -> list[tuple[bytes, bytes]]:

@@ -77,6 +77,23 @@ def _stop(proc: subprocess.Popen[Any]) -> None:
         proc.wait()
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of ``pid`` and its direct children (the uvicorn workers), from /proc."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def _gateway_config(issuer: FakeIssuer, tmp: Path) -> Path:
     cidrs = ", ".join(f'"{c}"' for c in (*ALLOWED_CIDRS, "127.0.0.1/32"))
     path = tmp / "bbverify.toml"
@@ -193,9 +210,17 @@ http {{
         results: dict[str, Stats] = {}
         for port in ports.values():
             load(port, token, max(threads * 25, requests // 10), threads)  # warm-up
+        gated_requests = 0
+        gateway_cpu = upstream_cpu = 0.0
         for _ in range(rounds):
             for label, port in ports.items():
+                gated = port == auth_port
+                before = (_cpu_seconds(gateway.pid), upstream.cpu_seconds()) if gated else (0.0, 0.0)
                 stats = load(port, token, requests // rounds, threads)
+                if gated:
+                    gateway_cpu += _cpu_seconds(gateway.pid) - before[0]
+                    upstream_cpu += upstream.cpu_seconds() - before[1]
+                    gated_requests += len(stats.latencies_ns)
                 total = results.setdefault(label, Stats())
                 total.latencies_ns.extend(stats.latencies_ns)
                 total.elapsed_ns += stats.elapsed_ns
@@ -213,6 +238,9 @@ http {{
         return {
             "http": results,
             "kept": kept,
+            # CPU per request through the gated path: the gateway's checks against the upstream's handler.
+            "gateway_cpu_us": gateway_cpu / max(1, gated_requests) * 1e6,
+            "upstream_cpu_us": upstream_cpu / max(1, gated_requests) * 1e6,
             "repeated": _pcts(repeated),
             "fresh": _pcts(new),
             "samples": latency_samples,

@@ -149,6 +149,13 @@ def _gateway(issuer: FakeIssuer, quick: bool, targets: list[str]) -> None:
         f"repeated token p50 {r['repeated'][0]:.2f} ms, p99 {r['repeated'][1]:.2f} ms; "
         f"fresh tokens p50 {r['fresh'][0]:.2f} ms, p99 {r['fresh'][1]:.2f} ms"
     )
+    print(
+        f"CPU per request on the gated path: gateway (2 workers) {r['gateway_cpu_us']:.0f} us, "
+        f"upstream handler {r['upstream_cpu_us']:.0f} us"
+    )
+    if r["upstream_cpu_us"]:
+        cost = r["gateway_cpu_us"] / r["upstream_cpu_us"]
+        targets.append(_target("gateway CPU / upstream handler CPU per request", cost, 1.0, at_most=True))
     kept = r["kept"]
     targets.append(_target("nginx+gateway / nginx alone req/s (median of rounds)", kept, 0.5, at_most=False))
 
