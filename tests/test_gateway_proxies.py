@@ -29,6 +29,7 @@ ROUTES = [
     {"path_prefix": "/public/", "public": True},
     {"path_prefix": "/deploy", "policy": "deploy"},
     {"path": "/admin", "policy": "admin"},
+    {"host": "ops.example.com", "path_prefix": "/", "policy": "admin"},
 ]
 
 
@@ -178,3 +179,35 @@ def test_keys_unavailable_never_admits(proxy: str, tmp_path: Path) -> None:
                 assert json.loads(body)["code"] == "keys_unavailable"
                 assert "retry-after" in headers
             assert stack.upstream.seen == []
+
+
+def test_client_cannot_choose_the_original_request(stack: Stack) -> None:
+    # The proxy overwrites whatever the client claims the original request was.
+    forged = {
+        "X-Original-URI": "/public/x",
+        "X-Original-Method": "GET",
+        "X-Forwarded-Uri": "/public/x",
+        "X-Forwarded-Method": "GET",
+        **bearer(stack.fake.mint()),
+    }
+    before = len(stack.upstream.seen)
+    status, _, body = stack.request("GET", "/admin", forged)
+    assert status == 403, body
+    assert json.loads(body)["code"] == "repository_not_allowed"
+    assert len(stack.upstream.seen) == before
+
+
+def test_client_cannot_choose_the_original_host(stack: Stack) -> None:
+    forged = {"X-Original-Host": "ops.example.com", "X-Forwarded-Host": "ops.example.com"}
+    status, _, body = stack.request("GET", "/public/x", forged)  # Host: app.example.com
+    assert status == 200, body
+    # The real host does select the host route.
+    host, port = stack.address.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request("GET", "/public/x", headers={"Host": "ops.example.com", **bearer(stack.fake.mint())})
+        response = conn.getresponse()
+        assert response.status == 403
+        assert json.loads(response.read())["code"] == "repository_not_allowed"
+    finally:
+        conn.close()
