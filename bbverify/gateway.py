@@ -265,6 +265,7 @@ class Gateway:
         )
         self._empty_identity = [(name, b"") for _, name in self._identity]
         self._warming: asyncio.Task[None] | None = None
+        self._identity_memo: dict[int, tuple[PipelineClaims, list[tuple[bytes, bytes]]]] = {}
 
     # -- ASGI -------------------------------------------------------------------
 
@@ -423,12 +424,25 @@ class Gateway:
             out.extend(self._empty_identity)
         else:
             self.metrics.observe(elapsed)
-            summary = claims.summary()
-            out.extend(
-                (name, _header_value(summary.get(claim)).encode("ascii")) for claim, name in self._identity
-            )
+            out.extend(self._identity_headers(claims))
         await _send(send, 200, out, b"")
         self._access(method, host, target, match, 200, "ok", claims, client, elapsed)
+
+    def _identity_headers(self, claims: PipelineClaims) -> list[tuple[bytes, bytes]]:
+        # The verifier hands back the same claims object for a cached token, so
+        # the encoded headers are kept per object (checked by identity, not id
+        # alone, since ids are reused); the cap bounds the memo.
+        hit = self._identity_memo.get(id(claims))
+        if hit is not None and hit[0] is claims:
+            return hit[1]
+        summary = claims.summary()
+        headers = [
+            (name, _header_value(summary.get(claim)).encode("ascii")) for claim, name in self._identity
+        ]
+        if len(self._identity_memo) >= 1024:
+            self._identity_memo.clear()
+        self._identity_memo[id(claims)] = (claims, headers)
+        return headers
 
     @staticmethod
     def _internal(exc: Exception) -> VerificationError:

@@ -178,6 +178,7 @@ class VerifierMetrics:
             )
         except ValueError as exc:  # "Duplicated timeseries in CollectorRegistry"
             raise ConfigurationError(str(exc), key="registry") from None
+        self._children: dict[tuple[str, str, str], Any] = {}
         # Weak references, in watch order: watching must not keep a verifier alive.
         self._verifiers: list[weakref.ref[Verifier]] = []
         self.state = _State(self)
@@ -191,7 +192,15 @@ class VerifierMetrics:
 
     def record(self, decision: Decision) -> None:
         """An ``on_decision`` hook: count ``decision``."""
-        self.decisions.labels(decision.code, decision.rule or "", decision.workspace or "").inc()
+        key = (decision.code, decision.rule or "", decision.workspace or "")
+        child = self._children.get(key)
+        if child is None:
+            # labels() validates and locks on every call; the few label sets
+            # a service sees are kept (bounded: codes x rules x workspaces).
+            child = self.decisions.labels(*key)
+            if len(self._children) < 4096:
+                self._children[key] = child
+        child.inc()
 
     def observe(self, seconds: float) -> None:
         """Record one verification's duration in seconds."""
