@@ -115,6 +115,7 @@ _SERVE_KEYS = frozenset(
         "host",
         "port",
         "workers",
+        "access_log",
     }
 )
 
@@ -132,6 +133,7 @@ class GatewaySettings:
     host: str = "127.0.0.1"
     port: int = 9180
     workers: int = 1
+    access_log: bool = True
 
 
 def _expect(value: Any, kind: type, key: str, what: str) -> Any:
@@ -208,6 +210,7 @@ def serve_settings(table: Mapping[str, Any], *, key: str = "serve") -> GatewaySe
     if not 1 <= workers <= 64:
         raise ConfigurationError("must be between 1 and 64", key=f"{key}.workers")
     realm = _expect(table.get("realm", DEFAULT_REALM), str, f"{key}.realm", "a string")
+    access_log = _expect(table.get("access_log", True), bool, f"{key}.access_log", "true or false")
     return GatewaySettings(
         protocol=protocol,
         routes=route_table,
@@ -218,6 +221,7 @@ def serve_settings(table: Mapping[str, Any], *, key: str = "serve") -> GatewaySe
         host=host,
         port=port,
         workers=workers,
+        access_log=access_log,
     )
 
 
@@ -478,7 +482,7 @@ class Gateway:
         client: str | None,
         elapsed: float,
     ) -> None:
-        if not ACCESS_LOGGER.isEnabledFor(logging.INFO):
+        if not self.settings.access_log or not ACCESS_LOGGER.isEnabledFor(logging.INFO):
             return
         record = {
             "method": method,

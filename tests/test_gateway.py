@@ -543,3 +543,17 @@ def test_identity_header_names_are_configurable(issuer: FakeIssuer, http: httpx.
 def test_listens_on_loopback_by_default() -> None:
     settings = serve_settings({"protocol": "nginx", "routes": ROUTES})
     assert (settings.host, settings.port, settings.workers) == ("127.0.0.1", 9180, 1)
+
+
+def test_access_log_can_be_turned_off(
+    issuer: FakeIssuer, http: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    gw = make_gateway(
+        issuer, {"protocol": "nginx", "routes": ROUTES, "access_log": False}, named=named(issuer)
+    )
+    with serve_asgi(gw) as url, caplog.at_level(logging.INFO, logger="bbverify.gateway.access"):
+        assert http.get(url + "/auth", headers=nginx("GET", "/public/x")).status_code == 200
+    assert not [r for r in caplog.records if r.name == "bbverify.gateway.access"]
+    with pytest.raises(ConfigurationError) as info:
+        serve_settings({"protocol": "nginx", "routes": ROUTES, "access_log": "no"})
+    assert info.value.key == "serve.access_log"
