@@ -349,7 +349,8 @@ class Gateway:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             registry.register(self.metrics.state)  # key sets and caches: this worker's view
-            body = generate_latest(registry)
+            # Reads every worker's metric file: off the event loop.
+            body = await asyncio.to_thread(generate_latest, registry)
         else:
             body = generate_latest(self.metrics.registry or REGISTRY)
         await _send(send, 200, [(b"content-type", CONTENT_TYPE_LATEST.encode())], body)
