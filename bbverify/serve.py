@@ -29,9 +29,10 @@ from .gateway import Gateway, gateway_from_toml, load_toml, serve_settings, spli
 
 __all__ = ["CONFIG_ENV", "GRACEFUL_SHUTDOWN", "app_from_env", "run"]
 
-#: The environment variable through which ``bbverify serve`` tells its workers the file
-#: (not ``BBVERIFY_*``: those are verifier settings).
-CONFIG_ENV = "_BBVERIFY_SERVE_CONFIG"
+#: The environment variable through which ``bbverify serve`` tells its workers the file.
+#: Not spelled like ``BBVERIFY_*``: those are verifier settings, and near-misses of
+#: them are configuration errors (:func:`bbverify.config.verifier_from_env`).
+CONFIG_ENV = "SERVE_BBVERIFY_CONFIG"
 
 #: Seconds uvicorn waits for checks in flight on shutdown.
 GRACEFUL_SHUTDOWN = 10

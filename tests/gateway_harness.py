@@ -1,11 +1,20 @@
-"""Shared by the gateway tests: gateways over a fake issuer, an echo upstream."""
+"""Shared by the gateway tests: gateways over a fake issuer, an echo upstream, the docs' proxy recipes.
+
+The proxies themselves run through the shared harness in tests/servers.py
+(``serve_nginx``, ``serve_caddy``).
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from bbverify import Verifier
@@ -58,3 +67,40 @@ class EchoUpstream:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def require(binary: str) -> None:
+    """Skip (with the reason) when ``binary`` is not installed; under CI=true, fail instead."""
+    if shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/usr/local/sbin:/usr/bin"):
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{binary} is not installed; CI must run the real-proxy tests (.ci/run installs it)")
+    pytest.skip(f"{binary} is not installed on this machine (apt-get install {binary})")
+
+
+def doc_block(marker: str, doc: str = "gateway.md") -> str:
+    """The fenced block that follows ``<!-- marker ...-->`` in a doc (the recipe the docs show)."""
+    text = (DOCS / doc).read_text()
+    m = re.search(r"<!-- " + re.escape(marker) + r"\b[^>]*-->\s*```[a-z]*\n(.*?)```", text, re.S)
+    if m is None:
+        raise AssertionError(f"docs/{doc} has no block marked {marker!r}")
+    return m.group(1)
+
+
+def nginx_recipe(gateway: str, upstream: str) -> tuple[str, str]:
+    """docs/gateway.md's nginx recipe as ``(http_extra, locations)`` for ``servers.serve_nginx``.
+
+    The recipe is an ``upstream`` block and a ``server`` block; the harness
+    writes its own ``server`` (and ``listen``), so the server's body minus its
+    ``listen`` line becomes the locations. The addresses are replaced.
+    """
+    block = doc_block("gateway-nginx").replace("127.0.0.1:9180", gateway).replace("127.0.0.1:8000", upstream)
+    head, _, server = block.partition("\nserver {")
+    assert server, "the nginx recipe has no server block"
+    body = server.rstrip().removesuffix("}")
+    body = re.sub(r"^\s*listen 127\.0\.0\.1:8080;\n", "", body, count=1, flags=re.M)
+    assert "listen" not in body
+    return head, body

@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gateway_harness import EchoUpstream, make_gateway
-from proxies import caddy, doc_block, nginx
-from servers import serve_asgi
+from gateway_harness import EchoUpstream, doc_block, make_gateway, nginx_recipe, require
+from servers import serve_asgi, serve_caddy, serve_nginx
 
 from bbverify.policies import Repositories
 from bbverify.testing import FakeIssuer
@@ -62,20 +61,20 @@ def _stack(proxy: str, fake: FakeIssuer, tmp: Path, **options: Any) -> Iterator[
     with serve_asgi(gw) as gw_url, serve_asgi(upstream) as up_url:
         gw_addr, up_addr = gw_url.removeprefix("http://"), up_url.removeprefix("http://")
         if proxy == "nginx":
-            block = (
-                doc_block("gateway-nginx")
-                .replace("127.0.0.1:9180", gw_addr)
-                .replace("127.0.0.1:8000", up_addr)
-            )
-            runner = nginx(block, tmp)
+            require("nginx")
+            http_extra, locations = nginx_recipe(gw_addr, up_addr)
+            # The upstream argument is unused: the recipe's locations replace the default one.
+            runner = serve_nginx(tmp, up_addr, locations, http_extra=http_extra)
         else:
-            block = (
+            require("caddy")
+            site = (
                 doc_block("gateway-caddy")
                 .replace("127.0.0.1:9180", gw_addr)
                 .replace("127.0.0.1:8000", up_addr)
             )
-            runner = caddy(block, tmp)
-        with runner as address:
+            runner = serve_caddy(tmp, site)
+        with runner as base:
+            address = base.removeprefix("http://")
             yield Stack(proxy, address, upstream, fake)
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from proxies import DOCS, free_port
-from servers import bearer
+from gateway_harness import DOCS
+from servers import bearer, free_port
 
 from bbverify.gateway import gateway_from_mapping
 from bbverify.metrics import VerifierMetrics
