@@ -406,7 +406,7 @@ class Gateway:
             method, host, target = self._original(scope, headers)
             match = self.settings.routes.match(method, host, target)
             if not match.public:
-                token = guard.token(headers.get(b"authorization", []), client)
+                token = guard.token(headers.get(b"authorization", []), client, match.method, match.path)
                 # policy=None: the verifier's default policy (if any); its base rules always apply.
                 claims = await self.verifier.averify(
                     token, client_ip=client, method=match.method, path=match.path, policy=match.policy
@@ -415,7 +415,10 @@ class Gateway:
             exc = caught if isinstance(caught, VerificationError) else self._internal(caught)
             if isinstance(exc, RouteDenied):
                 # The verifier never saw it: audit it like the verifier's own refusals.
-                emit(Decision.build(None, client, exc), self.verifier.on_decision)
+                path = (target or "").split("?", 1)[0][
+                    :512
+                ] or None  # as the proxy sent it: it did not normalise
+                emit(Decision.build(None, client, exc, method=method, path=path), self.verifier.on_decision)
             response = self._refusal(exc)
             elapsed = time.perf_counter() - start
             if match is not None and not match.public:
