@@ -53,6 +53,7 @@ import tomllib
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 from .asgi import peer_address
 from .audit import Decision, emit
@@ -96,6 +97,8 @@ AUTH_PATH = "/auth"
 #: Refusals carry their JSON body in this header too, for nginx (see docs/gateway.md).
 ERROR_HEADER = "X-Bbverify-Error"
 _MAX_ERROR_HEADER = 1024
+# RFC 3986 pchar, "/" and "%": what a well-formed path holds and stays as it is.
+_URI_SAFE = "/%:@!$&'()*+,;=-._~"
 OPS_PATHS = ("/healthz", "/readyz", "/metrics")
 _HEADER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
 _ORIGINAL_HEADERS = {
@@ -415,10 +418,11 @@ class Gateway:
             exc = caught if isinstance(caught, VerificationError) else self._internal(caught)
             if isinstance(exc, RouteDenied):
                 # The verifier never saw it: audit it like the verifier's own refusals.
-                path = (target or "").split("?", 1)[0][
-                    :512
-                ] or None  # as the proxy sent it: it did not normalise
-                emit(Decision.build(None, client, exc, method=method, path=path), self.verifier.on_decision)
+                # The path as the proxy sent it (it did not normalise), quoted so that
+                # spaces or controls in it cannot fake fields of the audit line.
+                path = quote((target or "").split("?", 1)[0][:512], safe=_URI_SAFE) or None
+                said = quote(method[:32], safe=_URI_SAFE) if method else None
+                emit(Decision.build(None, client, exc, method=said, path=path), self.verifier.on_decision)
             response = self._refusal(exc)
             elapsed = time.perf_counter() - start
             if match is not None and not match.public:

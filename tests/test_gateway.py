@@ -557,3 +557,17 @@ def test_access_log_can_be_turned_off(
     with pytest.raises(ConfigurationError) as info:
         serve_settings({"protocol": "nginx", "routes": ROUTES, "access_log": "no"})
     assert info.value.key == "serve.access_log"
+
+
+def test_refused_path_cannot_fake_audit_fields(
+    nginx_gw: Any, http: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    url, _ = nginx_gw
+    with caplog.at_level(logging.WARNING, logger="bbverify.audit"):
+        r = http.get(url + "/auth", headers=nginx("GET", "/x code=ok\tallow"))
+        m = http.get(url + "/auth", headers=nginx("GET code=ok", "/public/x"))
+    assert_refusal(r, 403, "unnormalizable_request")
+    lines = [rec.getMessage() for rec in caplog.records if rec.name == "bbverify.audit"]
+    assert "path=/x%20code=ok%09allow" in lines[-2], lines
+    assert_refusal(m, 403, "unnormalizable_request")
+    assert "method=GET%20code=ok " in lines[-1], lines
