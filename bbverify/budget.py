@@ -45,13 +45,13 @@ __all__ = [
     "parse_retry_after",
 ]
 
-#: Seconds per bucket token: at most 15 fetches an hour in the long run.
-DEFAULT_INTERVAL = 240.0
+#: Seconds per bucket token: at most 20 fetches an hour in the long run.
+DEFAULT_INTERVAL = 180.0
 #: Tokens that may be saved up (start-up, a failure and its retry).
 DEFAULT_BURST = 3
 #: Seconds between fetches caused by an unknown ``kid``; with the store's poll,
 #: a new signing key is followed within 5 minutes even under attack.
-DEFAULT_COOLDOWN = 240.0
+DEFAULT_COOLDOWN = 180.0
 #: Seconds before the first retry after a failure; doubled per failure.
 DEFAULT_FAILURE_BACKOFF = 5.0
 #: Cap of the failure backoff, in seconds.

@@ -537,14 +537,16 @@ class RemoteKeySet(BackgroundLoader[_Outcome]):
         entry = self._read_entry(store, name)
         if entry is not None and self._serves(entry, reason):
             return self._from_entry(entry)
-        with store.lock(name, max(0.0, deadline - time.monotonic())) as held:
+        # Without usable keys, wait for another process's fetch (or for the
+        # lock); with keys, do not queue behind it: its result is read on the
+        # next poll, and the keys we have keep answering meanwhile.
+        wait = max(0.0, deadline - time.monotonic()) if reason in ("required", "warm_up") else 0.0
+        with store.lock(name, wait) as held:
             entry = self._read_entry(store, name)
             if entry is not None and self._serves(entry, reason):
                 return self._from_entry(entry)
             if not held:
-                # Another process is fetching and did not finish in time:
-                # keep what we have; its result is read on the next poll.
-                return self._from_entry(entry) if entry is not None and entry.index else _Outcome()
+                return _Outcome()
             state = entry.budget if entry is not None else self.budget.new_state()
             unknown_kid = reason == "unknown_kid"
             wall = self._wall()
