@@ -213,9 +213,9 @@ class FetchBudget:
         return BudgetState(tokens=float(self.burst))
 
     def _refill(self, state: BudgetState, now: float) -> None:
-        if state.updated is None or now < state.updated:
-            # First use, or a clock that went backwards: count from now, never
-            # credit tokens for time that did not pass.
+        if state.updated is not None and now < state.updated:
+            return  # a clock that went backwards credits nothing, now or later
+        if state.updated is None:
             state.tokens = min(state.tokens, float(self.burst))
         else:
             state.tokens = min(float(self.burst), state.tokens + (now - state.updated) / self.interval)

@@ -261,8 +261,8 @@ class RedisKeyStore:
         url: a ``redis://`` or ``rediss://`` URL (or a Unix socket ``unix://``);
             the client is built with ``timeout`` on connect and every call.
         client: a ready ``redis.Redis`` instead of ``url``; it must have a
-            ``socket_timeout`` of at most 5 seconds, so that no request waits
-            long on a Redis that stopped answering.
+            ``socket_timeout`` of at most 1 second (redis-py's default is 5),
+            so that no request waits long on a Redis that stopped answering.
         prefix: prepended to every key (``bbverify:``).
         timeout: seconds for connecting and for each call (default 0.25).
         lock_ttl: seconds after which an abandoned lock expires (default 15).
@@ -289,8 +289,8 @@ class RedisKeyStore:
                 "the Redis key store needs redis-py: pip install 'bbverify[redis]'", key="key_store.kind"
             ) from None
         self._errors: tuple[type[BaseException], ...] = (redis_module.RedisError, OSError)
-        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or not 0 < timeout <= 5:
-            raise ConfigurationError("must be between 0 and 5 seconds", key="key_store.timeout")
+        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or not 0 < timeout <= 1:
+            raise ConfigurationError("must be more than 0 and at most 1 second", key="key_store.timeout")
         if (url is None) == (client is None):
             raise ConfigurationError("give a Redis url or a client, not both", key="key_store.url")
         if client is None:
@@ -306,9 +306,9 @@ class RedisKeyStore:
             )
         else:
             configured = client.connection_pool.connection_kwargs.get("socket_timeout")
-            if not isinstance(configured, int | float) or not 0 < configured <= 5:
+            if not isinstance(configured, int | float) or not 0 < configured <= 1:
                 raise ConfigurationError(
-                    "the Redis client needs socket_timeout of at most 5 seconds", key="key_store.client"
+                    "the Redis client needs a socket_timeout of at most 1 second", key="key_store.client"
                 )
         self._client = client
         self.prefix = str(prefix)
