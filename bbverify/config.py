@@ -45,6 +45,7 @@ from .policies import (
     Workspaces,
     as_rules,
 )
+from .stores import STORE_SETTINGS, key_store_from_mapping
 from .verifier import Verifier
 
 __all__ = [
@@ -83,6 +84,12 @@ VERIFIER_SETTINGS: tuple[Setting, ...] = (
     Setting("cooldown", "float", "minimum seconds between refetches for unknown kids"),
     Setting("max_stale", "float", "seconds stale keys may serve while the issuer is down"),
     Setting("failure_backoff", "float", "seconds before retrying a failed key fetch"),
+    Setting("max_backoff", "float", "cap of the doubling failure backoff, in seconds (default 600)"),
+    Setting("min_cache_ttl", "float", "least refresh time a Cache-Control max-age may set (default 300)"),
+    Setting("max_cache_ttl", "float", "largest refresh time a Cache-Control max-age may set (default 3600)"),
+    Setting("fetch_interval", "float", "seconds per fetch token of the budget (default 180)"),
+    Setting("fetch_burst", "int", "fetch tokens that may be saved up (default 3)"),
+    Setting("store_poll", "float", "least seconds between key-store reads for unknown kids (default 15)"),
 )
 
 RULE_SETTINGS: tuple[Setting, ...] = (
@@ -104,6 +111,7 @@ RULE_SETTINGS: tuple[Setting, ...] = (
 )
 
 _VERIFIER = {s.name: s for s in VERIFIER_SETTINGS}
+_STORE_ENV = sorted({f"key_store_{key}" for keys in STORE_SETTINGS.values() for key in keys})
 _RULES = {s.name: s for s in RULE_SETTINGS}
 _VERIFIER_PARAMS = frozenset(inspect.signature(Verifier.__init__).parameters) - {"self"}
 _INDEX_RE = re.compile(r"^(?P<base>[a-z_]+)(?:\[(?P<index>\d+)\])?$")
@@ -311,7 +319,7 @@ def rules_from_env(
         name = full[len(prefix) :].lower()
         if name in _RULES:
             raw[name] = value
-        elif name not in _VERIFIER:
+        elif name not in _VERIFIER and not name.startswith("key_store_"):
             # A misspelt rule setting must fail, not silently drop the rule.
             known = sorted(prefix + n.upper() for n in _RULES)
             raise ConfigurationError(f"unknown rule setting; known settings: {', '.join(known)}", key=full)
@@ -360,6 +368,11 @@ def verifier_from_mapping(mapping: Mapping[str, Any], **overrides: Any) -> Verif
             if not isinstance(raw, Mapping):
                 raise ConfigurationError("must be a table of rule settings", key="rules")
             rules = _build_rules(_rule_values(raw, names, parse_strings=False), names)
+            continue
+        if name == "key_store":
+            if not isinstance(raw, Mapping):
+                raise ConfigurationError("must be a table with a 'kind'", key="key_store")
+            verifier_values["key_store"] = key_store_from_mapping(raw)
             continue
         setting = _VERIFIER.get(name) if isinstance(name, str) else None
         if setting is None:
@@ -410,16 +423,23 @@ def verifier_from_env(
     skip = frozenset(ignore)
     verifier_values: dict[str, Any] = {}
     rule_raw: dict[str, Any] = {}
+    store_raw: dict[str, Any] = {}
     for full, raw in environ.items():
         if not isinstance(full, str) or not full.startswith(prefix) or full in skip:
             continue
         name = full[len(prefix) :].lower()
-        if name in _VERIFIER:
+        if name.startswith("key_store_"):
+            store_raw[name[len("key_store_") :]] = raw
+        elif name in _VERIFIER:
             verifier_values[name] = _coerce(raw, _VERIFIER[name], full, parse_strings=True)
         elif name in _RULES:
             rule_raw[name] = raw
         else:
-            known = sorted(prefix + n.upper() for n in (*_VERIFIER, *_RULES))
+            known = sorted(prefix + n.upper() for n in (*_VERIFIER, *_RULES, *_STORE_ENV))
             raise ConfigurationError(f"unknown setting; known settings: {', '.join(known)}", key=full)
+    if store_raw:
+        verifier_values["key_store"] = key_store_from_mapping(
+            store_raw, spell=lambda key: f"{prefix}KEY_STORE_{key.upper()}"
+        )
     rules = _build_rules(_rule_values(rule_raw, names, parse_strings=True), names)
     return _build_verifier(verifier_values, rules, names, dict(overrides))

@@ -33,7 +33,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import ConfigurationError
@@ -44,11 +44,13 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "DEFAULT_REDIS_TIMEOUT",
     "MAX_ENTRY_BYTES",
+    "STORE_SETTINGS",
     "FileKeyStore",
     "KeyStore",
     "MemoryKeyStore",
     "RedisKeyStore",
     "StoreUnavailable",
+    "key_store_from_mapping",
 ]
 
 #: Largest entry read from a store, in bytes (a key set is capped far below).
@@ -310,6 +312,8 @@ class RedisKeyStore:
                 raise ConfigurationError(
                     "the Redis client needs a socket_timeout of at most 1 second", key="key_store.client"
                 )
+        if isinstance(lock_ttl, bool) or not isinstance(lock_ttl, int | float) or not 0 < lock_ttl <= 600:
+            raise ConfigurationError("must be more than 0 and at most 600 seconds", key="key_store.lock_ttl")
         self._client = client
         self.prefix = str(prefix)
         self._lock_ttl = float(lock_ttl)
@@ -358,3 +362,82 @@ class RedisKeyStore:
                 # Expired already, or Redis went away: the lock expires by itself.
                 with contextlib.suppress(*self._errors):
                     lock.release()
+
+
+#: The keys of a ``[bbverify.key_store]`` table, per ``kind``.
+STORE_SETTINGS: dict[str, frozenset[str]] = {
+    "file": frozenset({"kind", "directory"}),
+    "redis": frozenset({"kind", "url", "prefix", "timeout", "lock_ttl"}),
+    "memory": frozenset({"kind"}),
+}
+
+
+def key_store_from_mapping(
+    mapping: Mapping[str, Any], *, spell: Callable[[str], str] = lambda name: f"key_store.{name}"
+) -> KeyStore:
+    """Build a store from a ``[bbverify.key_store]`` table (or ``BBVERIFY_KEY_STORE_*`` values).
+
+    ``kind`` is ``"file"`` (with ``directory``), ``"redis"`` (with ``url``,
+    optional ``prefix``, ``timeout`` and ``lock_ttl`` in seconds) or
+    ``"memory"``. String values of numbers are parsed (environment
+    variables). ``spell`` turns a key into the name the user wrote, for errors.
+
+    Raises:
+        ConfigurationError: an unknown kind or key, a missing or malformed value.
+    """
+    if not isinstance(mapping, Mapping):
+        raise ConfigurationError("must be a table with a 'kind'", key=spell("kind").rsplit(".", 1)[0])
+    kind = mapping.get("kind")
+    if kind not in STORE_SETTINGS:
+        raise ConfigurationError(
+            f"must be one of {', '.join(sorted(STORE_SETTINGS))}, not {kind!r}", key=spell("kind")
+        )
+    allowed = STORE_SETTINGS[kind]
+    for name in mapping:
+        if name not in allowed:
+            raise ConfigurationError(
+                f"unknown setting for a {kind} key store; known: {', '.join(sorted(allowed))}",
+                key=spell(str(name)),
+            )
+
+    def text(name: str) -> str:
+        value = mapping.get(name)
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigurationError(f"must be a non-empty string, not {value!r}", key=spell(name))
+        return value.strip()
+
+    def seconds(name: str, default: float) -> float:
+        value = mapping.get(name, default)
+        if isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise ConfigurationError(
+                    f"must be a number of seconds, not {value!r}", key=spell(name)
+                ) from None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigurationError(f"must be a number of seconds, not {value!r}", key=spell(name))
+        return float(value)
+
+    try:
+        if kind == "file":
+            return FileKeyStore(text("directory"))
+        if kind == "redis":
+            return RedisKeyStore(
+                text("url"),
+                prefix=text("prefix") if "prefix" in mapping else "bbverify:",
+                timeout=seconds("timeout", DEFAULT_REDIS_TIMEOUT),
+                lock_ttl=seconds("lock_ttl", 15.0),
+            )
+    except ConfigurationError as exc:
+        if not (exc.key or "").startswith("key_store."):
+            raise
+        # Re-spell the store's own key (key_store.url) the way the user wrote it.
+        name = (exc.key or "").rsplit(".", 1)[-1]
+        message = str(exc)
+        if exc.key and message.startswith(exc.key + ": "):
+            message = message[len(exc.key) + 2 :]
+        raise ConfigurationError(message, key=spell(name)) from None
+    return MemoryKeyStore()
