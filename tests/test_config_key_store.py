@@ -56,7 +56,12 @@ def test_redis_store_from_a_mapping() -> None:
             {
                 "workspace": "acme",
                 "workspace_uuid": UUID,
-                "key_store": {"kind": "redis", "url": "redis://127.0.0.1:1/0", "timeout": 0.5, "prefix": "x:"},
+                "key_store": {
+                    "kind": "redis",
+                    "url": "redis://127.0.0.1:1/0",
+                    "timeout": 0.5,
+                    "prefix": "x:",
+                },
             }
         )
     )
