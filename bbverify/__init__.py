@@ -19,6 +19,7 @@ from .errors import (
 from .keys import RemoteKeySet, StaticKeySet
 from .policies import RequestContext
 from .verifier import Verifier, bitbucket_audience, bitbucket_issuer, verify
+from .workspaces import WorkspaceSpec
 
 __version__ = "0.1.0"
 
@@ -37,6 +38,7 @@ __all__ = [
     "StaticKeySet",
     "VerificationError",
     "Verifier",
+    "WorkspaceSpec",
     "__version__",
     "bitbucket_audience",
     "bitbucket_issuer",

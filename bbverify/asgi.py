@@ -28,6 +28,7 @@ from .http import (
     CLAIMS_KEY,
     CLIENT_IP_KEY,
     DEFAULT_REALM,
+    POLICY_KEY,
     VERIFIER_KEY,
     ErrorHandler,
     ErrorResponse,
@@ -92,10 +93,16 @@ def scopes_for(claims: PipelineClaims) -> list[str]:
     return ["pipeline", "deployment"] if claims.is_deployment else ["pipeline"]
 
 
-def set_scope_claims(scope: Scope, claims: PipelineClaims, verifier: Verifier) -> None:
-    """Record verified claims in an ASGI scope (also used by the FastAPI dependency)."""
+def set_scope_claims(
+    scope: Scope, claims: PipelineClaims, verifier: Verifier, policy: str | None = None
+) -> None:
+    """Record verified claims in an ASGI scope (also used by the FastAPI dependency).
+
+    ``policy`` is the named policy the claims passed (after the default).
+    """
     scope[CLAIMS_KEY] = claims
     scope[VERIFIER_KEY] = verifier
+    scope[POLICY_KEY] = policy
     scope["user"] = PipelineUser(claims)
     scope["auth"] = PipelineCredentials(scopes_for(claims))
 
@@ -159,6 +166,8 @@ class PipelineAuthMiddleware:
         trusted_proxies: ``None`` (the socket peer is the client), a hop
             count, or a list of proxy CIDRs; see :func:`bbverify.http.client_ip`.
         policies: extra rules for every request this middleware protects.
+        policy: the verifier's named policy for these requests (``None``:
+            its default policy, if any); checked now.
         realm: the ``realm`` of ``WWW-Authenticate``.
         on_error: ``on_error(error)`` returning an
             :class:`~bbverify.http.ErrorResponse` or an ASGI app (a Starlette
@@ -181,6 +190,7 @@ class PipelineAuthMiddleware:
         realm: str = DEFAULT_REALM,
         on_error: ErrorHandler | None = None,
         websocket_denial: str = "close",
+        policy: str | None = None,
     ) -> None:
         self.app = app
         self.guard = Guard(
@@ -191,6 +201,7 @@ class PipelineAuthMiddleware:
             trusted_proxies=trusted_proxies,
             realm=realm,
             on_error=on_error,
+            policy=policy,
         )
         if websocket_denial not in ("close", "http"):
             raise ConfigurationError("must be 'close' or 'http'", key="websocket_denial")
@@ -217,7 +228,7 @@ class PipelineAuthMiddleware:
             else:
                 await self._refuse_websocket(exc, scope, receive, send)
             return
-        set_scope_claims(scope, claims, guard.verifier)
+        set_scope_claims(scope, claims, guard.verifier, guard.applied_policy)
         scope[CLIENT_IP_KEY] = client
         await self.app(scope, receive, send)
 

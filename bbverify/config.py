@@ -25,7 +25,9 @@ as it was spelled: ``rules.repositories[1]`` or ``BBVERIFY_REPOSITORIES``.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import json
 import math
 import os
 import re
@@ -35,23 +37,30 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigurationError
+from .ipranges import AtlassianIPRanges
 from .policies import (
     Branches,
+    ClaimMatches,
     Environments,
     IPRanges,
+    Issuers,
     Repositories,
     Rule,
     StepDuration,
     Workspaces,
+    all_of,
+    any_of,
     as_rules,
 )
 from .stores import STORE_SETTINGS, key_store_from_mapping
 from .verifier import Verifier
+from .workspaces import WorkspaceSpec, bitbucket_issuer, check_name
 
 __all__ = [
     "RULE_SETTINGS",
     "VERIFIER_SETTINGS",
     "Setting",
+    "policies_from_mapping",
     "rules_from_env",
     "rules_from_mapping",
     "verifier_from_env",
@@ -90,7 +99,19 @@ VERIFIER_SETTINGS: tuple[Setting, ...] = (
     Setting("fetch_interval", "float", "seconds per fetch token of the budget (default 180)"),
     Setting("fetch_burst", "int", "fetch tokens that may be saved up (default 3)"),
     Setting("store_poll", "float", "least seconds between key-store reads for unknown kids (default 15)"),
+    Setting("default_policy", "str", "named policy applied where a route names none"),
 )
+
+#: Settings a ``[[bbverify.workspaces]]`` item may hold besides ``name`` and ``rules``.
+WORKSPACE_SETTINGS: tuple[str, ...] = ("workspace", "issuer", "audience", "workspace_uuid", "jwks_url")
+#: Conditions of a policy entry besides the rule settings.
+ENTRY_CONDITIONS: tuple[Setting, ...] = (
+    Setting("workspace", "list", "names of configured workspaces (or workspace slugs)"),
+    Setting("claims", "table", "claim name = value or list of values (exact, or glob with * ? [)"),
+)
+#: Environment variables holding JSON (or, in a Flask config, Python values) for the
+#: structured tables, by the Verifier argument they feed.
+STRUCTURED_ENV: dict[str, str] = {"policies": "named_policies", "workspace_list": "workspaces"}
 
 RULE_SETTINGS: tuple[Setting, ...] = (
     Setting("workspaces", "list", "allowed workspace UUIDs"),
@@ -123,14 +144,15 @@ _FALSE = frozenset({"false", "0", "no", "off"})
 class _Names:
     """How settings are spelled in errors: ``rules.repositories[1]`` or ``BBVERIFY_REPOSITORIES``."""
 
-    def __init__(self, env_prefix: str | None) -> None:
+    def __init__(self, env_prefix: str | None, rules_at: str = "rules.") -> None:
         self.env_prefix = env_prefix
+        self.rules_at = rules_at
 
     def key(self, name: str, *, rule: bool, index: int | None = None) -> str:
         if self.env_prefix is not None:
             # A flat variable holds the whole list; the message names the item.
             return self.env_prefix + name.upper()
-        base = f"rules.{name}" if rule else name
+        base = f"{self.rules_at}{name}" if rule else name
         return base if index is None else f"{base}[{index}]"
 
 
@@ -190,7 +212,9 @@ def _rekey(exc: ConfigurationError, names: _Names, mapping: Mapping[str, str], d
     raise ConfigurationError(message, key=names.key(name, rule=True, index=index)) from None
 
 
-def _build_rules(values: Mapping[str, Any], names: _Names) -> list[Rule]:
+def _build_rules(
+    values: Mapping[str, Any], names: _Names, feeds: dict[tuple[Any, ...], AtlassianIPRanges] | None = None
+) -> list[Rule]:
     def rkey(name: str) -> str:
         return names.key(name, rule=True)
 
@@ -228,7 +252,7 @@ def _build_rules(values: Mapping[str, Any], names: _Names) -> list[Rule]:
             "branches",
         )
     if "ip_ranges" in values or "ip_ranges_feed" in values:
-        build(_ip_rule(values), "ip_ranges", _IP_KEYS)
+        build(_ip_rule(values, {} if feeds is None else feeds), "ip_ranges", _IP_KEYS)
     if "max_step_minutes" in values:
         build(
             lambda: StepDuration(
@@ -256,20 +280,27 @@ _IP_KEYS = {
 }
 
 
-def _ip_rule(values: Mapping[str, Any]) -> Callable[[], Rule]:
+def _ip_rule(
+    values: Mapping[str, Any], feeds: dict[tuple[Any, ...], AtlassianIPRanges]
+) -> Callable[[], Rule]:
     def make() -> Rule:
         cidrs = values.get("ip_ranges", [])
         if "ip_ranges_feed" not in values:
             return IPRanges(cidrs)
-        return IPRanges.from_atlassian_feed(
-            values["ip_ranges_feed"],
-            product=values.get("ip_ranges_product", "bitbucket"),
-            direction=values.get("ip_ranges_direction", "egress"),
-            region=values.get("ip_ranges_region"),
-            refresh_interval=values.get("ip_ranges_refresh_seconds", 3600.0),
-            lazy=values.get("ip_ranges_lazy", False),
-            extra=cidrs,
-        )
+        options: dict[str, Any] = {
+            "product": values.get("ip_ranges_product", "bitbucket"),
+            "direction": values.get("ip_ranges_direction", "egress"),
+            "region": values.get("ip_ranges_region"),
+            "refresh_interval": values.get("ip_ranges_refresh_seconds", 3600.0),
+            "lazy": values.get("ip_ranges_lazy", False),
+        }
+        source = values["ip_ranges_feed"]
+        # Policies that name the same feed share one loader: one fetch per refresh.
+        identity = (source, *(tuple(v) if isinstance(v, list) else v for v in options.values()))
+        feed = feeds.get(identity)
+        if feed is None:
+            feed = feeds[identity] = AtlassianIPRanges(source, **options)
+        return IPRanges(cidrs, feed=feed)
 
     return make
 
@@ -319,50 +350,281 @@ def rules_from_env(
         name = full[len(prefix) :].lower()
         if name in _RULES:
             raw[name] = value
-        elif name not in _VERIFIER and not name.startswith("key_store_"):
+        elif name not in _VERIFIER and name not in STRUCTURED_ENV and not name.startswith("key_store_"):
             # A misspelt rule setting must fail, not silently drop the rule.
             known = sorted(prefix + n.upper() for n in _RULES)
             raise ConfigurationError(f"unknown rule setting; known settings: {', '.join(known)}", key=full)
     return _build_rules(_rule_values(raw, names, parse_strings=True), names)
 
 
+# -- several workspaces and named policies -------------------------------------------
+
+
+def _strip_key(exc: ConfigurationError) -> str:
+    message = str(exc)
+    if exc.key and message.startswith(exc.key + ": "):
+        message = message[len(exc.key) + 2 :]
+    return message
+
+
+def _structured(raw: object, key: str, kind: type, parse_strings: bool) -> Any:
+    """A table or array: as given, or decoded from JSON when it comes as an environment string."""
+    value = raw
+    if parse_strings and isinstance(raw, str):
+        try:
+            value = json.loads(raw)
+        except ValueError as exc:
+            raise ConfigurationError(f"is not valid JSON ({exc})", key=key) from None
+    if kind is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigurationError(f"must be a list of tables, not {type(value).__name__}", key=key)
+    elif not isinstance(value, Mapping):
+        raise ConfigurationError(f"must be a table, not {type(value).__name__}", key=key)
+    if not value:
+        raise ConfigurationError("is empty; remove the setting to turn it off", key=key)
+    return value
+
+
+class _Build:
+    """State shared while one configuration is built: IP feeds, workspace names."""
+
+    def __init__(self) -> None:
+        self.feeds: dict[tuple[Any, ...], AtlassianIPRanges] = {}
+        self.issuers: dict[str, str] = {}  #: workspace name -> issuer
+
+
+def _build_workspaces(items: Any, at: str, build: _Build) -> list[WorkspaceSpec]:
+    specs: list[WorkspaceSpec] = []
+    known = sorted((*WORKSPACE_SETTINGS, "name", "rules"))
+    for i, item in enumerate(items):
+        key = f"{at}[{i}]"
+        if not isinstance(item, Mapping):
+            raise ConfigurationError(f"must be a table, not {type(item).__name__}", key=key)
+        values: dict[str, Any] = {}
+        rules: list[Rule] = []
+        for name, raw in item.items():
+            if name == "rules":
+                if not isinstance(raw, Mapping):
+                    raise ConfigurationError("must be a table of rule settings", key=f"{key}.rules")
+                names = _Names(None, f"{key}.rules.")
+                rules = _build_rules(_rule_values(raw, names, parse_strings=False), names, build.feeds)
+            elif name == "name":
+                values["name"] = check_name(raw, f"{key}.name")
+            elif name in WORKSPACE_SETTINGS:
+                values[name] = _coerce(raw, _VERIFIER[name], f"{key}.{name}", parse_strings=False)
+            else:
+                raise ConfigurationError(
+                    f"unknown setting {name!r}; known settings: {', '.join(known)}", key=f"{key}.{name}"
+                )
+        try:
+            spec = WorkspaceSpec(**values, policies=rules)
+        except ConfigurationError as exc:
+            raise ConfigurationError(_strip_key(exc), key=f"{key}.{exc.key}" if exc.key else key) from None
+        specs.append(spec)
+        build.issuers[spec.name] = spec.issuer
+    return specs
+
+
+def _single_workspace_name(values: Mapping[str, Any], build: _Build) -> None:
+    # The one workspace of a plain [bbverify] table has a name too (slug, else issuer),
+    # so a 'workspace' condition can name it like any other.
+    if "workspace" in values:
+        # A bad slug is left to the Verifier, which reports it under the user's spelling.
+        with contextlib.suppress(ConfigurationError):
+            build.issuers[values["workspace"].strip().lower()] = bitbucket_issuer(values["workspace"])
+    elif "issuer" in values:
+        build.issuers[values["issuer"]] = values["issuer"]
+
+
+def _issuer_condition(raw: Any, key: str, build: _Build) -> Rule:
+    wanted = _coerce(raw, Setting("workspace", "list", ""), key, parse_strings=False)
+    issuers: list[str] = []
+    for i, name in enumerate(wanted):
+        issuer = build.issuers.get(name)
+        if issuer is None:
+            known = ", ".join(repr(n) for n in build.issuers) or "none"
+            raise ConfigurationError(
+                f"{name!r} is not the name of a configured workspace; configured: {known}",
+                key=f"{key}[{i}]",
+            )
+        issuers.append(issuer)
+    return Issuers(issuers)
+
+
+def _claim_conditions(raw: Any, key: str) -> list[Rule]:
+    if not isinstance(raw, Mapping) or not raw:
+        raise ConfigurationError("must be a non-empty table of claim = value(s)", key=key)
+    rules: list[Rule] = []
+    for claim, value in raw.items():
+        values = list(value) if isinstance(value, list | tuple) else [value]
+        try:
+            rules.append(ClaimMatches(claim, values))
+        except ConfigurationError as exc:
+            suffix = (exc.key or "")[len(str(claim)) :] if str(exc.key or "").startswith(str(claim)) else ""
+            raise ConfigurationError(_strip_key(exc), key=f"{key}.{claim}{suffix}") from None
+    return rules
+
+
+_ENTRY_KEYS = {**{s.name: s for s in ENTRY_CONDITIONS}, **_RULES}
+
+
+def _build_entry(entry: Any, at: str, build: _Build) -> Rule:
+    if not isinstance(entry, Mapping):
+        raise ConfigurationError(f"must be a table of conditions, not {type(entry).__name__}", key=at)
+    if not entry:
+        raise ConfigurationError(
+            "is empty; an entry without conditions would admit every verified token", key=at
+        )
+    for name in entry:
+        if name not in _ENTRY_KEYS:
+            raise ConfigurationError(
+                f"unknown condition {name!r}; known conditions: {', '.join(sorted(_ENTRY_KEYS))}",
+                key=f"{at}.{name}",
+            )
+    conditions = dict(entry)
+    rules: list[Rule] = []
+    if "workspace" in conditions:
+        rules.append(_issuer_condition(conditions.pop("workspace"), f"{at}.workspace", build))
+    claims = conditions.pop("claims", None) if "claims" in conditions else None
+    names = _Names(None, f"{at}.")
+    rules += _build_rules(_rule_values(conditions, names, parse_strings=False), names, build.feeds)
+    if "claims" in entry:
+        rules += _claim_conditions(claims, f"{at}.claims")
+    # The same rule objects as Python code would build: one engine.
+    return rules[0] if len(rules) == 1 else all_of(*rules)
+
+
+def _build_policies(table: Mapping[Any, Any], at: str, build: _Build) -> dict[str, Rule]:
+    policies: dict[str, Rule] = {}
+    for name, body in table.items():
+        key = f"{at}.{name}"
+        check_name(name, key)
+        if not isinstance(body, Mapping):
+            raise ConfigurationError("must be a table with allow = [ {conditions}, ... ]", key=key)
+        for extra in body:
+            if extra != "allow":
+                raise ConfigurationError(
+                    f"unknown setting {extra!r}; a policy has only 'allow'", key=f"{key}.{extra}"
+                )
+        if "allow" not in body:
+            raise ConfigurationError(
+                "is required: a list of entries, each a table of conditions", key=f"{key}.allow"
+            )
+        allow = body["allow"]
+        if not isinstance(allow, list | tuple) or not allow:
+            raise ConfigurationError(
+                "must be a non-empty list of entries (tables of conditions)", key=f"{key}.allow"
+            )
+        entries = [_build_entry(entry, f"{key}.allow[{i}]", build) for i, entry in enumerate(allow)]
+        policies[name] = entries[0] if len(entries) == 1 else any_of(*entries)
+    return policies
+
+
+def policies_from_mapping(
+    mapping: Mapping[str, Any], *, workspaces: Mapping[str, str] | None = None
+) -> dict[str, Rule]:
+    """Build named policies from a ``policies`` table: ``{name: {"allow": [entry, ...]}}``.
+
+    A policy admits when any entry admits (:func:`~bbverify.policies.any_of`);
+    an entry admits when all its conditions hold
+    (:func:`~bbverify.policies.all_of`). Conditions are the rule settings of
+    ``[bbverify.rules]`` (``repositories``, ``branches``, ``ip_ranges``,
+    ``max_step_minutes``, ...), ``workspace`` (names of configured
+    workspaces, looked up in ``workspaces``: ``{name: issuer}``) and
+    ``claims`` (``{claim: value or [values]}``, see
+    :class:`~bbverify.policies.ClaimMatches`).
+
+    Returns ``{name: rule}`` for ``Verifier(named_policies=...)``. Raises
+    :class:`~bbverify.errors.ConfigurationError` naming the key path
+    (``policies.deploy.allow[1].branches``).
+    """
+    build = _Build()
+    build.issuers.update(workspaces or {})
+    return _build_policies(_structured(mapping, "policies", dict, False), "policies", build)
+
+
+# -- the verifier --------------------------------------------------------------------------
+
+
 def _build_verifier(
-    verifier_values: dict[str, Any], rules: list[Rule], names: _Names, overrides: dict[str, Any]
+    verifier_values: dict[str, Any],
+    rules: list[Rule],
+    names: _Names,
+    overrides: dict[str, Any],
+    structured: Mapping[str, tuple[Any, str]] | None = None,
 ) -> Verifier:
+    """Build the Verifier; ``structured`` maps an argument to ``(value, spelling of its key)``."""
     for name in overrides:
         if name not in _VERIFIER_PARAMS:
             raise ConfigurationError(
                 f"unknown Verifier argument; choose from {', '.join(sorted(_VERIFIER_PARAMS))}", key=name
             )
+    structured = structured or {}
     options = dict(verifier_values)
+    for param, (value, _) in structured.items():
+        options[param] = value
     extra = as_rules(overrides.pop("policies", None))
     options.update(overrides)
     try:
         return Verifier(policies=[*rules, *extra], **options)
     except ConfigurationError as exc:
-        base = (exc.key or "").split("[", 1)[0]
-        if base in verifier_values and base not in overrides:
-            message = str(exc)
-            if exc.key and message.startswith(exc.key + ": "):
-                message = message[len(exc.key) + 2 :]
-            raise ConfigurationError(message, key=names.key(base, rule=False)) from None
-        raise
+        key = exc.key or ""
+        base = re.split(r"[\[.]", key, maxsplit=1)[0]
+        if base in overrides:
+            raise
+        if base in verifier_values:
+            spelled = names.key(base, rule=False)
+        elif base in structured:
+            spelled = structured[base][1] + key[len(base) :]
+        else:
+            raise
+        raise ConfigurationError(_strip_key(exc), key=spelled) from None
+
+
+def _assemble(
+    verifier_values: dict[str, Any],
+    rules: list[Rule],
+    names: _Names,
+    overrides: dict[str, Any],
+    workspaces: tuple[Any, str] | None,
+    policies: tuple[Any, str] | None,
+) -> Verifier:
+    build = _Build()
+    structured: dict[str, tuple[Any, str]] = {}
+    if workspaces is not None:
+        specs = _build_workspaces(workspaces[0], workspaces[1], build)
+        structured["workspaces"] = (specs, workspaces[1])
+    else:
+        _single_workspace_name(verifier_values, build)
+    if policies is not None:
+        structured["named_policies"] = (_build_policies(policies[0], policies[1], build), policies[1])
+    return _build_verifier(verifier_values, rules, names, overrides, structured)
 
 
 def verifier_from_mapping(mapping: Mapping[str, Any], **overrides: Any) -> Verifier:
     """Build a :class:`~bbverify.Verifier` from a ``bbverify`` table.
 
-    ``mapping`` holds verifier settings and, under ``rules``, rule settings
-    (see ``docs/configuration.md``). ``overrides`` are
+    ``mapping`` holds verifier settings; under ``rules``, base rule settings;
+    under ``policies``, named policies (``{name: {"allow": [...]}}``, see
+    :func:`policies_from_mapping`); under ``workspaces``, a list of tables,
+    one per trusted workspace (``name``, ``workspace``, ``issuer``,
+    ``audience``, ``workspace_uuid``, ``jwks_url`` and its own ``rules``).
+    See ``docs/configuration.md``. ``overrides`` are
     :class:`~bbverify.Verifier` arguments that replace configured values
     (or add code-only ones: ``on_decision``, ``clock``, ``session``,
     ``keys``); ``policies`` given here run after the configured rules.
+
+    Raises :class:`~bbverify.errors.ConfigurationError` whose ``key`` is the
+    path as spelled (``policies.deploy.allow[1].branches``,
+    ``workspaces[0].audience``).
     """
     if not isinstance(mapping, Mapping):
         raise ConfigurationError("must be a table of settings", key="bbverify")
     names = _Names(None)
     verifier_values: dict[str, Any] = {}
     rules: list[Rule] = []
+    workspaces: tuple[Any, str] | None = None
+    policies: tuple[Any, str] | None = None
     for name, raw in mapping.items():
         if name == "rules":
             if not isinstance(raw, Mapping):
@@ -374,14 +636,21 @@ def verifier_from_mapping(mapping: Mapping[str, Any], **overrides: Any) -> Verif
                 raise ConfigurationError("must be a table with a 'kind'", key="key_store")
             verifier_values["key_store"] = key_store_from_mapping(raw)
             continue
+        if name == "workspaces":
+            workspaces = (_structured(raw, "workspaces", list, False), "workspaces")
+            continue
+        if name == "policies":
+            policies = (_structured(raw, "policies", dict, False), "policies")
+            continue
         setting = _VERIFIER.get(name) if isinstance(name, str) else None
         if setting is None:
             hint = " (pass the [bbverify] table itself)" if name == "bbverify" else ""
-            raise ConfigurationError(
-                _unknown(name, {**_VERIFIER, "rules": _VERIFIER["workspace"]}) + hint, key=str(name)
-            )
+            tables = {"rules": _VERIFIER["workspace"], "policies": _VERIFIER["workspace"]}
+            tables["workspaces"] = _VERIFIER["workspace"]
+            tables["key_store"] = _VERIFIER["workspace"]
+            raise ConfigurationError(_unknown(name, {**_VERIFIER, **tables}) + hint, key=str(name))
         verifier_values[name] = _coerce(raw, setting, name, parse_strings=False)
-    return _build_verifier(verifier_values, rules, names, dict(overrides))
+    return _assemble(verifier_values, rules, names, dict(overrides), workspaces, policies)
 
 
 def verifier_from_toml(path: str | os.PathLike[str], **overrides: Any) -> Verifier:
@@ -424,6 +693,7 @@ def verifier_from_env(
     verifier_values: dict[str, Any] = {}
     rule_raw: dict[str, Any] = {}
     store_raw: dict[str, Any] = {}
+    found: dict[str, tuple[Any, str]] = {}
     for full, raw in environ.items():
         if not isinstance(full, str) or not full.startswith(prefix) or full in skip:
             continue
@@ -434,12 +704,17 @@ def verifier_from_env(
             verifier_values[name] = _coerce(raw, _VERIFIER[name], full, parse_strings=True)
         elif name in _RULES:
             rule_raw[name] = raw
+        elif name in STRUCTURED_ENV:
+            kind = list if name == "workspace_list" else dict
+            found[name] = (_structured(raw, full, kind, True), full)
         else:
-            known = sorted(prefix + n.upper() for n in (*_VERIFIER, *_RULES, *_STORE_ENV))
+            known = sorted(prefix + n.upper() for n in (*_VERIFIER, *_RULES, *STRUCTURED_ENV, *_STORE_ENV))
             raise ConfigurationError(f"unknown setting; known settings: {', '.join(known)}", key=full)
     if store_raw:
         verifier_values["key_store"] = key_store_from_mapping(
             store_raw, spell=lambda key: f"{prefix}KEY_STORE_{key.upper()}"
         )
     rules = _build_rules(_rule_values(rule_raw, names, parse_strings=True), names)
-    return _build_verifier(verifier_values, rules, names, dict(overrides))
+    return _assemble(
+        verifier_values, rules, names, dict(overrides), found.get("workspace_list"), found.get("policies")
+    )

@@ -37,6 +37,7 @@ from .errors import VerificationError
 from .http import (
     CLAIMS_KEY,
     DEFAULT_REALM,
+    POLICY_KEY,
     VERIFIER_KEY,
     ErrorHandler,
     ErrorResponse,
@@ -82,6 +83,9 @@ class PipelineAuth(HTTPBearer):
         route_rules: rules for this route, added to the verifier's own.
         trusted_proxies: as for :class:`bbverify.asgi.PipelineAuthMiddleware`.
         realm: the ``realm`` of ``WWW-Authenticate``.
+        policy: the verifier's named policy for this route
+            (``PipelineAuth(verifier, policy="deploy")``); ``None`` applies the
+            verifier's default policy, if any. Checked now.
         on_error: ``on_error(error)`` returning an
             :class:`~bbverify.http.ErrorResponse` or a Starlette ``Response``
             for :func:`install_error_handler` to send.
@@ -101,18 +105,24 @@ class PipelineAuth(HTTPBearer):
         on_error: ErrorHandler | None = None,
         scheme_name: str | None = "BitbucketPipelinesOIDC",
         description: str | None = "A Bitbucket Pipelines OIDC token ($BITBUCKET_STEP_OIDC_TOKEN).",
+        policy: str | None = None,
     ) -> None:
         super().__init__(
             bearerFormat="JWT", scheme_name=scheme_name, description=description, auto_error=False
         )
         self.guard = Guard(
-            verifier, route_rules, trusted_proxies=trusted_proxies, realm=realm, on_error=on_error
+            verifier,
+            route_rules,
+            trusted_proxies=trusted_proxies,
+            realm=realm,
+            on_error=on_error,
+            policy=policy,
         )
 
     async def __call__(self, request: HTTPConnection) -> PipelineClaims:  # type: ignore[override]
         scope = request.scope
         guard = self.guard
-        reused = guard.reusable(scope.get(CLAIMS_KEY), scope.get(VERIFIER_KEY))
+        reused = guard.reusable(scope.get(CLAIMS_KEY), scope.get(VERIFIER_KEY), scope.get(POLICY_KEY))
         if reused is not None:
             return reused
         authorization, forwarded_for = auth_headers(scope)
@@ -128,7 +138,7 @@ class PipelineAuth(HTTPBearer):
             response, native = guard.refusal(exc)
             raise PipelineAuthError(exc, native if isinstance(native, Response) else response) from None
         if CLAIMS_KEY not in scope:
-            set_scope_claims(scope, claims, guard.verifier)
+            set_scope_claims(scope, claims, guard.verifier, guard.applied_policy)
         return claims
 
 

@@ -15,9 +15,10 @@
     def deploy():
         return {"repository": current_claims().repository_uuid}
 
-``require_pipeline(verifier, *route_rules)`` takes a
+``require_pipeline(verifier, *route_rules, policy=None)`` takes a
 :class:`~bbverify.Verifier`, or ``None`` to use the app's :class:`BBVerify`
-extension. The verified claims are in ``flask.g.pipeline_claims`` and
+extension; ``policy`` names one of the verifier's named policies
+(``@require_pipeline(policy="deploy")``). The verified claims are in ``flask.g.pipeline_claims`` and
 :func:`current_claims`. Refusals use the RFC 6750 JSON answer of
 :mod:`bbverify.http`. Works with blueprints and ``app.test_client()``.
 """
@@ -29,7 +30,7 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, cast
 
-from flask import Flask, current_app, g, make_response, request
+from flask import Flask, current_app, g, has_app_context, make_response, request
 from flask.typing import ResponseReturnValue
 
 from .claims import PipelineClaims
@@ -37,6 +38,7 @@ from .errors import ConfigurationError, VerificationError
 from .http import (
     CLAIMS_KEY,
     DEFAULT_REALM,
+    POLICY_KEY,
     VERIFIER_KEY,
     ErrorHandler,
     Guard,
@@ -50,6 +52,8 @@ __all__ = ["BBVerify", "current_claims", "require_pipeline"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXTENSION_KEY = "bbverify"
+#: Attribute marking a view decorated by :func:`require_pipeline` that names a policy.
+_POLICY_ATTR = "__bbverify_policy__"
 #: ``app.config`` keys read by the extension itself rather than the verifier.
 ADAPTER_SETTINGS = ("BBVERIFY_TRUSTED_PROXIES", "BBVERIFY_REALM")
 
@@ -67,8 +71,11 @@ class BBVerify:
         realm: overrides ``app.config["BBVERIFY_REALM"]``.
         on_error: ``on_error(error)`` returning an
             :class:`~bbverify.http.ErrorResponse` or any Flask response value.
+        policy: the named policy for views whose decorator names none
+            (``None``: the verifier's default policy, if any).
 
-    Configuration errors surface in :meth:`init_app`, at start-up.
+    Configuration errors surface in :meth:`init_app`, at start-up, including
+    unknown policy names on views already registered with the app.
     """
 
     def __init__(
@@ -79,11 +86,13 @@ class BBVerify:
         trusted_proxies: TrustedProxiesSpec = None,
         realm: str | None = None,
         on_error: ErrorHandler | None = None,
+        policy: str | None = None,
     ) -> None:
         self._verifier = verifier
         self._trusted_proxies = trusted_proxies
         self._realm = realm
         self._on_error = on_error
+        self._policy = policy
         if app is not None:
             self.init_app(app)
 
@@ -98,7 +107,11 @@ class BBVerify:
         if trusted is None:
             trusted = app.config.get("BBVERIFY_TRUSTED_PROXIES")
         realm = self._realm or app.config.get("BBVERIFY_REALM") or DEFAULT_REALM
-        app.extensions[EXTENSION_KEY] = _State(verifier, trusted, realm, self._on_error)
+        app.extensions[EXTENSION_KEY] = _State(verifier, trusted, realm, self._on_error, self._policy)
+        for endpoint, view in app.view_functions.items():
+            named = getattr(view, _POLICY_ATTR, None)
+            if named is not None:
+                verifier.check_policy(named, key=f"view {endpoint!r}: policy")
 
     @staticmethod
     def verifier_for(app: Flask) -> Verifier:
@@ -108,10 +121,15 @@ class BBVerify:
 
 class _State:
     def __init__(
-        self, verifier: Verifier, trusted: TrustedProxiesSpec, realm: str, on_error: ErrorHandler | None
+        self,
+        verifier: Verifier,
+        trusted: TrustedProxiesSpec,
+        realm: str,
+        on_error: ErrorHandler | None,
+        policy: str | None,
     ) -> None:
         # Building a Guard checks the settings now rather than at the first request.
-        self.base = Guard(verifier, trusted_proxies=trusted, realm=realm, on_error=on_error)
+        self.base = Guard(verifier, trusted_proxies=trusted, realm=realm, on_error=on_error, policy=policy)
         self.verifier = verifier
         self._guards: dict[object, Guard] = {}
 
@@ -122,6 +140,7 @@ class _State:
         trusted: TrustedProxiesSpec = None,
         realm: str | None = None,
         on_error: ErrorHandler | None = None,
+        policy: str | None = None,
     ) -> Guard:
         """The guard of one decorated view under this app's settings (built once)."""
         guard = self._guards.get(key)
@@ -133,6 +152,7 @@ class _State:
                 trusted_proxies=trusted if trusted is not None else base.trusted_proxies,
                 realm=realm or base.realm,
                 on_error=on_error or base.on_error,
+                policy=policy if policy is not None else base.policy,
             )
             self._guards[key] = guard
         return guard
@@ -169,13 +189,18 @@ def require_pipeline(
     trusted_proxies: TrustedProxiesSpec = None,
     realm: str | None = None,
     on_error: ErrorHandler | None = None,
+    policy: str | None = None,
 ) -> Callable[[F], F]:
     """Decorate a view so that it needs a valid pipeline token.
 
     ``verifier`` is a :class:`~bbverify.Verifier`, or ``None`` to use the
     :class:`BBVerify` extension of the current app (its trusted proxies,
-    realm and ``on_error`` apply unless given here). ``route_rules`` are added
-    to the verifier's own rules for this view.
+    realm, ``on_error`` and policy apply unless given here). ``route_rules``
+    are added to the verifier's own rules for this view. ``policy`` names one
+    of the verifier's named policies; an unknown name raises
+    ``ConfigurationError`` here (with an explicit verifier, or inside an app
+    context), else in :meth:`BBVerify.init_app` for views registered before
+    it, else when the view's first request builds its guard.
     """
     if verifier is not None and not isinstance(verifier, Verifier):
         raise ConfigurationError(
@@ -191,8 +216,13 @@ def require_pipeline(
             trusted_proxies=trusted_proxies,
             realm=realm or DEFAULT_REALM,
             on_error=on_error,
+            policy=policy,
         )
     else:
+        if policy is not None and has_app_context():
+            state = current_app.extensions.get(EXTENSION_KEY)
+            if isinstance(state, _State):
+                state.verifier.check_policy(policy)
         # Check the rules now; the guard itself needs the app's settings.
         for i, rule in enumerate(route_rules):
             if not callable(rule):
@@ -202,12 +232,12 @@ def require_pipeline(
     def guard_now() -> Guard:
         if own is not None:
             return own
-        return _state(current_app).guard(key, route_rules, trusted_proxies, realm, on_error)
+        return _state(current_app).guard(key, route_rules, trusted_proxies, realm, on_error, policy)
 
     def check() -> ResponseReturnValue | None:
         guard = guard_now()
         environ = request.environ
-        reused = guard.reusable(environ.get(CLAIMS_KEY), environ.get(VERIFIER_KEY))
+        reused = guard.reusable(environ.get(CLAIMS_KEY), environ.get(VERIFIER_KEY), environ.get(POLICY_KEY))
         if reused is None:
             authorization, peer, forwarded = environ_request(environ)
             client = guard.client_ip(peer, forwarded)
@@ -228,6 +258,8 @@ def require_pipeline(
                     return refused
                 return await view(*args, **kwargs)
 
+            if own is None and policy is not None:
+                setattr(async_wrapper, _POLICY_ATTR, policy)
             return cast(F, async_wrapper)
 
         @functools.wraps(view)
@@ -237,6 +269,8 @@ def require_pipeline(
                 return refused
             return view(*args, **kwargs)
 
+        if own is None and policy is not None:
+            setattr(wrapper, _POLICY_ATTR, policy)
         return cast(F, wrapper)
 
     return decorate

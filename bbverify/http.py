@@ -39,6 +39,7 @@ __all__ = [
     "CLAIMS_KEY",
     "CLIENT_IP_KEY",
     "DEFAULT_REALM",
+    "POLICY_KEY",
     "ErrorHandler",
     "ErrorResponse",
     "Guard",
@@ -62,6 +63,8 @@ CLAIMS_KEY = "bbverify.claims"
 CLIENT_IP_KEY = "bbverify.client_ip"
 #: Where adapters note which Verifier produced ``CLAIMS_KEY``.
 VERIFIER_KEY = "bbverify.verifier"
+#: Where adapters note the named policy (after the default) that ``CLAIMS_KEY`` passed.
+POLICY_KEY = "bbverify.policy"
 DEFAULT_REALM = "bbverify"
 
 # Cap on X-Forwarded-For entries considered; a longer chain is hostile or broken.
@@ -482,6 +485,9 @@ class Guard:
             default: an :class:`ErrorResponse`, or whatever the framework
             accepts (an ASGI app such as a Starlette ``Response``, a Flask
             response value). Returning ``None`` keeps the default answer.
+        policy: the verifier's named policy for requests this guard protects
+            (``None``: the verifier's default policy, if any). Checked here,
+            so a misspelt name fails at start-up (``ConfigurationError``).
     """
 
     def __init__(
@@ -494,10 +500,15 @@ class Guard:
         trusted_proxies: TrustedProxiesSpec = None,
         realm: str = DEFAULT_REALM,
         on_error: ErrorHandler | None = None,
+        policy: str | None = None,
     ) -> None:
         if not isinstance(verifier, Verifier):
             raise ConfigurationError(f"{verifier!r} is not a bbverify.Verifier", key="verifier")
         self.verifier = verifier
+        verifier.check_policy(policy)
+        self.policy = policy
+        #: The named policy this guard's requests pass (``policy``, else the verifier's default).
+        self.applied_policy = policy if policy is not None else verifier.default_policy
         self.policies: tuple[Rule, ...] = as_rules(policies)
         for i, rule in enumerate(self.policies):
             if not callable(rule):
@@ -539,7 +550,12 @@ class Guard:
         """Parse the header and verify the token (blocking; for WSGI and Flask)."""
         token = self.token(authorization, client)
         return self.verifier.verify(
-            token, client_ip=client, policies=self.policies or None, method=method, path=path
+            token,
+            client_ip=client,
+            policy=self.policy,
+            policies=self.policies or None,
+            method=method,
+            path=path,
         )
 
     async def averify(
@@ -553,17 +569,28 @@ class Guard:
         """As :meth:`verify`, awaiting any key fetch (for ASGI)."""
         token = self.token(authorization, client)
         return await self.verifier.averify(
-            token, client_ip=client, policies=self.policies or None, method=method, path=path
+            token,
+            client_ip=client,
+            policy=self.policy,
+            policies=self.policies or None,
+            method=method,
+            path=path,
         )
 
-    def reusable(self, claims: object, verifier: object) -> PipelineClaims | None:
+    def reusable(self, claims: object, verifier: object, policy: object = None) -> PipelineClaims | None:
         """Claims an outer middleware already verified, if they settle this request.
 
-        They do when the same verifier produced them and this guard adds no
-        rules of its own; otherwise the request is verified again (cheap: the
-        verifier caches the token).
+        They do when the same verifier produced them under the same named
+        policy (``policy``, as recorded under :data:`POLICY_KEY`) and this
+        guard adds no rules of its own; otherwise the request is verified
+        again (cheap: the verifier caches the token).
         """
-        if isinstance(claims, PipelineClaims) and verifier is self.verifier and not self.policies:
+        if (
+            isinstance(claims, PipelineClaims)
+            and verifier is self.verifier
+            and not self.policies
+            and policy == self.applied_policy
+        ):
             return claims
         return None
 

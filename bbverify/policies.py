@@ -20,6 +20,8 @@ rule                        codes
 :class:`IPRanges`           ``ip_not_allowed``, ``client_ip_unknown``,
                             ``client_ip_invalid``, ``ip_ranges_unavailable``
 :class:`StepDuration`       ``step_too_long``, ``token_lifetime_too_long``
+:class:`Issuers`            ``workspace_not_allowed``
+:class:`ClaimMatches`       ``claim_required``, ``claim_not_allowed``
 :func:`any_of`, :func:`not_`  ``policy_denied`` (``any_of``: or an undecided code)
 ==========================  =======================================================
 
@@ -35,7 +37,7 @@ import math
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
 from .claims import PipelineClaims, normalize_uuid, try_normalize_uuid
 from .errors import ConfigurationError, PolicyDenied
@@ -44,8 +46,10 @@ from .ipranges import DEFAULT_FEED_URL, AddressSet, AtlassianIPRanges, IPNetwork
 __all__ = [
     "UNDECIDED_CODES",
     "Branches",
+    "ClaimMatches",
     "Environments",
     "IPRanges",
+    "Issuers",
     "Repositories",
     "RequestContext",
     "Rule",
@@ -473,6 +477,121 @@ class StepDuration(_BuiltinRule):
         if not self.check_lifetime:
             extra += ", check_lifetime=False"
         return f"StepDuration(max_minutes={self.max_minutes:g}{extra})"
+
+
+class Issuers(_BuiltinRule):
+    """Admit only tokens whose ``iss`` is exactly one of ``issuers``.
+
+    For a verifier over several workspaces: a route or policy that admits
+    only some of them. (The verifier already refuses every issuer it does
+    not trust; this rule narrows further.) Build it with workspace slugs via
+    :func:`bbverify.bitbucket_issuer`, or with the exact issuer URLs.
+    """
+
+    name = "workspace"
+
+    def __init__(self, *issuers: str | Iterable[str]) -> None:
+        items = _flatten(issuers)
+        if not items:
+            raise ConfigurationError("give at least one issuer", key="workspace")
+        for i, value in enumerate(items):
+            if not isinstance(value, str) or not value:
+                raise ConfigurationError(f"{value!r} is not an issuer URL", key=f"workspace[{i}]")
+        self.issuers: tuple[str, ...] = tuple(dict.fromkeys(cast(list[str], items)))
+        self._allowed = frozenset(self.issuers)
+
+    def __call__(self, claims: PipelineClaims, context: RequestContext) -> None:
+        if claims.issuer not in self._allowed:
+            raise self._deny(
+                f"tokens of workspace issuer {claims.issuer[:200]!r} are not allowed here; "
+                f"allowed issuers: {list(self.issuers)}",
+                "workspace_not_allowed",
+            )
+
+    def __repr__(self) -> str:
+        return f"Issuers({', '.join(repr(i) for i in self.issuers)})"
+
+
+#: Claim values a :class:`ClaimMatches` condition may name (JSON scalars; floats excluded:
+#: Bitbucket sends no fractional claims and float equality is a trap).
+ClaimValue: TypeAlias = str | int | bool
+
+
+class ClaimMatches(_BuiltinRule):
+    """Admit only tokens whose claim ``claim`` matches one of ``values``.
+
+    For any claim of the payload, including claims Bitbucket adds later
+    (``pipelineRunUuid``, say). ``values`` are strings, integers or booleans:
+
+    * a string holding ``*``, ``?`` or ``[`` is a glob
+      (:func:`fnmatch.fnmatchcase`: case-sensitive, ``*`` also crosses
+      ``/``); any other string must equal the claim exactly,
+    * an integer or boolean must equal the claim with the same JSON type
+      (``true`` never matches ``1``).
+
+    A claim that is a list (``aud``, say) matches when any of its items
+    does. The claim's absence denies with ``claim_required``, a mismatch with
+    ``claim_not_allowed``. UUID claims keep Bitbucket's braces and lower
+    case: write them that way, or use :class:`Repositories` and friends,
+    which normalise.
+    """
+
+    name = "claim"
+
+    def __init__(self, claim: str, *values: ClaimValue | Iterable[ClaimValue]) -> None:
+        if not isinstance(claim, str) or not claim or claim != claim.strip():
+            raise ConfigurationError(f"{claim!r} is not a claim name", key="claims")
+        flat: list[object] = []
+        for v in values:
+            if isinstance(v, str | int | bool) or not isinstance(v, Iterable):
+                flat.append(v)
+            else:
+                flat.extend(v)
+        if not flat:
+            raise ConfigurationError("give at least one value (an empty list would admit nobody)", key=claim)
+        for i, item in enumerate(flat):
+            if not isinstance(item, str | int | bool) or (isinstance(item, str) and not item):
+                raise ConfigurationError(
+                    f"{item!r} is not a claim value (a non-empty string, an integer or a boolean)",
+                    key=f"{claim}[{i}]",
+                )
+        self.claim = claim
+        self.name = f"claim:{claim}"
+        self.values: tuple[ClaimValue, ...] = tuple(cast(list[ClaimValue], flat))
+        # Keyed by (type, value) so that True, 1 and "1" stay three different values.
+        self._exact = frozenset((type(v), v) for v in self.values if not _is_glob(v))
+        self._globs = tuple(v for v in self.values if isinstance(v, str) and _is_glob(v))
+
+    def _matches(self, value: object) -> bool:
+        if type(value) not in (str, int, bool):
+            return False
+        if (type(value), value) in self._exact:
+            return True
+        return isinstance(value, str) and any(fnmatch.fnmatchcase(value, g) for g in self._globs)
+
+    def __call__(self, claims: PipelineClaims, context: RequestContext) -> None:
+        raw = claims.raw
+        if self.claim not in raw:
+            raise self._deny(
+                f"the token has no {self.claim!r} claim, which this rule requires",
+                "claim_required",
+            )
+        value = raw[self.claim]
+        items = value if isinstance(value, tuple) else (value,)  # JSON arrays are frozen to tuples
+        if any(self._matches(item) for item in items):
+            return
+        shown = repr(value)[:200]
+        raise self._deny(
+            f"claim {self.claim!r} is {shown}, not one of the allowed values {list(self.values)}",
+            "claim_not_allowed",
+        )
+
+    def __repr__(self) -> str:
+        return f"ClaimMatches({self.claim!r}, {', '.join(repr(v) for v in self.values)})"
+
+
+def _is_glob(value: object) -> bool:
+    return isinstance(value, str) and not _GLOB_CHARS.isdisjoint(value)
 
 
 # -- composition --------------------------------------------------------------------

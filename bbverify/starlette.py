@@ -25,7 +25,15 @@ from starlette.responses import Response
 from .asgi import PipelineUser as _PipelineUser
 from .asgi import auth_headers, peer_address, scopes_for
 from .errors import VerificationError
-from .http import CLAIMS_KEY, DEFAULT_REALM, VERIFIER_KEY, ErrorResponse, Guard, TrustedProxiesSpec
+from .http import (
+    CLAIMS_KEY,
+    DEFAULT_REALM,
+    POLICY_KEY,
+    VERIFIER_KEY,
+    ErrorResponse,
+    Guard,
+    TrustedProxiesSpec,
+)
 from .policies import Rule
 from .verifier import Verifier
 
@@ -64,6 +72,8 @@ class PipelineAuthBackend(AuthenticationBackend):
     ``scope["bbverify.claims"]``. A bad token raises
     :class:`PipelineAuthenticationError`; pass :meth:`on_error` to the
     middleware so that it is answered with the RFC 6750 response.
+    ``policy`` names the verifier's named policy to apply (``None``: its
+    default policy, if any); it is checked when the backend is built.
     """
 
     def __init__(
@@ -72,8 +82,11 @@ class PipelineAuthBackend(AuthenticationBackend):
         *route_rules: Rule,
         trusted_proxies: TrustedProxiesSpec = None,
         realm: str = DEFAULT_REALM,
+        policy: str | None = None,
     ) -> None:
-        self.guard = Guard(verifier, route_rules, trusted_proxies=trusted_proxies, realm=realm)
+        self.guard = Guard(
+            verifier, route_rules, trusted_proxies=trusted_proxies, realm=realm, policy=policy
+        )
 
     async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, PipelineUser] | None:
         scope = conn.scope
@@ -90,6 +103,7 @@ class PipelineAuthBackend(AuthenticationBackend):
             raise PipelineAuthenticationError(exc) from None
         scope[CLAIMS_KEY] = claims
         scope[VERIFIER_KEY] = self.guard.verifier
+        scope[POLICY_KEY] = self.guard.applied_policy
         return AuthCredentials(scopes_for(claims)), PipelineUser(claims)
 
     def on_error(self, conn: HTTPConnection, exc: AuthenticationError) -> Response:

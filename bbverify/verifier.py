@@ -1,16 +1,19 @@
 """The Verifier: every check in order, and the verified-token cache.
 
 A token travels: size cap and split (:mod:`bbverify.token`), header and
-algorithm allowlist, key lookup (:mod:`bbverify.keys`), signature
-(:mod:`bbverify.jwk`), payload parse, standard claims (``iss``, ``aud``,
-``exp``, ``iat``, ``nbf``), Bitbucket claims and ``sub`` agreement, then the
-rules (:mod:`bbverify.policies`) on every call, cached or not.
+algorithm allowlist, payload parse, plausibility on the unverified payload
+(the workspace picked by exact ``iss``, ``aud``, ``exp``, ``iat``, Bitbucket
+claims present: no key fetch for a token that cannot be genuine), key lookup
+in that workspace's key source (:mod:`bbverify.keys`), signature
+(:mod:`bbverify.jwk`), every claim check again plus ``nbf``, ``sub``
+agreement and the workspace pin, then the rules (:mod:`bbverify.policies`):
+base, the workspace's own, the named policy, per-route, on every call,
+cached or not.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
@@ -20,7 +23,7 @@ import requests
 
 from . import keys as _keys
 from .audit import Decision, DecisionHook, emit, wanted
-from .claims import PipelineClaims, normalize_uuid
+from .claims import PipelineClaims
 from .errors import ConfigurationError, InvalidToken, VerificationError
 from .jwk import SUPPORTED_ALGORITHMS, VerifyingKey
 from .policies import RequestContext, Rule, apply_rules, as_rules
@@ -34,33 +37,30 @@ from .token import (
     parse_json_object,
     split,
 )
+from .workspaces import (
+    BITBUCKET_ISSUER_TEMPLATE,
+    WorkspaceSpec,
+    bitbucket_audience,
+    bitbucket_issuer,
+    check_name,
+)
 
-__all__ = ["BITBUCKET_ISSUER_TEMPLATE", "Verifier", "bitbucket_audience", "bitbucket_issuer", "verify"]
+__all__ = [
+    "BITBUCKET_ISSUER_TEMPLATE",
+    "Verifier",
+    "WorkspaceSpec",
+    "bitbucket_audience",
+    "bitbucket_issuer",
+    "verify",
+]
 
 _log = logging.getLogger("bbverify")
 
-BITBUCKET_ISSUER_TEMPLATE = (
-    "https://api.bitbucket.org/2.0/workspaces/{workspace}/pipelines-config/identity/oidc"
-)
-_SLUG_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,99}")
 DEFAULT_LEEWAY = 10.0
 MAX_LEEWAY = 300.0
 DEFAULT_CACHE_SIZE = 4096
 # JSON numbers beyond this are not dates (datetime stops at year 9999).
 _MAX_TIMESTAMP = 253402300799
-
-
-def bitbucket_issuer(workspace: str) -> str:
-    """The issuer URL of a Bitbucket workspace, from its slug."""
-    slug = workspace.strip().lower() if isinstance(workspace, str) else ""
-    if not _SLUG_RE.fullmatch(slug):
-        raise ConfigurationError(f"{workspace!r} is not a Bitbucket workspace slug", key="workspace")
-    return BITBUCKET_ISSUER_TEMPLATE.format(workspace=slug)
-
-
-def bitbucket_audience(workspace_uuid: str) -> str:
-    """The default audience Bitbucket puts in a workspace's tokens (no braces)."""
-    return "ari:cloud:bitbucket::workspace/" + normalize_uuid(workspace_uuid, key="workspace_uuid")[1:-1]
 
 
 def _timestamp(payload: Mapping[str, Any], name: str, required: bool) -> float | None:
@@ -79,7 +79,7 @@ _BITBUCKET_REQUIRED = ("workspaceUuid", "repositoryUuid", "pipelineUuid", "stepU
 _REQUIRED_STRINGS = (*_BITBUCKET_REQUIRED, "sub")
 
 
-def _check_bitbucket_claims(payload: Mapping[str, Any]) -> None:
+def _require_bitbucket_claims(payload: Mapping[str, Any]) -> None:
     get = payload.get
     for name in _REQUIRED_STRINGS:
         value = get(name)
@@ -91,6 +91,9 @@ def _check_bitbucket_claims(payload: Mapping[str, Any]) -> None:
             raise InvalidToken(f"claim {name!r} is required", code="missing_claim")
         if not isinstance(value, str) or not value:
             raise InvalidToken(f"claim {name!r} must be a non-empty string", code="malformed")
+
+
+def _check_bitbucket_claims(payload: Mapping[str, Any]) -> None:
     for name in ("deploymentEnvironmentUuid", "branchName"):
         if name in payload and not isinstance(payload[name], str):
             raise InvalidToken(f"claim {name!r} must be a string", code="malformed")
@@ -106,6 +109,28 @@ def _check_bitbucket_claims(payload: Mapping[str, Any]) -> None:
         )
 
 
+class _Trust:
+    """A workspace as the verifier uses it: the spec, its key source and its rules.
+
+    ``rules`` are the verifier's base rules followed by the workspace's own,
+    joined once here rather than on every call.
+    """
+
+    __slots__ = ("audiences", "issuer", "keys", "name", "rules", "spec", "workspace_uuid")
+
+    def __init__(self, spec: WorkspaceSpec, keys: _keys.KeySource, base_rules: tuple[Rule, ...]) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.issuer = spec.issuer
+        self.audiences = spec.audiences
+        self.workspace_uuid = spec.workspace_uuid
+        self.keys = keys
+        self.rules: tuple[Rule, ...] = base_rules + spec.policies
+
+
+_CacheEntry = tuple[PipelineClaims, float, Header, VerifyingKey, _Trust]
+
+
 class _TokenCache:
     """Bounded map of verified tokens, each kept no longer than its ``exp``.
 
@@ -117,14 +142,14 @@ class _TokenCache:
 
     def __init__(self, maxsize: int) -> None:
         self.maxsize = maxsize
-        self._data: dict[str, tuple[PipelineClaims, float, Header, VerifyingKey]] = {}
+        self._data: dict[str, _CacheEntry] = {}
         self._lock = threading.Lock()
         # The bound dict method itself: a cache hit is then one C call. The
         # dict is never replaced (clear() empties it), so the binding stays valid.
-        self.get: Callable[[str], tuple[PipelineClaims, float, Header, VerifyingKey] | None]
+        self.get: Callable[[str], _CacheEntry | None]
         self.get = self._data.get
 
-    def put(self, token: str, entry: tuple[PipelineClaims, float, Header, VerifyingKey]) -> None:
+    def put(self, token: str, entry: _CacheEntry) -> None:
         if self.maxsize <= 0:
             return
         with self._lock:
@@ -145,11 +170,28 @@ class _TokenCache:
         return len(self._data)
 
 
+_WORKSPACE_ARGS = ("workspace", "issuer", "audience", "workspace_uuid", "jwks_url", "keys")
+
+
 class Verifier:
-    """Verifies Bitbucket Pipelines OIDC tokens for one issuer and audience.
+    """Verifies Bitbucket Pipelines OIDC tokens for one workspace, or several.
 
     Build one per service and share it (it is thread-safe). Building makes no
     network call; keys are fetched on first use or by :meth:`warm_up`.
+
+    One workspace is described by the arguments ``workspace`` ... ``keys``.
+    Several are given as ``workspaces=[WorkspaceSpec(...), ...]`` (or
+    mappings of :class:`~bbverify.workspaces.WorkspaceSpec` arguments)
+    instead; each has its own issuer, audiences, optional UUID pin, key source
+    and rules. A token is matched to a workspace by its (as yet unverified)
+    ``iss``, exactly and only among the configured issuers, and then verified
+    against that workspace's keys alone.
+
+    Before any key lookup that may fetch, the unverified payload must be
+    plausible for this verifier: a configured ``iss``, an accepted ``aud``,
+    ``exp`` not past, ``iat`` not in the future, the Bitbucket claims present.
+    So a token for another workspace is ``issuer_mismatch`` and costs no
+    fetch. All checks run again after the signature.
 
     Args:
         workspace: the workspace slug; the issuer is derived from it.
@@ -160,7 +202,13 @@ class Verifier:
             the token must match it.
         jwks_url: skip discovery and fetch keys here.
         keys: a ready key source (for example :class:`~bbverify.keys.StaticKeySet`).
-        policies: rules applied on every call, after the token checks.
+        workspaces: several workspaces (see above); excludes the six
+            arguments before it.
+        policies: base rules, applied on every call to every token, after
+            the token checks.
+        named_policies: ``{name: rule or rules}``; a call picks one with
+            ``verify(..., policy=name)``. A sequence of rules means all of them.
+        default_policy: the named policy applied when a call names none.
         algorithms: the signature algorithms accepted; ``RS256`` only by default.
         leeway: clock-skew allowance in seconds for ``exp``/``iat``/``nbf``
             (default 10, at most 300).
@@ -169,9 +217,13 @@ class Verifier:
         on_decision: called with a :class:`~bbverify.audit.Decision` per call.
         timeout, cache_ttl, min_cache_ttl, max_cache_ttl, cooldown, max_stale,
         failure_backoff, max_backoff, fetch_interval, fetch_burst, key_store,
-        store_poll, session: passed to :class:`~bbverify.keys.RemoteKeySet`
+        store_poll, session: passed to each :class:`~bbverify.keys.RemoteKeySet`
             (the fetch budget and shared stores are described in
-            ``docs/configuration.md``).
+            ``docs/configuration.md``; each workspace's key source keeps its
+            own budget and store entry).
+
+    Raises :class:`~bbverify.errors.ConfigurationError` (its ``key`` names
+    the argument, ``workspaces[1].audience`` for an item) on any mistake.
     """
 
     def __init__(
@@ -183,7 +235,10 @@ class Verifier:
         workspace_uuid: str | None = None,
         jwks_url: str | None = None,
         keys: _keys.KeySource | None = None,
+        workspaces: Sequence[WorkspaceSpec | Mapping[str, Any]] | None = None,
         policies: Rule | Sequence[Rule] | None = None,
+        named_policies: Mapping[str, Rule | Sequence[Rule]] | None = None,
+        default_policy: str | None = None,
         algorithms: Iterable[str] = ("RS256",),
         leeway: float = DEFAULT_LEEWAY,
         clock: Callable[[], float] = time.time,
@@ -204,27 +259,6 @@ class Verifier:
         key_store: KeyStore | None = None,
         store_poll: float = _keys.DEFAULT_STORE_POLL,
     ) -> None:
-        if issuer is None and workspace is None:
-            raise ConfigurationError("give a workspace slug or an issuer", key="workspace")
-        if workspace is not None:
-            derived = bitbucket_issuer(workspace)
-            if issuer is not None and issuer != derived:
-                raise ConfigurationError(
-                    f"issuer {issuer!r} disagrees with workspace {workspace!r} ({derived})", key="issuer"
-                )
-            issuer = derived
-        assert issuer is not None
-        if not isinstance(issuer, str) or not issuer:
-            raise ConfigurationError("must be a non-empty string", key="issuer")
-        self.issuer: str = issuer
-        # "" is refused, not read as "unset": it would drop the workspace pin silently.
-        self.workspace_uuid = (
-            normalize_uuid(workspace_uuid, key="workspace_uuid") if workspace_uuid is not None else None
-        )
-        if audience is None and self.workspace_uuid is not None:
-            audience = bitbucket_audience(self.workspace_uuid)
-        self.audiences: frozenset[str] = self._check_audience(audience)
-
         algs = frozenset(algorithms) if not isinstance(algorithms, str) else frozenset({algorithms})
         bad = algs - SUPPORTED_ALGORITHMS
         if bad or not algs:
@@ -245,81 +279,254 @@ class Verifier:
         for i, rule in enumerate(self.policies):
             if not callable(rule):
                 raise ConfigurationError(f"{rule!r} is not a rule (a callable)", key=f"policies[{i}]")
+        self._named = self._check_named(named_policies)
+        if default_policy is not None:
+            self.check_policy(default_policy, key="default_policy")
+        self.default_policy: str | None = default_policy
         self.on_decision = on_decision
         self._cache = _TokenCache(int(cache_size))
         self._headers: dict[str, Header] = {}
-        if keys is None:
-            keys = _keys.RemoteKeySet(
-                issuer=self.issuer if jwks_url is None else None,
+
+        fetch_options: dict[str, Any] = {
+            "timeout": timeout,
+            "cache_ttl": cache_ttl,
+            "cooldown": cooldown,
+            "max_stale": max_stale,
+            "failure_backoff": failure_backoff,
+            "session": session,
+            "min_cache_ttl": min_cache_ttl,
+            "max_cache_ttl": max_cache_ttl,
+            "max_backoff": max_backoff,
+            "fetch_interval": fetch_interval,
+            "fetch_burst": fetch_burst,
+            "key_store": key_store,
+            "store_poll": store_poll,
+        }
+        if workspaces is None:
+            spec = WorkspaceSpec(
+                workspace=workspace,
+                issuer=issuer,
+                audience=audience,
+                workspace_uuid=workspace_uuid,
                 jwks_url=jwks_url,
-                allowed_algorithms=self.algorithms,
-                timeout=timeout,
-                cache_ttl=cache_ttl,
-                cooldown=cooldown,
-                max_stale=max_stale,
-                failure_backoff=failure_backoff,
-                session=session,
-                min_cache_ttl=min_cache_ttl,
-                max_cache_ttl=max_cache_ttl,
-                max_backoff=max_backoff,
-                fetch_interval=fetch_interval,
-                fetch_burst=fetch_burst,
-                key_store=key_store,
-                store_poll=store_poll,
+                keys=keys,
             )
-            if jwks_url is not None:
-                keys.issuer = self.issuer
-        self.keys: _keys.KeySource = keys
+            trusts = [_Trust(spec, self._key_source(spec, fetch_options), self.policies)]
+        else:
+            given = {
+                "workspace": workspace,
+                "issuer": issuer,
+                "audience": audience,
+                "workspace_uuid": workspace_uuid,
+                "jwks_url": jwks_url,
+                "keys": keys,
+            }
+            trusts = self._check_workspaces(workspaces, given, fetch_options)
+        self._trusts: tuple[_Trust, ...] = tuple(trusts)
+        self._by_issuer: dict[str, _Trust] = {t.issuer: t for t in trusts}
+        #: The trusted workspaces, in the order given.
+        self.workspaces: tuple[WorkspaceSpec, ...] = tuple(t.spec for t in trusts)
+
+    def _check_workspaces(
+        self,
+        workspaces: Sequence[WorkspaceSpec | Mapping[str, Any]],
+        given: Mapping[str, Any],
+        fetch_options: dict[str, Any],
+    ) -> list[_Trust]:
+        clash = [name for name in _WORKSPACE_ARGS if given[name] is not None]
+        if clash:
+            raise ConfigurationError(
+                f"give either workspaces=[...] or {', '.join(clash)}, not both "
+                "(each workspace carries its own issuer, audience, pin and keys)",
+                key=clash[0],
+            )
+        if isinstance(workspaces, str | bytes | Mapping) or not isinstance(workspaces, Sequence):
+            raise ConfigurationError("must be a list of WorkspaceSpec (or mappings)", key="workspaces")
+        if not workspaces:
+            raise ConfigurationError("give at least one workspace", key="workspaces")
+        trusts: list[_Trust] = []
+        issuers: dict[str, int] = {}
+        names: dict[str, int] = {}
+        for i, item in enumerate(workspaces):
+            key = f"workspaces[{i}]"
+            spec = WorkspaceSpec.coerce(item, key)
+            for what, seen, value in (("issuer", issuers, spec.issuer), ("name", names, spec.name)):
+                if value in seen:
+                    raise ConfigurationError(
+                        f"{value!r} is also the {what} of workspaces[{seen[value]}]; each must be unique",
+                        key=f"{key}.{what}",
+                    )
+                seen[value] = i
+            try:
+                source = self._key_source(spec, fetch_options)
+            except ConfigurationError as exc:
+                if exc.key in fetch_options:
+                    raise
+                message = str(exc)
+                if exc.key and message.startswith(exc.key + ": "):
+                    message = message[len(exc.key) + 2 :]
+                raise ConfigurationError(message, key=f"{key}.{exc.key}") from None
+            trusts.append(_Trust(spec, source, self.policies))
+        return trusts
+
+    def _key_source(self, spec: WorkspaceSpec, options: dict[str, Any]) -> _keys.KeySource:
+        # One key source per workspace: a key of workspace B can never vouch
+        # for a token claiming workspace A's issuer. Nothing is fetched here.
+        if spec.keys is not None:
+            return spec.keys
+        source = _keys.RemoteKeySet(
+            issuer=spec.issuer if spec.jwks_url is None else None,
+            jwks_url=spec.jwks_url,
+            allowed_algorithms=self.algorithms,
+            **options,
+        )
+        if spec.jwks_url is not None:
+            source.issuer = spec.issuer
+        return source
 
     @staticmethod
-    def _check_audience(audience: str | Sequence[str] | None) -> frozenset[str]:
-        if audience is None:
-            raise ConfigurationError(
-                "an audience is required (Bitbucket's default is "
-                "'ari:cloud:bitbucket::workspace/<workspace-uuid>'); or give workspace_uuid",
-                key="audience",
+    def _check_named(named: Mapping[str, Rule | Sequence[Rule]] | None) -> dict[str, tuple[Rule, ...]]:
+        if named is None:
+            return {}
+        if not isinstance(named, Mapping):
+            raise ConfigurationError("must be a mapping of policy names to rules", key="named_policies")
+        out: dict[str, tuple[Rule, ...]] = {}
+        for name, value in named.items():
+            check_name(name, "named_policies")
+            rules = as_rules(value)
+            if not rules:
+                raise ConfigurationError(
+                    "is empty; a policy needs at least one rule (an empty one would admit every "
+                    "verified token)",
+                    key=f"named_policies.{name}",
+                )
+            for i, rule in enumerate(rules):
+                if not callable(rule):
+                    raise ConfigurationError(
+                        f"{rule!r} is not a rule (a callable)", key=f"named_policies.{name}[{i}]"
+                    )
+            out[name] = rules
+        return out
+
+    # -- one workspace's view (for single-workspace verifiers) -------------------
+
+    def _only(self, what: str) -> _Trust:
+        if len(self._trusts) != 1:
+            raise AttributeError(
+                f"a verifier over {len(self._trusts)} workspaces has no single {what}; see .workspaces"
             )
-        values = [audience] if isinstance(audience, str) else list(audience)
-        if not values or not all(isinstance(a, str) and a for a in values):
-            raise ConfigurationError("must be a non-empty string or list of strings", key="audience")
-        return frozenset(values)
+        return self._trusts[0]
+
+    @property
+    def issuer(self) -> str:
+        """The issuer (single-workspace verifiers; ``AttributeError`` with several)."""
+        return self._only("issuer").issuer
+
+    @property
+    def audiences(self) -> frozenset[str]:
+        """The accepted audiences (single-workspace verifiers; ``AttributeError`` with several)."""
+        return self._only("audiences").audiences
+
+    @property
+    def workspace_uuid(self) -> str | None:
+        """The pinned workspace UUID, if any (single-workspace verifiers)."""
+        return self._only("workspace_uuid").workspace_uuid
+
+    @property
+    def keys(self) -> _keys.KeySource:
+        """The key source (single-workspace verifiers; ``AttributeError`` with several)."""
+        return self._only("keys").keys
+
+    @property
+    def issuers(self) -> tuple[str, ...]:
+        """Every trusted issuer, in the order configured."""
+        return tuple(t.issuer for t in self._trusts)
+
+    def key_source(self, issuer: str) -> _keys.KeySource:
+        """The key source of the workspace whose issuer is exactly ``issuer``.
+
+        Raises ``KeyError`` for an issuer this verifier does not trust.
+        """
+        return self._by_issuer[issuer].keys
+
+    # -- named policies ---------------------------------------------------------
+
+    @property
+    def policy_names(self) -> tuple[str, ...]:
+        """The names of the named policies, in the order configured."""
+        return tuple(self._named)
+
+    def check_policy(self, name: str | None, *, key: str = "policy") -> None:
+        """Raise :class:`ConfigurationError` unless ``name`` is ``None`` or a configured policy.
+
+        Adapters call this when a route is built, so that a misspelt policy
+        name fails at start-up rather than on the first request.
+        """
+        if name is None:
+            return
+        if not isinstance(name, str) or name not in self._named:
+            known = ", ".join(repr(n) for n in self._named) or "none are configured"
+            raise ConfigurationError(f"unknown policy {name!r}; named policies: {known}", key=key)
+
+    def _policy_rules(self, name: str | None) -> tuple[Rule, ...]:
+        if name is None:
+            name = self.default_policy
+            if name is None:
+                return ()
+        rules = self._named.get(name) if type(name) is str else None
+        if rules is None:
+            self.check_policy(name)  # raises: a programming error, not a refusal of the token
+        assert rules is not None
+        return rules
 
     # -- public API -----------------------------------------------------------
 
     def warm_up(self) -> None:
-        """Fetch the issuer's keys now; raise ``KeysUnavailable`` if that fails.
+        """Fetch every workspace's keys now; raise ``KeysUnavailable`` if that fails.
 
         Optional: call it at start-up to surface a misconfiguration early.
         """
-        warm = getattr(self.keys, "warm_up", None)
-        if warm is not None:
-            warm()
+        for trust in self._trusts:
+            warm = getattr(trust.keys, "warm_up", None)
+            if warm is not None:
+                warm()
 
     def verify(
         self,
         token: str | bytes,
         *,
         client_ip: str | None = None,
+        policy: str | None = None,
         policies: Rule | Sequence[Rule] | None = None,
         method: str | None = None,
         path: str | None = None,
     ) -> PipelineClaims:
         """Verify ``token`` and apply the rules; return its claims.
 
-        ``policies`` are extra (per-route) rules applied after the verifier's
-        own. Raises only :class:`~bbverify.errors.VerificationError`
-        subclasses.
+        Rules run in this order: the verifier's base rules, the token's
+        workspace's rules, the named ``policy`` (the default policy when
+        ``None``), then ``policies``, extra (per-route) rules. Raises
+        :class:`~bbverify.errors.VerificationError` subclasses for the token;
+        :class:`~bbverify.errors.ConfigurationError` for a ``policy`` name
+        that is not configured (a programming error; adapters check names
+        with :meth:`check_policy` when they are built).
         """
+        named = self._policy_rules(policy)
         claims: PipelineClaims | None = None
+        trust: _Trust | None = None
         try:
-            claims = self._cached(token)
-            if claims is None:
+            entry = self._cached(token)
+            if entry is None:
                 parsed, header = self._prepare(token)
-                keys = self.keys
+                payload = parse_json_object(decode_payload(parsed), "payload")
+                trust = self._plausible(payload, self._clock())
+                keys = trust.keys
                 # The lock-free look-up first; get_key (which may fetch) only on a miss.
                 key = keys.cached_key(header.kid, header.alg) or keys.get_key(header.kid, header.alg)
-                claims = self._finish(token, parsed, header, key)
-            self._authorize(claims, client_ip, policies, method, path)
+                claims = self._finish(token, parsed, header, key, payload, trust)
+            else:
+                claims, trust = entry[0], entry[4]
+            self._authorize(claims, trust, client_ip, named, policies, method, path)
         except VerificationError as exc:
             self._denied(exc, claims, client_ip)
             raise
@@ -332,20 +539,27 @@ class Verifier:
         token: str | bytes,
         *,
         client_ip: str | None = None,
+        policy: str | None = None,
         policies: Rule | Sequence[Rule] | None = None,
         method: str | None = None,
         path: str | None = None,
     ) -> PipelineClaims:
         """As :meth:`verify`, for event loops: a key fetch is awaited, never blocking."""
+        named = self._policy_rules(policy)
         claims: PipelineClaims | None = None
+        trust: _Trust | None = None
         try:
-            claims = self._cached(token)
-            if claims is None:
+            entry = self._cached(token)
+            if entry is None:
                 parsed, header = self._prepare(token)
-                keys = self.keys
+                payload = parse_json_object(decode_payload(parsed), "payload")
+                trust = self._plausible(payload, self._clock())
+                keys = trust.keys
                 key = keys.cached_key(header.kid, header.alg) or await keys.aget_key(header.kid, header.alg)
-                claims = self._finish(token, parsed, header, key)
-            self._authorize(claims, client_ip, policies, method, path)
+                claims = self._finish(token, parsed, header, key, payload, trust)
+            else:
+                claims, trust = entry[0], entry[4]
+            self._authorize(claims, trust, client_ip, named, policies, method, path)
         except VerificationError as exc:
             self._denied(exc, claims, client_ip)
             raise
@@ -363,19 +577,19 @@ class Verifier:
 
     # -- the steps --------------------------------------------------------------
 
-    def _cached(self, token: object) -> PipelineClaims | None:
+    def _cached(self, token: object) -> _CacheEntry | None:
         if type(token) is not str:
             return None
         entry = self._cache.get(token)
         if entry is None:
             return None
-        claims, not_after, header, key = entry
+        header, key = entry[2], entry[3]
         # The key must still be the issuer's current key for this kid, so a
         # rotated-out key stops vouching for cached tokens too.
-        if self._clock() >= not_after or self.keys.cached_key(header.kid, header.alg) is not key:
+        if self._clock() >= entry[1] or entry[4].keys.cached_key(header.kid, header.alg) is not key:
             self._cache.discard(token)
             return None
-        return claims
+        return entry
 
     def _prepare(self, token: str | bytes) -> tuple[ParsedToken, Header]:
         parsed = split(token, self.max_token_bytes)
@@ -388,27 +602,31 @@ class Verifier:
                 self._headers[parsed.header_segment] = header
         return parsed, header
 
-    def _finish(
-        self, token: str | bytes, parsed: ParsedToken, header: Header, key: VerifyingKey
-    ) -> PipelineClaims:
-        key.verify(header.alg, parsed.signature, parsed.signing_input)
-        payload = parse_json_object(decode_payload(parsed), "payload")
-        now = self._clock()
-        leeway = self.leeway
+    def _plausible(self, payload: Mapping[str, Any], now: float) -> _Trust:
+        """What a genuine token for this verifier must carry; returns its workspace.
 
+        Runs on the unverified payload before any key lookup that may fetch
+        (issue 13: a token for another workspace, or an expired or forged
+        one, must cost no request to Bitbucket, whose anonymous limit is 60
+        an hour per address), and again after the signature.
+        """
         iss = payload.get("iss")
         if iss is None:
             raise InvalidToken("claim 'iss' is required", code="missing_claim")
-        if iss != self.issuer:
+        # Exact match among the configured issuers only; type() first, since a
+        # list is unhashable and a str subclass could compare in odd ways.
+        trust = self._by_issuer.get(iss) if type(iss) is str else None
+        if trust is None:
             raise InvalidToken("token was issued by another issuer", code="issuer_mismatch")
 
         aud = payload.get("aud")
         if aud is None:
             raise InvalidToken("claim 'aud' is required", code="missing_claim")
-        if isinstance(aud, str):
-            ok = aud in self.audiences
-        elif isinstance(aud, list) and aud and all(isinstance(a, str) for a in aud):
-            ok = not self.audiences.isdisjoint(aud)
+        audiences = trust.audiences
+        if type(aud) is str:
+            ok = aud in audiences
+        elif isinstance(aud, list) and aud and all(type(a) is str for a in aud):
+            ok = not audiences.isdisjoint(aud)
         else:
             raise InvalidToken("claim 'aud' must be a string or a list of strings", code="malformed")
         if not ok:
@@ -416,35 +634,61 @@ class Verifier:
 
         exp = _timestamp(payload, "exp", required=True)
         iat = _timestamp(payload, "iat", required=True)
-        nbf = _timestamp(payload, "nbf", required=False) if "nbf" in payload else None  # Bitbucket sends none
         assert exp is not None and iat is not None
         if exp < iat:
             raise InvalidToken("claim 'exp' is before 'iat'", code="invalid_claim")
+        leeway = self.leeway
         if now >= exp + leeway:
             raise InvalidToken("token has expired", code="expired")
         if iat > now + leeway:
             raise InvalidToken("token was issued in the future", code="not_yet_valid")
+        _require_bitbucket_claims(payload)
+        return trust
+
+    def _finish(
+        self,
+        token: str | bytes,
+        parsed: ParsedToken,
+        header: Header,
+        key: VerifyingKey,
+        payload: dict[str, Any],
+        trust: _Trust,
+    ) -> PipelineClaims:
+        key.verify(header.alg, parsed.signature, parsed.signing_input)
+        # Every check again, now on signed claims and at the time after any fetch.
+        now = self._clock()
+        self._plausible(payload, now)
+        leeway = self.leeway
+        exp = float(payload["exp"])
+        nbf = _timestamp(payload, "nbf", required=False) if "nbf" in payload else None  # Bitbucket sends none
         if nbf is not None and nbf > now + leeway:
             raise InvalidToken("token is not valid yet (nbf)", code="not_yet_valid")
 
         _check_bitbucket_claims(payload)
-        if self.workspace_uuid is not None and payload["workspaceUuid"].lower() != self.workspace_uuid:
+        pin = trust.workspace_uuid
+        if pin is not None and payload["workspaceUuid"].lower() != pin:
             raise InvalidToken("token belongs to another workspace", code="workspace_mismatch")
 
         claims = PipelineClaims.from_payload(payload)
         if type(token) is str:
-            self._cache.put(token, (claims, exp + leeway, header, key))
+            self._cache.put(token, (claims, exp + leeway, header, key, trust))
         return claims
 
     def _authorize(
         self,
         claims: PipelineClaims,
+        trust: _Trust,
         client_ip: str | None,
+        named: tuple[Rule, ...],
         extra: Rule | Sequence[Rule] | None,
         method: str | None,
         path: str | None,
     ) -> None:
-        rules = self.policies + as_rules(extra) if extra else self.policies
+        rules = trust.rules
+        if named:
+            rules = rules + named
+        if extra:
+            rules = rules + as_rules(extra)
         if rules:
             apply_rules(rules, claims, RequestContext(client_ip, self._clock(), method, path))
         hook = self.on_decision

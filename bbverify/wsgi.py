@@ -22,6 +22,7 @@ from .http import (
     CLAIMS_KEY,
     CLIENT_IP_KEY,
     DEFAULT_REALM,
+    POLICY_KEY,
     VERIFIER_KEY,
     ErrorHandler,
     ErrorResponse,
@@ -67,7 +68,7 @@ class PipelineAuthMiddleware:
     """WSGI middleware that requires a valid pipeline token on every request.
 
     Takes the same arguments as :class:`bbverify.asgi.PipelineAuthMiddleware`
-    (except ``websocket_denial``). ``on_error(error)`` may return an
+    (except ``websocket_denial``), ``policy`` included. ``on_error(error)`` may return an
     :class:`~bbverify.http.ErrorResponse` or a WSGI app to answer with.
     """
 
@@ -82,6 +83,7 @@ class PipelineAuthMiddleware:
         policies: Rule | Sequence[Rule] | None = None,
         realm: str = DEFAULT_REALM,
         on_error: ErrorHandler | None = None,
+        policy: str | None = None,
     ) -> None:
         self.app = app
         self.guard = Guard(
@@ -92,6 +94,7 @@ class PipelineAuthMiddleware:
             trusted_proxies=trusted_proxies,
             realm=realm,
             on_error=on_error,
+            policy=policy,
         )
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
@@ -112,5 +115,6 @@ class PipelineAuthMiddleware:
             return send_error(response, start_response)
         environ[CLAIMS_KEY] = claims
         environ[VERIFIER_KEY] = guard.verifier
+        environ[POLICY_KEY] = guard.applied_policy
         environ[CLIENT_IP_KEY] = client
         return self.app(environ, start_response)

@@ -1,0 +1,189 @@
+"""What a verifier trusts about one Bitbucket workspace: issuer, audiences, pin, keys, rules.
+
+Each Bitbucket workspace is its own OIDC issuer, with its own key set, its
+own default audience and its own UUID. A :class:`WorkspaceSpec` describes one
+of them; :class:`bbverify.Verifier` accepts one (from its own arguments) or
+several (``Verifier(workspaces=[...])``) and picks the one whose issuer is
+exactly the token's ``iss``.
+
+Facts (Bitbucket's "Integrate Pipelines with resource servers using OIDC"):
+
+* issuer ``https://api.bitbucket.org/2.0/workspaces/{slug}/pipelines-config/identity/oidc``
+  (so renaming the slug changes the issuer),
+* default audience ``ari:cloud:bitbucket::workspace/{workspace-uuid}``
+  (the UUID without braces); up to 10 custom audiences of at most 150
+  characters each, and ``aud`` is then an array.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from . import keys as _keys
+from .claims import normalize_uuid
+from .errors import ConfigurationError
+from .policies import Rule, as_rules
+
+__all__ = [
+    "BITBUCKET_ISSUER_TEMPLATE",
+    "WorkspaceSpec",
+    "bitbucket_audience",
+    "bitbucket_issuer",
+    "check_name",
+]
+
+BITBUCKET_ISSUER_TEMPLATE = (
+    "https://api.bitbucket.org/2.0/workspaces/{workspace}/pipelines-config/identity/oidc"
+)
+_SLUG_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,99}")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,199}")
+
+
+def bitbucket_issuer(workspace: str) -> str:
+    """The issuer URL of a Bitbucket workspace, from its slug.
+
+    Raises :class:`ConfigurationError` (key ``workspace``) for a string that
+    is not a slug (lowercase letters, digits, ``_.-``; at most 100).
+    """
+    slug = workspace.strip().lower() if isinstance(workspace, str) else ""
+    if not _SLUG_RE.fullmatch(slug):
+        raise ConfigurationError(f"{workspace!r} is not a Bitbucket workspace slug", key="workspace")
+    return BITBUCKET_ISSUER_TEMPLATE.format(workspace=slug)
+
+
+def bitbucket_audience(workspace_uuid: str) -> str:
+    """The default audience Bitbucket puts in a workspace's tokens (no braces)."""
+    return "ari:cloud:bitbucket::workspace/" + normalize_uuid(workspace_uuid, key="workspace_uuid")[1:-1]
+
+
+def check_name(name: object, key: str) -> str:
+    """A policy or workspace name: 1-200 characters, letters, digits and ``_.:/-``.
+
+    Raises :class:`ConfigurationError` naming ``key`` otherwise.
+    """
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise ConfigurationError(
+            f"{name!r} is not a valid name (letters, digits and _.:/-, starting with a letter or digit)",
+            key=key,
+        )
+    return name
+
+
+def check_audience(audience: str | Sequence[str] | None) -> frozenset[str]:
+    """Validate one audience or several; raise :class:`ConfigurationError` (key ``audience``)."""
+    if audience is None:
+        raise ConfigurationError(
+            "an audience is required (Bitbucket's default is "
+            "'ari:cloud:bitbucket::workspace/<workspace-uuid>'); or give workspace_uuid",
+            key="audience",
+        )
+    values = [audience] if isinstance(audience, str) else list(audience)
+    if not values or not all(isinstance(a, str) and a for a in values):
+        raise ConfigurationError("must be a non-empty string or list of strings", key="audience")
+    return frozenset(values)
+
+
+class WorkspaceSpec:
+    """One trusted workspace: its exact issuer, accepted audiences, optional pin, keys and rules.
+
+    Args:
+        workspace: the workspace slug; the issuer is derived from it.
+        issuer: the exact issuer URL instead (a fake issuer in tests, say);
+            must agree with ``workspace`` when both are given.
+        audience: one audience or several (``str`` or sequence of ``str``);
+            the token must carry one. Defaults to Bitbucket's default
+            audience when ``workspace_uuid`` is given.
+        workspace_uuid: when given, the token's ``workspaceUuid`` must be
+            this UUID (braces optional, any case).
+        jwks_url: fetch this workspace's keys here instead of discovery.
+        keys: a ready :class:`~bbverify.keys.KeySource` for this workspace
+            (for example a :class:`~bbverify.keys.StaticKeySet`).
+        policies: rules applied to this workspace's tokens only, after the
+            verifier's own base rules.
+        name: how decisions, logs and the ``workspace`` policy condition name
+            it; defaults to the slug, else the issuer.
+
+    Raises :class:`ConfigurationError` (``key`` names the argument) on any
+    mistake. Building one makes no network call.
+    """
+
+    __slots__ = ("audiences", "issuer", "jwks_url", "keys", "name", "policies", "workspace_uuid")
+
+    def __init__(
+        self,
+        *,
+        workspace: str | None = None,
+        issuer: str | None = None,
+        audience: str | Sequence[str] | None = None,
+        workspace_uuid: str | None = None,
+        jwks_url: str | None = None,
+        keys: _keys.KeySource | None = None,
+        policies: Rule | Sequence[Rule] | None = None,
+        name: str | None = None,
+    ) -> None:
+        if issuer is None and workspace is None:
+            raise ConfigurationError("give a workspace slug or an issuer", key="workspace")
+        if workspace is not None:
+            derived = bitbucket_issuer(workspace)
+            if issuer is not None and issuer != derived:
+                raise ConfigurationError(
+                    f"issuer {issuer!r} disagrees with workspace {workspace!r} ({derived})", key="issuer"
+                )
+            issuer = derived
+        if not isinstance(issuer, str) or not issuer:
+            raise ConfigurationError("must be a non-empty string", key="issuer")
+        self.issuer: str = issuer
+        # "" is refused, not read as "unset": it would drop the workspace pin silently.
+        self.workspace_uuid: str | None = (
+            normalize_uuid(workspace_uuid, key="workspace_uuid") if workspace_uuid is not None else None
+        )
+        if audience is None and self.workspace_uuid is not None:
+            audience = bitbucket_audience(self.workspace_uuid)
+        self.audiences: frozenset[str] = check_audience(audience)
+        if jwks_url is not None and (not isinstance(jwks_url, str) or not jwks_url):
+            raise ConfigurationError("must be a non-empty string", key="jwks_url")
+        self.jwks_url = jwks_url
+        self.keys = keys
+        self.policies: tuple[Rule, ...] = as_rules(policies)
+        for i, rule in enumerate(self.policies):
+            if not callable(rule):
+                raise ConfigurationError(f"{rule!r} is not a rule (a callable)", key=f"policies[{i}]")
+        if name is None:
+            name = workspace.strip().lower() if isinstance(workspace, str) else issuer
+        self.name: str = check_name(name, "name")
+
+    @classmethod
+    def coerce(cls, value: WorkspaceSpec | Mapping[str, Any], key: str) -> WorkspaceSpec:
+        """``value`` itself, or a spec built from a mapping of the same keyword arguments.
+
+        Errors name the item: ``workspaces[1].audience``.
+        """
+        if isinstance(value, WorkspaceSpec):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigurationError(
+                f"{type(value).__name__} is not a WorkspaceSpec or a mapping of its arguments", key=key
+            )
+        unknown = sorted(str(k) for k in value if k not in _SPEC_ARGS)
+        if unknown:
+            raise ConfigurationError(
+                f"unknown setting(s) {unknown}; known: {', '.join(sorted(_SPEC_ARGS))}", key=key
+            )
+        try:
+            return cls(**value)
+        except ConfigurationError as exc:
+            message = str(exc)
+            if exc.key and message.startswith(exc.key + ": "):
+                message = message[len(exc.key) + 2 :]
+            raise ConfigurationError(message, key=f"{key}.{exc.key}" if exc.key else key) from None
+
+    def __repr__(self) -> str:
+        pin = f", workspace_uuid={self.workspace_uuid!r}" if self.workspace_uuid else ""
+        return f"WorkspaceSpec(name={self.name!r}, issuer={self.issuer!r}{pin})"
+
+
+_SPEC_ARGS = frozenset(
+    {"workspace", "issuer", "audience", "workspace_uuid", "jwks_url", "keys", "policies", "name"}
+)
