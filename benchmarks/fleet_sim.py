@@ -103,6 +103,7 @@ class Report:
     before_retry_after: int
     valid_checked: int
     valid_refused: int
+    startup_refused: int
     attack_tokens: int
     rotation_delay: float | None
     rotation_delay_first: float | None
@@ -131,6 +132,7 @@ class Report:
             f"  429s received:                     {self.received_429}",
             f"  requests before a Retry-After:     {self.before_retry_after}",
             f"  valid tokens refused:              {self.valid_refused} of {self.valid_checked}",
+            f"  refused at start-up (no keys yet): {self.startup_refused}",
             f"  rotation delay (slowest process):  {delay} (first process: {first})",
             f"  random-kid tokens sent:            {self.attack_tokens}",
             f"  result:                            {'OK' if self.ok else 'LIMIT BROKEN'}",
@@ -446,6 +448,7 @@ def run(settings: Settings) -> Report:
         before_retry_after=sum(1 for r in requests if r.early),
         valid_checked=sum(r["valid"] for r in reports.values()),
         valid_refused=sum(r["valid_refused"] for r in reports.values()),
+        startup_refused=sum(r["startup_refused"] for r in reports.values()),
         attack_tokens=sum(r["attack"] for r in reports.values()),
         rotation_delay=None if any(d is None for d in delays) else max(delays),
         rotation_delay_first=min((d for d in delays if d is not None), default=None),

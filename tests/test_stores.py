@@ -290,3 +290,16 @@ def test_no_request_before_retry_after(fake: FakeIssuer, http_date: bool) -> Non
     ks.warm_up()
     assert not any(r.early for r in fake.requests)
     assert fake.requests[-1].status == 200
+
+
+def test_a_token_for_another_workspace_costs_no_fetch(fake: FakeIssuer, tmp_path: Path) -> None:
+    clock = Clock()
+    fake.limit_requests(60, 3600, clock=clock)  # records every request
+    v = fake.verifier(keys=keyset(fake, clock, FileKeyStore(tmp_path)), clock=clock)
+    with FakeIssuer(workspace="elsewhere") as other:
+        for _ in range(20):
+            token = other.mint(issued_at=clock(), header={"kid": os.urandom(8).hex()})
+            with pytest.raises(InvalidToken) as exc:
+                v.verify(token)
+            assert exc.value.code == "issuer_mismatch"
+    assert fake.requests == []
