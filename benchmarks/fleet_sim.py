@@ -27,7 +27,8 @@ What runs (everything on loopback, real OS processes, real HTTP, real stores):
 
 Reported, from the issuer's own log and the workers' counts: requests in the
 busiest rolling hour, 429s, requests sent before a ``Retry-After`` had passed,
-valid tokens refused (outside the rotation delay), and the rotation delay
+valid tokens refused (new-key tokens count only after ``--rotation-limit``,
+300 s by default), and the rotation delay
 (publication of the new key to its first acceptance, per process; the
 largest is reported). Exit status 1 if a limit is broken.
 """
@@ -78,6 +79,7 @@ class Settings:
     fetch_interval: float | None = None
     cooldown: float | None = None
     fetch_burst: int | None = None
+    rotation_limit: float = ROTATION_LIMIT
     seed: int = 1
 
 
@@ -117,7 +119,7 @@ class Report:
             and self.before_retry_after == 0
             and self.valid_refused == 0
             and self.rotation_delay is not None
-            and self.rotation_delay <= ROTATION_LIMIT
+            and self.rotation_delay <= self.settings.rotation_limit
         )
 
     def lines(self) -> list[str]:
@@ -133,7 +135,8 @@ class Report:
             f"  requests before a Retry-After:     {self.before_retry_after}",
             f"  valid tokens refused:              {self.valid_refused} of {self.valid_checked}",
             f"  refused at start-up (no keys yet): {self.startup_refused}",
-            f"  rotation delay (slowest process):  {delay} (first process: {first})",
+            f"  rotation delay (slowest process):  {delay} (first process: {first}; "
+            f"limit {s.rotation_limit / 60:g} min)",
             f"  random-kid tokens sent:            {self.attack_tokens}",
             f"  result:                            {'OK' if self.ok else 'LIMIT BROKEN'}",
         ]
@@ -321,7 +324,7 @@ def _worker(
                 report.first_new_accept = clock() - sim_start - published
         except VerificationError as exc:
             since = clock() - sim_start - published
-            if rotated and report.first_new_accept is None and since <= ROTATION_LIMIT:
+            if rotated and report.first_new_accept is None and since <= settings.rotation_limit:
                 report.new_key_refused_in_delay += 1
             else:
                 report.valid_refused += 1
@@ -469,6 +472,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fetch-interval", type=float, default=None, help="override fetch_interval (s)")
     parser.add_argument("--cooldown", type=float, default=None, help="override cooldown (s)")
     parser.add_argument("--fetch-burst", type=int, default=None, help="override fetch_burst")
+    parser.add_argument(
+        "--rotation-limit", type=float, default=ROTATION_LIMIT, help="allowed rotation delay (s, default 300)"
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
@@ -481,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         fetch_interval=args.fetch_interval,
         cooldown=args.cooldown,
         fetch_burst=args.fetch_burst,
+        rotation_limit=args.rotation_limit,
         seed=args.seed,
     )
     report = run(settings)
