@@ -1,8 +1,8 @@
 """A shortened run of benchmarks/fleet_sim.py: real processes, real stores, an accelerated clock.
 
 The full run (24 simulated hours, figures in the README) is
-``python -m benchmarks.fleet_sim``; here 1.5 simulated hours at 600x, with the
-key rotation at 45 minutes, keep each run to about ten seconds of wall time.
+``python -m benchmarks.fleet_sim``; here 1.25 simulated hours at 600x, with the
+key rotation at 36 minutes, keep each run to about ten seconds of wall time.
 The limits are the issue's: at most 30 requests in any rolling hour, no
 request before a Retry-After, no valid token refused, and the new key accepted
 within 5 minutes (shared stores) or within one fetch interval (no store).
@@ -14,7 +14,7 @@ import pytest
 
 from benchmarks.fleet_sim import LIMIT_PER_HOUR, ROTATION_LIMIT, Settings, run
 
-SHORT = {"hours": 1.5, "rotation_hour": 0.75, "speed": 600.0}
+SHORT = {"hours": 1.25, "rotation_hour": 0.6, "speed": 600.0}
 
 
 @pytest.mark.slow
