@@ -29,11 +29,14 @@ from .http import (
     CLIENT_IP_KEY,
     DEFAULT_REALM,
     POLICY_KEY,
+    UNIX_SOCKET_PEER,
     VERIFIER_KEY,
     ErrorHandler,
     ErrorResponse,
     Guard,
     TrustedProxiesSpec,
+    routing_path,
+    scopes_for,
 )
 from .policies import Rule
 from .verifier import Verifier
@@ -88,19 +91,19 @@ class PipelineCredentials:
         self.scopes = list(scopes)
 
 
-def scopes_for(claims: PipelineClaims) -> list[str]:
-    """``["pipeline"]``, plus ``"deployment"`` for tokens of deployment steps."""
-    return ["pipeline", "deployment"] if claims.is_deployment else ["pipeline"]
-
-
 def set_scope_claims(
-    scope: Scope, claims: PipelineClaims, verifier: Verifier, policy: str | None = None
+    scope: Scope,
+    claims: PipelineClaims,
+    verifier: Verifier,
+    policy: str | None = None,
+    client: str | None = None,
 ) -> None:
-    """Record verified claims in an ASGI scope (also used by the FastAPI dependency).
+    """Record verified claims and the client address in an ASGI scope (every ASGI adapter).
 
     ``policy`` is the named policy the claims passed (after the default).
     """
     scope[CLAIMS_KEY] = claims
+    scope[CLIENT_IP_KEY] = client
     scope[VERIFIER_KEY] = verifier
     scope[POLICY_KEY] = policy
     scope["user"] = PipelineUser(claims)
@@ -129,11 +132,28 @@ def auth_headers(scope: Scope) -> tuple[list[bytes], list[bytes]]:
 
 
 def peer_address(scope: Scope) -> str | None:
-    """The socket peer's host from ``scope["client"]``, if the server gives one."""
+    """The socket peer's host from ``scope["client"]``, if the server gives one.
+
+    A connection over a Unix socket has no peer address: the ASGI spec gives
+    ``server`` as ``[path, None]`` there and servers leave ``client`` out
+    (uvicorn ``--uds``), so the peer is :data:`~bbverify.http.UNIX_SOCKET_PEER`,
+    which only ``trusted_proxies=["unix", ...]`` trusts. That holds even when
+    ``client`` is set: on a Unix socket it can only come from a header
+    (uvicorn ``--forwarded-allow-ips='*'`` copies the leftmost, client-written
+    ``X-Forwarded-For`` entry there), never from the socket.
+    """
+    server = scope.get("server")
+    if server is None or (isinstance(server, list | tuple) and len(server) == 2 and server[1] is None):
+        return UNIX_SOCKET_PEER
     client = scope.get("client")
-    if client and isinstance(client[0], str):
+    if client and isinstance(client[0], str) and client[0]:
         return client[0]
     return None
+
+
+def scope_path(scope: Scope) -> str:
+    """The path the wrapped app routes on (``path`` minus ``root_path``; see ``routing_path``)."""
+    return routing_path(scope.get("path"), scope.get("root_path"))
 
 
 async def send_error(
@@ -160,8 +180,12 @@ class PipelineAuthMiddleware:
     Args:
         app: the ASGI application to protect.
         verifier: the :class:`~bbverify.Verifier` that decides.
-        exclude_paths: paths served without a token (exact match on
-            ``scope["path"]``), for example ``["/healthz"]``.
+        exclude_paths: paths served without a token, for example
+            ``["/healthz"]``; matched exactly against the path the wrapped
+            app routes on (``scope["path"]`` minus ``scope["root_path"]``, so
+            under a Starlette ``Mount("/v1", app=...)`` or
+            ``uvicorn --root-path /v1`` it is ``/healthz``, as ``PATH_INFO``
+            is in WSGI).
         exclude_prefixes: path prefixes served without a token.
         trusted_proxies: ``None`` (the socket peer is the client), a hop
             count, or a list of proxy CIDRs; see :func:`bbverify.http.client_ip`.
@@ -212,7 +236,7 @@ class PipelineAuthMiddleware:
         if kind not in ("http", "websocket"):
             await self.app(scope, receive, send)  # lifespan and anything newer
             return
-        path = scope.get("path") or "/"
+        path = scope_path(scope)
         if self.guard.is_excluded(path):
             await self.app(scope, receive, send)
             return
@@ -228,8 +252,7 @@ class PipelineAuthMiddleware:
             else:
                 await self._refuse_websocket(exc, scope, receive, send)
             return
-        set_scope_claims(scope, claims, guard.verifier, guard.applied_policy)
-        scope[CLIENT_IP_KEY] = client
+        set_scope_claims(scope, claims, guard.verifier, guard.applied_policy, client)
         await self.app(scope, receive, send)
 
     async def _refuse_websocket(

@@ -38,6 +38,8 @@ class Decision:
     pipeline: str | None = None
     step: str | None = None
     branch: str | None = None
+    method: str | None = None  #: the HTTP request method, when an adapter verified a request
+    path: str | None = None  #: the path the application routes on (see ``bbverify.http.routing_path``)
 
     @classmethod
     def build(
@@ -45,9 +47,14 @@ class Decision:
         claims: PipelineClaims | None,
         client_ip: str | None,
         error: VerificationError | None = None,
+        *,
+        method: str | None = None,
+        path: str | None = None,
     ) -> Decision:
-        """Describe an allow (``error`` is None) or a denial."""
+        """Describe an allow (``error`` is None) or a denial of one request (``method``, ``path``)."""
         ids: dict[str, Any] = claims.summary() if claims is not None else {}
+        ids["method"] = method
+        ids["path"] = path
         if error is None:
             return cls(True, "ok", 200, None, "allowed", client_ip, **ids)
         rule = error.rule if isinstance(error, PolicyDenied) else None
@@ -84,7 +91,8 @@ def emit(decision: Decision, hook: DecisionHook | None) -> None:
     if AUDIT_LOGGER.isEnabledFor(level):
         AUDIT_LOGGER.log(
             level,
-            "%s code=%s rule=%s repository=%s environment=%s pipeline=%s step=%s client_ip=%s",
+            "%s code=%s rule=%s repository=%s environment=%s pipeline=%s step=%s client_ip=%s"
+            " method=%s path=%s",
             "allow" if decision.allowed else "deny",
             _printable(decision.code),
             _printable(decision.rule),
@@ -93,6 +101,8 @@ def emit(decision: Decision, hook: DecisionHook | None) -> None:
             _printable(decision.pipeline),
             _printable(decision.step),
             _printable(decision.client_ip),
+            _printable(decision.method),
+            _printable(decision.path),
             extra={"bbverify": decision.as_dict()},
         )
     if hook is not None:

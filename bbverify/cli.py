@@ -12,6 +12,7 @@ import base64
 import binascii
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -46,6 +47,40 @@ class _Style:
 
     def bold(self, text: str) -> str:
         return self._wrap("1", text)
+
+
+# What a terminal may act on: C0 controls (ESC, CR, BS ...), DEL, C1 controls
+# (CSI/OSC as single bytes), and the invisible/bidirectional formatting
+# characters that reorder or hide text (Unicode TR #9, "Trojan Source").
+# The backslash is escaped too, so an escape in the output is always ours.
+_UNSAFE_TERMINAL = re.compile(
+    r"[\\\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb]"
+)
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    char = match.group()
+    if char == "\\":
+        return "\\\\"
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def safe_text(value: object) -> str:
+    """``value`` as text that cannot drive a terminal (control and bidi characters escaped).
+
+    Everything taken from a token goes through this before it is printed
+    (``inspect`` decodes tokens nobody has checked). ``ESC`` becomes
+    ``\\x1b``, U+202E becomes ``\\u202e``, a backslash ``\\\\``.
+    """
+    text = value if isinstance(value, str) else str(value)
+    return _UNSAFE_TERMINAL.sub(_escape_char, text)
+
+
+def _json_line(value: object, indent: int | None = None) -> str:
+    """JSON that cannot drive a terminal: ``ensure_ascii`` escapes C0, C1 and
+    every non-ASCII character; DEL is ASCII, so it is escaped here."""
+    return json.dumps(value, indent=indent).replace("\x7f", "\\u007f")
 
 
 def _err(message: str) -> None:
@@ -106,16 +141,17 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         _err(f"cannot decode token: {exc}")
         return EXIT_REJECTED
     if args.json:
-        print(json.dumps({"verified": False, "header": header, "payload": payload}, indent=2))
+        document = {"verified": False, "header": header, "payload": payload}
+        print(_json_line(document, indent=2))
         return EXIT_OK
     print(style.yellow("NOT VERIFIED: decoded only; nothing here has been checked."))
     print(style.bold("Header"))
     for k, v in header.items():
-        print(f"  {k}: {json.dumps(v)}")
+        print(f"  {safe_text(k)}: {_json_line(v)}")
     print(style.bold("Claims"))
     now = time.time()
     for k, v in payload.items():
-        line = f"  {k}: {json.dumps(v)}"
+        line = f"  {safe_text(k)}: {_json_line(v)}"
         if k in ("iat", "exp", "nbf") and type(v) in (int, float):
             try:
                 when = datetime.fromtimestamp(v, UTC).isoformat()
@@ -135,7 +171,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         ("step", "stepUuid"),
         ("branch", "branchName"),
     ):
-        print(f"  {label:<12} {payload.get(key, '-')}")
+        print(f"  {label:<12} {safe_text(payload.get(key, '-'))}")
     print(f"  {'kind':<12} {kind}")
     exp = payload.get("exp")
     if isinstance(exp, int | float) and not isinstance(exp, bool):
@@ -159,9 +195,8 @@ def _build_verifier(args: argparse.Namespace) -> Any:
         overrides["audience"] = args.audience if len(args.audience) > 1 else args.audience[0]
     if args.jwks_url:
         overrides["jwks_url"] = args.jwks_url
-    if args.config:
-        return config.verifier_from_toml(args.config, **overrides)
-    return config.verifier_from_env(os.environ, **overrides)
+    # File, then environment, then flags, as --help and the README say.
+    return config.verifier_from_layers(args.config, os.environ, **overrides)
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -170,14 +205,14 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     try:
         verifier = _build_verifier(args)
     except (ConfigurationError, OSError) as exc:
-        _err(f"configuration error: {exc}")
+        _err(f"configuration error: {safe_text(exc)}")
         return EXIT_USAGE
     try:
         claims = verifier.verify(token, client_ip=args.client_ip)
     except VerificationError as exc:
         if args.json:
             print(
-                json.dumps(
+                _json_line(
                     {
                         "accepted": False,
                         "code": exc.code,
@@ -188,14 +223,14 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                 )
             )
         else:
-            print(style.red(f"REJECTED ({exc.status_code} {exc.code}): {exc.message}"))
+            print(style.red(f"REJECTED ({exc.status_code} {safe_text(exc.code)}): {safe_text(exc.message)}"))
         return EXIT_REJECTED
     if args.json:
-        print(json.dumps({"accepted": True, "code": "ok", "claims": claims.summary()}))
+        print(_json_line({"accepted": True, "code": "ok", "claims": claims.summary()}))
     else:
         print(style.green("ACCEPTED"))
         for k, v in claims.summary().items():
-            print(f"  {k:<12} {v if v is not None else '-'}")
+            print(f"  {k:<12} {safe_text(v) if v is not None else '-'}")
         left = relative(claims.expires_at.timestamp() - time.time())
         print(f"  {'expires':<12} {claims.expires_at.isoformat()} ({left})")
     return EXIT_OK
@@ -247,8 +282,11 @@ _EPILOG = """examples:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
+    # allow_abbrev=False: a flag is spelled exactly (--work is not --workspace),
+    # like every other setting (issue 11: near misses are errors).
     parser = argparse.ArgumentParser(
         prog="bbverify",
+        allow_abbrev=False,
         description="Verify Bitbucket Pipelines OIDC tokens and try the rules offline.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -258,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
+        allow_abbrev=False,
         help="run the end-to-end demo offline (fake issuer + protected app on loopback)",
         description="Start a fake Bitbucket issuer and a protected app on 127.0.0.1, send them "
         "tokens for several scenarios, and print what each got. Exits 0 when every scenario "
@@ -271,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     inspect = sub.add_parser(
         "inspect",
+        allow_abbrev=False,
         help="decode a token WITHOUT verifying it and show its claims",
         description="Decode a token without verifying it: header, claims, dates, the pipeline it "
         "names. Nothing is checked; use 'verify' for that.",
@@ -283,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify = sub.add_parser(
         "verify",
+        allow_abbrev=False,
         help="fully verify a token with the library's rules",
         description="Verify a token exactly as the library would. Settings come from --config "
         "(TOML), then BBVERIFY_* environment variables, then these flags. Exit 0 accepted, "
@@ -304,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ipr = sub.add_parser(
         "ip-ranges",
+        allow_abbrev=False,
         help="read Atlassian's IP-range feed and print the CIDRs the IP rule uses",
         description="Read Atlassian's published IP-range feed (URL or file), filter it by product "
         "and direction, and print or write the CIDR list.",

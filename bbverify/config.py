@@ -26,8 +26,10 @@ as it was spelled: ``rules.repositories[1]`` or ``BBVERIFY_REPOSITORIES``.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import inspect
 import json
+import logging
 import math
 import os
 import re
@@ -57,6 +59,7 @@ from .verifier import Verifier
 from .workspaces import WorkspaceSpec, bitbucket_issuer, check_name
 
 __all__ = [
+    "KNOWN_TABLES",
     "RULE_SETTINGS",
     "VERIFIER_SETTINGS",
     "Setting",
@@ -64,9 +67,23 @@ __all__ = [
     "rules_from_env",
     "rules_from_mapping",
     "verifier_from_env",
+    "verifier_from_layers",
     "verifier_from_mapping",
     "verifier_from_toml",
 ]
+
+_log = logging.getLogger("bbverify")
+
+#: The sub-tables of ``[bbverify]`` (contract 3 of the shared configuration
+#: layout). Each owner validates its table's keys; this one list is what the
+#: near-miss checks compare table names with, so a new table is added here.
+KNOWN_TABLES: tuple[str, ...] = ("rules", "policies", "workspaces", "key_store", "serve")
+#: The top-level table of a TOML file and the prefix of environment variables.
+ROOT_TABLE = "bbverify"
+# Fuzzy matching of top-level table names of a shared file would catch
+# unrelated tables ("server" is one edit from "serve"), so those two short,
+# common names only match exactly after normalisation.
+_EXACT_ONLY = frozenset({"serve", "rules"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,8 +332,110 @@ def _rule_values(mapping: Mapping[str, Any], names: _Names, *, parse_strings: bo
     return values
 
 
-def _unknown(name: object, known: Mapping[str, Setting]) -> str:
-    return f"unknown setting {name!r}; known settings: {', '.join(sorted(known))}"
+def _unknown(name: object, known: Iterable[str]) -> str:
+    names = sorted(known)
+    hint = _suggest(name, names)
+    did_you_mean = f"; did you mean {hint!r}?" if hint else ""
+    return f"unknown setting {name!r}{did_you_mean} known settings: {', '.join(names)}"
+
+
+def _normal(name: str) -> str:
+    """``name`` lower-cased with separators dropped: ``Key-Store`` and ``KEY_STORE`` are ``keystore``."""
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+def _suggest(name: object, known: Iterable[str], cutoff: float = 0.75) -> str | None:
+    """The known name ``name`` most likely meant (same normalised spelling first, then difflib)."""
+    if not isinstance(name, str):
+        return None
+    by_normal = {_normal(k): k for k in known}
+    wanted = _normal(name)
+    if wanted in by_normal:
+        return by_normal[wanted]
+    close = difflib.get_close_matches(wanted, list(by_normal), n=1, cutoff=cutoff)
+    return by_normal[close[0]] if close else None
+
+
+def _looks_like_root(normal: str) -> bool:
+    return normal.startswith(ROOT_TABLE) or bool(
+        difflib.get_close_matches(normal, [ROOT_TABLE], n=1, cutoff=0.75)
+    )
+
+
+def check_document_tables(document: Mapping[str, Any], source: str = "") -> None:
+    """Refuse top-level tables of a TOML document that look like bbverify's but are not.
+
+    ``[bbverify]`` is the only table read; ``[BBVerify]``, ``[bb-verify]``,
+    ``[bbverify_rules]`` (anything whose normalised name starts with or is
+    close to ``bbverify``) and a top-level ``[rules]``, ``[policies]`` ...
+    (a sub-table of :data:`KNOWN_TABLES` written without its ``bbverify.``)
+    would be silently ignored, so each raises
+    :class:`~bbverify.errors.ConfigurationError` naming the table and the
+    spelling meant. Unrelated tables of a shared file are left alone.
+    """
+    where = f" in {source}" if source else ""
+    nested = _nested_root(document, (), 0)
+    if nested is not None:
+        raise ConfigurationError(
+            f"table [{nested}]{where} is not read by bbverify; it reads only the top-level [{ROOT_TABLE}]",
+            key=nested,
+        )
+    for name in document:
+        if not isinstance(name, str) or name == ROOT_TABLE:
+            continue
+        normal = _normal(name)
+        if _looks_like_root(normal):
+            rest = normal[len(ROOT_TABLE) :] if normal.startswith(ROOT_TABLE) else ""
+            sub = _suggest(rest, KNOWN_TABLES) if rest else None
+            meant = f"[{ROOT_TABLE}.{sub}]" if sub else f"[{ROOT_TABLE}]"
+            raise ConfigurationError(
+                f"table [{name}]{where} is not read by bbverify; did you mean {meant}?", key=name
+            )
+        fuzzy = [t for t in KNOWN_TABLES if t not in _EXACT_ONLY]
+        sub = next((t for t in KNOWN_TABLES if _normal(t) == normal), None) or _suggest(
+            name, fuzzy, cutoff=0.7
+        )
+        if sub is not None:
+            raise ConfigurationError(
+                f"table [{name}]{where} is not read by bbverify; did you mean [{ROOT_TABLE}.{sub}]?",
+                key=name,
+            )
+
+
+def _nested_root(table: Mapping[str, Any], path: tuple[str, ...], depth: int) -> str | None:
+    """The dotted name of a table below the top level named like ``bbverify`` (``tool.bbverify``)."""
+    if depth > 4:  # bounded: configuration files are shallow
+        return None
+    for name, value in table.items():
+        if not isinstance(name, str) or not isinstance(value, Mapping):
+            continue
+        if path and _normal(name).startswith(ROOT_TABLE):
+            return ".".join((*path, name))
+        if not path and name == ROOT_TABLE:
+            continue  # the real table: its own keys are checked by their owners
+        found = _nested_root(value, (*path, name), depth + 1)
+        if found is not None:
+            return found
+    return None
+
+
+def _check_env_name(full: str, prefix: str, known: Iterable[str]) -> None:
+    """Refuse a variable that looks like ``prefix`` + a setting but is not spelled exactly so.
+
+    ``bbverify_repositories``, ``Bbverify_REPOSITORIES``, ``BBVERIFY_repositories``
+    and ``BB_VERIFY_REPOSITORIES`` would otherwise be skipped (or read by one
+    function and not another); each is an error suggesting the exact name.
+    """
+    if full.startswith(prefix) and full == full.upper():
+        return  # spelled as ours; whether the name is known is checked by the caller
+    normal = _normal(full)
+    root = _normal(prefix)
+    if not root or not normal.startswith(root) or normal == root:
+        return
+    names = sorted(prefix + n.upper() for n in known)
+    meant = _suggest(normal[len(root) :], [n[len(prefix) :] for n in names])
+    hint = f"did you mean {prefix + meant}?" if meant else f"bbverify reads only {prefix}<NAME> in upper case"
+    raise ConfigurationError(f"looks like a bbverify setting but is not spelled as one; {hint}", key=full)
 
 
 def rules_from_mapping(mapping: Mapping[str, Any]) -> list[Rule]:
@@ -345,15 +464,26 @@ def rules_from_env(
     skip = frozenset(ignore)
     raw: dict[str, Any] = {}
     for full, value in environ.items():
-        if not isinstance(full, str) or not full.startswith(prefix) or full in skip:
+        if not isinstance(full, str) or full in skip:
+            continue
+        _check_env_name(
+            full,
+            prefix,
+            [*_VERIFIER, *_RULES, *STRUCTURED_ENV, *_STORE_ENV, *(n[len(prefix) :].lower() for n in skip)],
+        )
+        if not full.startswith(prefix):
             continue
         name = full[len(prefix) :].lower()
         if name in _RULES:
             raw[name] = value
-        elif name not in _VERIFIER and name not in STRUCTURED_ENV and not name.startswith("key_store_"):
+        elif name not in _VERIFIER and name not in STRUCTURED_ENV and name not in _STORE_ENV:
             # A misspelt rule setting must fail, not silently drop the rule.
             known = sorted(prefix + n.upper() for n in _RULES)
-            raise ConfigurationError(f"unknown rule setting; known settings: {', '.join(known)}", key=full)
+            meant = _suggest(name, [*_RULES, *_VERIFIER])
+            hint = f"did you mean {prefix + meant.upper()}? " if meant else ""
+            raise ConfigurationError(
+                f"unknown rule setting; {hint}known settings: {', '.join(known)}", key=full
+            )
     return _build_rules(_rule_values(raw, names, parse_strings=True), names)
 
 
@@ -566,7 +696,7 @@ def _build_verifier(
     extra = as_rules(overrides.pop("policies", None))
     options.update(overrides)
     try:
-        return Verifier(policies=[*rules, *extra], **options)
+        verifier = Verifier(policies=[*rules, *extra], **options)
     except ConfigurationError as exc:
         key = exc.key or ""
         base = re.split(r"[\[.]", key, maxsplit=1)[0]
@@ -579,6 +709,23 @@ def _build_verifier(
         else:
             raise
         raise ConfigurationError(_strip_key(exc), key=spelled) from None
+    if not _has_rules(verifier, options):
+        # Legitimate (every genuine token of the issuer is admitted), but a
+        # rule lost to a mistake looks the same: say so once, at start-up.
+        _log.warning(
+            "bbverify: the verifier built from configuration has no rules; every valid token "
+            "from %s is admitted",
+            getattr(verifier, "issuer", "the issuer"),
+        )
+    return verifier
+
+
+def _has_rules(verifier: Verifier, options: Mapping[str, Any]) -> bool:
+    """Whether any rule applies: base rules, named policies, or a workspace's own rules."""
+    if verifier.policies or options.get("named_policies"):
+        return True
+    specs = options.get("workspaces") or ()
+    return any(getattr(spec, "rules", None) or getattr(spec, "policies", None) for spec in specs)
 
 
 def _assemble(
@@ -645,10 +792,7 @@ def verifier_from_mapping(mapping: Mapping[str, Any], **overrides: Any) -> Verif
         setting = _VERIFIER.get(name) if isinstance(name, str) else None
         if setting is None:
             hint = " (pass the [bbverify] table itself)" if name == "bbverify" else ""
-            tables = {"rules": _VERIFIER["workspace"], "policies": _VERIFIER["workspace"]}
-            tables["workspaces"] = _VERIFIER["workspace"]
-            tables["key_store"] = _VERIFIER["workspace"]
-            raise ConfigurationError(_unknown(name, {**_VERIFIER, **tables}) + hint, key=str(name))
+            raise ConfigurationError(_unknown(name, [*_VERIFIER, *KNOWN_TABLES]) + hint, key=str(name))
         verifier_values[name] = _coerce(raw, setting, name, parse_strings=False)
     return _assemble(verifier_values, rules, names, dict(overrides), workspaces, policies)
 
@@ -656,8 +800,20 @@ def verifier_from_mapping(mapping: Mapping[str, Any], **overrides: Any) -> Verif
 def verifier_from_toml(path: str | os.PathLike[str], **overrides: Any) -> Verifier:
     """Build a verifier from the ``[bbverify]`` table of a TOML file.
 
-    Other tables in the file are ignored, so the settings can live in a
-    shared configuration file.
+    Unrelated tables in the file are ignored, so the settings can live in a
+    shared configuration file; tables that look like bbverify's but are not
+    (``[BBVerify]``, ``[bbverify_rules]``, a top-level ``[rules]``) raise
+    :class:`~bbverify.errors.ConfigurationError` (see
+    :func:`check_document_tables`).
+    """
+    return verifier_from_mapping(load_toml_table(path), **overrides)
+
+
+def load_toml_table(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``[bbverify]`` table of a TOML file, after :func:`check_document_tables`.
+
+    Raises :class:`~bbverify.errors.ConfigurationError` (key ``bbverify``)
+    when the file cannot be read, is not TOML, or has no ``[bbverify]``.
     """
     try:
         with open(path, "rb") as fh:
@@ -666,10 +822,75 @@ def verifier_from_toml(path: str | os.PathLike[str], **overrides: Any) -> Verifi
         raise ConfigurationError(f"cannot read {os.fspath(path)!r}: {exc.strerror}", key="bbverify") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(f"{os.fspath(path)!r} is not valid TOML: {exc}", key="bbverify") from None
-    table = document.get("bbverify")
+    check_document_tables(document, repr(os.fspath(path)))
+    table = document.get(ROOT_TABLE)
     if not isinstance(table, dict):
         raise ConfigurationError(f"{os.fspath(path)!r} has no [bbverify] table", key="bbverify")
-    return verifier_from_mapping(table, **overrides)
+    return table
+
+
+def verifier_from_layers(
+    path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, Any] | None = None,
+    prefix: str = "BBVERIFY_",
+    **overrides: Any,
+) -> Verifier:
+    """Build a verifier from a TOML file, then ``BBVERIFY_*`` variables, then ``overrides``.
+
+    Each layer replaces what the one before set, setting by setting: a
+    variable ``BBVERIFY_REPOSITORIES`` replaces ``repositories`` of
+    ``[bbverify.rules]``, an override ``workspace=...`` replaces both (this is
+    what ``bbverify verify --config FILE`` does). ``path=None`` skips the
+    file; ``environ`` defaults to ``os.environ``. Misspellings are refused in
+    all three layers, and an error names the setting as its layer spells it
+    (``rules.repositories[1]`` or ``BBVERIFY_REPOSITORIES``). Raises
+    :class:`~bbverify.errors.ConfigurationError`.
+    """
+    environ = os.environ if environ is None else environ
+    table: dict[str, Any] = dict(load_toml_table(path)) if path is not None else {}
+    from_env: dict[str, str] = {}  # setting name -> variable, to name the variable in errors
+    for full, raw in environ.items():
+        if not isinstance(full, str):
+            continue
+        _check_env_name(full, prefix, [*_VERIFIER, *_RULES, *STRUCTURED_ENV, *_STORE_ENV])
+        if not full.startswith(prefix):
+            continue
+        name = full[len(prefix) :].lower()
+        if name in _VERIFIER:
+            table[name] = _coerce(raw, _VERIFIER[name], full, parse_strings=True)
+        elif name in _STORE_ENV:
+            # BBVERIFY_KEY_STORE_URL replaces url of [bbverify.key_store], and so on.
+            store = table.get("key_store")
+            store = dict(store) if isinstance(store, Mapping) else {}
+            store[name[len("key_store_") :]] = raw
+            table["key_store"] = store
+        elif name in _RULES:
+            rules = table.get("rules")
+            rules = dict(rules) if isinstance(rules, Mapping) else {}
+            rules[name] = _coerce(raw, _RULES[name], full, parse_strings=True)
+            table["rules"] = rules
+        elif name in STRUCTURED_ENV:
+            # BBVERIFY_POLICIES replaces [bbverify.policies], BBVERIFY_WORKSPACE_LIST [[bbverify.workspaces]].
+            kind = list if name == "workspace_list" else dict
+            name = "workspaces" if name == "workspace_list" else name
+            table[name] = _structured(raw, full, kind, True)
+        else:
+            meant = _suggest(name, [*_RULES, *_VERIFIER, *STRUCTURED_ENV, *_STORE_ENV])
+            hint = f"did you mean {prefix + meant.upper()}? " if meant else ""
+            known = sorted(prefix + n.upper() for n in (*_VERIFIER, *_RULES, *STRUCTURED_ENV, *_STORE_ENV))
+            raise ConfigurationError(f"unknown setting; {hint}known settings: {', '.join(known)}", key=full)
+        from_env[name] = full
+    try:
+        return verifier_from_mapping(table, **overrides)
+    except ConfigurationError as exc:
+        match = re.match(r"^(rules\.)?([a-z_]+)", exc.key or "")
+        variable = from_env.get(match.group(2)) if match else None
+        if variable is None or match is None or match.group(2) in overrides:
+            raise
+        # A flat variable holds a whole rule list (the message names the item); a
+        # structured one keeps the path inside it (BBVERIFY_POLICIES.deploy.allow[0]).
+        rest = "" if match.group(1) or match.group(2) in _VERIFIER else (exc.key or "")[match.end() :]
+        raise ConfigurationError(_strip_key(exc), key=variable + rest) from None
 
 
 def verifier_from_env(
@@ -695,7 +916,14 @@ def verifier_from_env(
     store_raw: dict[str, Any] = {}
     found: dict[str, tuple[Any, str]] = {}
     for full, raw in environ.items():
-        if not isinstance(full, str) or not full.startswith(prefix) or full in skip:
+        if not isinstance(full, str) or full in skip:
+            continue
+        _check_env_name(
+            full,
+            prefix,
+            [*_VERIFIER, *_RULES, *STRUCTURED_ENV, *_STORE_ENV, *(n[len(prefix) :].lower() for n in skip)],
+        )
+        if not full.startswith(prefix):
             continue
         name = full[len(prefix) :].lower()
         if name.startswith("key_store_"):
@@ -709,7 +937,9 @@ def verifier_from_env(
             found[name] = (_structured(raw, full, kind, True), full)
         else:
             known = sorted(prefix + n.upper() for n in (*_VERIFIER, *_RULES, *STRUCTURED_ENV, *_STORE_ENV))
-            raise ConfigurationError(f"unknown setting; known settings: {', '.join(known)}", key=full)
+            meant = _suggest(name, [*_RULES, *_VERIFIER, *STRUCTURED_ENV, *_STORE_ENV])
+            hint = f"did you mean {prefix + meant.upper()}? " if meant else ""
+            raise ConfigurationError(f"unknown setting; {hint}known settings: {', '.join(known)}", key=full)
     if store_raw:
         verifier_values["key_store"] = key_store_from_mapping(
             store_raw, spell=lambda key: f"{prefix}KEY_STORE_{key.upper()}"

@@ -62,6 +62,10 @@ class PolicyDenied(VerificationError):
     """The token is genuine but a rule refuses this request (HTTP 403).
 
     ``rule`` names the rule that denied (for operators and audit logs).
+    Codes: ``policy_denied``, ``policy_error``, each rule's own (see the
+    README), and ``insufficient_scope`` (an adapter's scope check, such as
+    ``bbverify.starlette.requires("deployment")``, with ``rule``
+    ``scope:<name>``).
     """
 
     default_code = "policy_denied"

@@ -20,6 +20,18 @@ bearer-protected in the OpenAPI document. It raises :class:`PipelineAuthError`
 :func:`install_error_handler` the body is bbverify's
 ``{"error", "code", "message"}``; without it FastAPI's default handler wraps
 the same object in ``{"detail": ...}``.
+
+Scopes are honoured: ``Security(pipeline, scopes=["deployment"])`` admits
+only tokens of deployment steps (403, code ``insufficient_scope``,
+otherwise); ``"pipeline"`` is every verified token. The names are those of
+the Starlette adapter (:data:`bbverify.http.KNOWN_SCOPES`); an unknown name
+is a configuration mistake, raised as
+:class:`~bbverify.errors.ConfigurationError` on the route's first request.
+
+``PipelineAuth(verifier, auto_error=False)`` makes authentication optional:
+a request without an ``Authorization`` header gets ``None`` instead of a
+401 (a request *with* a bad token is still refused). The client address the
+rules saw is ``bbverify.http.request_client_ip(request)``.
 """
 
 from __future__ import annotations
@@ -27,13 +39,13 @@ from __future__ import annotations
 import json
 
 from fastapi import FastAPI, HTTPException
-from fastapi.security import HTTPBearer
+from fastapi.security import HTTPBearer, SecurityScopes
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
-from .asgi import auth_headers, peer_address, set_scope_claims
+from .asgi import auth_headers, peer_address, scope_path, set_scope_claims
 from .claims import PipelineClaims
-from .errors import VerificationError
+from .errors import ConfigurationError, VerificationError
 from .http import (
     CLAIMS_KEY,
     DEFAULT_REALM,
@@ -43,6 +55,8 @@ from .http import (
     ErrorResponse,
     Guard,
     TrustedProxiesSpec,
+    check_scope_names,
+    check_scopes,
 )
 from .policies import Rule
 from .starlette import to_response
@@ -89,7 +103,16 @@ class PipelineAuth(HTTPBearer):
         on_error: ``on_error(error)`` returning an
             :class:`~bbverify.http.ErrorResponse` or a Starlette ``Response``
             for :func:`install_error_handler` to send.
+        auto_error: ``True`` (default) refuses a request without a token;
+            ``False`` returns ``None`` for it (optional authentication, as
+            FastAPI's own ``HTTPBearer(auto_error=False)``).
         scheme_name, description: shown in the OpenAPI document.
+
+    Returns the :class:`PipelineClaims` (``None`` only with
+    ``auto_error=False`` and no ``Authorization`` header). Raises
+    :class:`PipelineAuthError` for a refusal, and
+    :class:`~bbverify.errors.ConfigurationError` for an unknown scope in
+    ``Security(..., scopes=[...])``.
 
     When :class:`~bbverify.asgi.PipelineAuthMiddleware` with the same verifier
     already verified the request and the route adds no rules, its claims are
@@ -103,6 +126,7 @@ class PipelineAuth(HTTPBearer):
         trusted_proxies: TrustedProxiesSpec = None,
         realm: str = DEFAULT_REALM,
         on_error: ErrorHandler | None = None,
+        auto_error: bool = True,
         scheme_name: str | None = "BitbucketPipelinesOIDC",
         description: str | None = "A Bitbucket Pipelines OIDC token ($BITBUCKET_STEP_OIDC_TOKEN).",
         policy: str | None = None,
@@ -118,27 +142,33 @@ class PipelineAuth(HTTPBearer):
             on_error=on_error,
             policy=policy,
         )
+        if not isinstance(auto_error, bool):
+            raise ConfigurationError("must be True or False", key="auto_error")
+        # HTTPBearer's own flag stays False: this class answers every refusal itself.
+        self.optional = not auto_error
 
-    async def __call__(self, request: HTTPConnection) -> PipelineClaims:  # type: ignore[override]
+    async def __call__(  # type: ignore[override]
+        self, request: HTTPConnection, security_scopes: SecurityScopes
+    ) -> PipelineClaims | None:
         scope = request.scope
         guard = self.guard
-        reused = guard.reusable(scope.get(CLAIMS_KEY), scope.get(VERIFIER_KEY), scope.get(POLICY_KEY))
-        if reused is not None:
-            return reused
-        authorization, forwarded_for = auth_headers(scope)
-        client = guard.client_ip(peer_address(scope), forwarded_for)
+        required = check_scope_names(security_scopes.scopes, "Security.scopes")
+        claims = guard.reusable(scope.get(CLAIMS_KEY), scope.get(VERIFIER_KEY), scope.get(POLICY_KEY))
         try:
-            claims = await guard.averify(
-                authorization,
-                client=client,
-                method=scope.get("method", "GET"),
-                path=scope.get("path") or "/",
-            )
+            if claims is None:
+                authorization, forwarded_for = auth_headers(scope)
+                if self.optional and not authorization:
+                    return None
+                client = guard.client_ip(peer_address(scope), forwarded_for)
+                claims = await guard.averify(
+                    authorization, client=client, method=scope.get("method", "GET"), path=scope_path(scope)
+                )
+                if CLAIMS_KEY not in scope:
+                    set_scope_claims(scope, claims, guard.verifier, guard.applied_policy, client)
+            check_scopes(claims, required, scope)
         except VerificationError as exc:
             response, native = guard.refusal(exc)
             raise PipelineAuthError(exc, native if isinstance(native, Response) else response) from None
-        if CLAIMS_KEY not in scope:
-            set_scope_claims(scope, claims, guard.verifier, guard.applied_policy)
         return claims
 
 

@@ -18,8 +18,13 @@
 ``require_pipeline(verifier, *route_rules, policy=None)`` takes a
 :class:`~bbverify.Verifier`, or ``None`` to use the app's :class:`BBVerify`
 extension; ``policy`` names one of the verifier's named policies
-(``@require_pipeline(policy="deploy")``). The verified claims are in ``flask.g.pipeline_claims`` and
-:func:`current_claims`. Refusals use the RFC 6750 JSON answer of
+(``@require_pipeline(policy="deploy")``). The verified claims are in
+``flask.g.pipeline_claims`` and :func:`current_claims`; the client address the
+rules saw in :func:`current_client_ip`. Both are also in ``request.environ``
+under the keys every adapter uses (``bbverify.http.request_claims(request)``
+and ``bbverify.http.request_client_ip(request)`` read them).
+``require_pipeline(optional=True)`` lets a request without ``Authorization``
+through with no claims (a bad token is still refused). Refusals use the RFC 6750 JSON answer of
 :mod:`bbverify.http`. Works with blueprints and ``app.test_client()``.
 """
 
@@ -37,18 +42,20 @@ from .claims import PipelineClaims
 from .errors import ConfigurationError, VerificationError
 from .http import (
     CLAIMS_KEY,
+    CLIENT_IP_KEY,
     DEFAULT_REALM,
     POLICY_KEY,
     VERIFIER_KEY,
     ErrorHandler,
     Guard,
     TrustedProxiesSpec,
+    routing_path,
 )
 from .policies import Rule
 from .verifier import Verifier
 from .wsgi import environ_request
 
-__all__ = ["BBVerify", "current_claims", "require_pipeline"]
+__all__ = ["BBVerify", "current_claims", "current_client_ip", "require_pipeline"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXTENSION_KEY = "bbverify"
@@ -176,6 +183,16 @@ def current_claims() -> PipelineClaims:
     return claims
 
 
+def current_client_ip() -> str | None:
+    """The client address the rules saw for the current request (``None``: unknown).
+
+    Raises ``RuntimeError`` when the current view is not protected.
+    """
+    current_claims()
+    value = request.environ.get(CLIENT_IP_KEY)
+    return value if isinstance(value, str) else None
+
+
 def _refusal(guard: Guard, error: VerificationError) -> ResponseReturnValue:
     response, native = guard.refusal(error)
     if native is not None:
@@ -190,6 +207,7 @@ def require_pipeline(
     realm: str | None = None,
     on_error: ErrorHandler | None = None,
     policy: str | None = None,
+    optional: bool = False,
 ) -> Callable[[F], F]:
     """Decorate a view so that it needs a valid pipeline token.
 
@@ -200,8 +218,13 @@ def require_pipeline(
     of the verifier's named policies; an unknown name raises
     ``ConfigurationError`` here (with an explicit verifier, or inside an app
     context), else in :meth:`BBVerify.init_app` for views registered before
-    it, else when the view's first request builds its guard.
+    it, else when the view's first request builds its guard. With
+    ``optional=True`` a request without an ``Authorization`` header reaches
+    the view with no claims (``flask.g.pipeline_claims`` is ``None``); a
+    request with a bad token is refused as usual.
     """
+    if not isinstance(optional, bool):
+        raise ConfigurationError("must be True or False", key="optional")
     if verifier is not None and not isinstance(verifier, Verifier):
         raise ConfigurationError(
             "require_pipeline(verifier, *rules) needs a Verifier or None first "
@@ -240,11 +263,20 @@ def require_pipeline(
         reused = guard.reusable(environ.get(CLAIMS_KEY), environ.get(VERIFIER_KEY), environ.get(POLICY_KEY))
         if reused is None:
             authorization, peer, forwarded = environ_request(environ)
+            if optional and not authorization:
+                g.pipeline_claims = None
+                return None
             client = guard.client_ip(peer, forwarded)
             try:
-                reused = guard.verify(authorization, client=client, method=request.method, path=request.path)
+                reused = guard.verify(
+                    authorization, client=client, method=request.method, path=routing_path(request.path)
+                )
             except VerificationError as exc:
                 return _refusal(guard, exc)
+            environ[CLAIMS_KEY] = reused
+            environ[VERIFIER_KEY] = guard.verifier
+            environ[POLICY_KEY] = guard.applied_policy
+            environ[CLIENT_IP_KEY] = client
         g.pipeline_claims = reused
         return None
 

@@ -26,12 +26,13 @@ import ipaddress
 import json
 import logging
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .audit import Decision, emit
 from .claims import PipelineClaims
 from .errors import ConfigurationError, KeysUnavailable, PolicyDenied, VerificationError
+from .ipranges import parse_cidr
 from .policies import Rule, as_rules
 from .verifier import Verifier
 
@@ -39,7 +40,9 @@ __all__ = [
     "CLAIMS_KEY",
     "CLIENT_IP_KEY",
     "DEFAULT_REALM",
+    "KNOWN_SCOPES",
     "POLICY_KEY",
+    "UNIX_SOCKET_PEER",
     "ErrorHandler",
     "ErrorResponse",
     "Guard",
@@ -47,12 +50,18 @@ __all__ = [
     "MissingToken",
     "TrustedProxies",
     "bearer_token",
+    "check_scope_names",
+    "check_scopes",
     "client_ip",
     "error_response",
     "normalize_ip",
     "quote_header_value",
     "reason_phrase",
+    "request_claims",
+    "request_client_ip",
     "rfc6750_error",
+    "routing_path",
+    "scopes_for",
 ]
 
 _log = logging.getLogger("bbverify")
@@ -66,6 +75,9 @@ VERIFIER_KEY = "bbverify.verifier"
 #: Where adapters note the named policy (after the default) that ``CLAIMS_KEY`` passed.
 POLICY_KEY = "bbverify.policy"
 DEFAULT_REALM = "bbverify"
+#: The peer adapters report for a connection over a Unix socket (no address).
+#: Only a ``trusted_proxies`` list naming ``"unix"`` trusts it as a proxy.
+UNIX_SOCKET_PEER = "unix"
 
 # Cap on X-Forwarded-For entries considered; a longer chain is hostile or broken.
 MAX_FORWARDED_ENTRIES = 64
@@ -207,11 +219,14 @@ def normalize_ip(value: str | bytes | None) -> str | None:
 def _normalize_ip(value: str | bytes | None) -> str | None:
     """Canonical text of one address as proxies write it, or ``None`` if it is not one.
 
-    Accepts ``1.2.3.4``, ``1.2.3.4:8080``, ``2001:db8::1``, ``[2001:db8::1]``,
-    ``[2001:db8::1]:8080`` and ``fe80::1%eth0`` (the zone is dropped). An
-    IPv4-mapped IPv6 address (``::ffff:1.2.3.4``) becomes the IPv4 address, so
-    IPv4 rules apply to it. Anything else (``unknown``, obfuscated names,
-    junk) gives ``None``; this function never raises.
+    Accepts ``1.2.3.4``, ``1.2.3.4:8080``, ``2001:db8::1``, ``[2001:db8::1]``
+    and ``[2001:db8::1]:8080``. An IPv4-mapped IPv6 address
+    (``::ffff:1.2.3.4``) becomes the IPv4 address, so IPv4 rules apply to it.
+    An address with a zone id (``fe80::1%eth0``) gives ``None``, the same rule
+    as :func:`bbverify.ipranges.parse_client_ip` applies: a scoped address
+    names a host only on one interface, so no range can admit it. Anything
+    else (``unknown``, obfuscated names, junk) gives ``None``; this function
+    never raises.
     """
     if value is None:
         return None
@@ -238,7 +253,8 @@ def _normalize_ip(value: str | bytes | None) -> str | None:
         if not port.isdigit():
             return None
         text = host
-    text = text.split("%", 1)[0]
+    if "%" in text:
+        return None
     try:
         address = ipaddress.ip_address(text)
     except ValueError:
@@ -257,19 +273,26 @@ class TrustedProxies:
 
     Build it with :meth:`parse`. Either ``hops`` (how many proxies stand in
     front of the app, the socket peer being the last) or ``networks`` (the
-    proxies' address ranges) is set, never both.
+    proxies' address ranges) and ``unix`` (a peer on a Unix socket is a
+    proxy) are set, never both.
     """
 
     hops: int = 0
     networks: tuple[_Network, ...] = field(default=())
+    unix: bool = False
 
     @classmethod
     def parse(cls, value: TrustedProxiesSpec) -> TrustedProxies | None:
         """Accept ``None``, a hop count, a list of CIDRs, or a string of either.
 
         Strings are read as configuration: ``"2"`` is two hops and
-        ``"10.0.0.0/8, 192.168.0.0/16"`` is a CIDR list. Raises
-        :class:`~bbverify.errors.ConfigurationError` on anything else.
+        ``"10.0.0.0/8, 192.168.0.0/16"`` is a CIDR list. The entry ``"unix"``
+        in a list trusts a peer on a Unix socket (a proxy such as nginx in
+        front of ``uvicorn --uds``). Raises
+        :class:`~bbverify.errors.ConfigurationError` on anything else,
+        including a CIDR with host bits set (``10.0.0.7/8``: the intent is
+        ambiguous) and any set of CIDRs that together cover every IPv4 or
+        every IPv6 address (any caller could then choose its own address).
         """
         if value is None or isinstance(value, TrustedProxies):
             return value
@@ -294,23 +317,26 @@ class TrustedProxies:
         if not isinstance(value, Iterable):
             raise ConfigurationError("must be a hop count or a list of CIDRs", key="trusted_proxies")
         networks: list[_Network] = []
+        unix = False
         for i, cidr in enumerate(value):
-            try:
-                networks.append(ipaddress.ip_network(str(cidr).strip(), strict=False))
-            except ValueError:
+            if isinstance(cidr, str) and cidr.strip().lower() == UNIX_SOCKET_PEER:
+                unix = True
+                continue
+            # The same strict parser as IPRanges: host bits, zone ids and junk are refused.
+            networks.append(parse_cidr(cidr, key=f"trusted_proxies[{i}]"))
+        for version in (4, 6):
+            # Covering everything is refused whatever its shape (0.0.0.0/1 + 128.0.0.0/1):
+            # trusting every address as a proxy lets any caller choose its own IP.
+            same = [n for n in networks if n.version == version]
+            if same and any(n.prefixlen == 0 for n in ipaddress.collapse_addresses(same)):  # type: ignore[type-var]
                 raise ConfigurationError(
-                    f"{cidr!r} is not an address or CIDR", key=f"trusted_proxies[{i}]"
-                ) from None
-            if networks[-1].prefixlen == 0:
-                # Trusting every address as a proxy lets any caller choose its own IP.
-                raise ConfigurationError(
-                    f"{cidr!r} trusts every address as a proxy, so any caller could set its own IP; "
-                    "list your proxies' addresses, or give a hop count",
-                    key=f"trusted_proxies[{i}]",
+                    f"these ranges together trust every IPv{version} address as a proxy, so any "
+                    "caller could set its own IP; list your proxies' addresses, or give a hop count",
+                    key="trusted_proxies",
                 )
-        if not networks:
+        if not networks and not unix:
             return None
-        return cls(networks=tuple(networks))
+        return cls(networks=tuple(networks), unix=unix)
 
     def _trusted(self, address: str) -> bool:
         ip = ipaddress.ip_address(address)
@@ -329,16 +355,21 @@ class TrustedProxies:
         if len(entries) > MAX_FORWARDED_ENTRIES:
             return None
         if self.hops:
-            if peer_ip is None or len(entries) < self.hops:
+            # Hop counting never looks at the peer (the last proxy), so a peer
+            # without an address (a Unix socket) changes nothing.
+            if len(entries) < self.hops:
                 # Fewer entries than proxies: the request did not come the way
                 # the deployment says it must, so no address can be believed.
                 return None
             return normalize_ip(entries[-self.hops])
-        if peer_ip is None:
+        if peer == UNIX_SOCKET_PEER and self.unix:
+            candidate: str | None = None  # the peer is the proxy, but has no address to fall back to
+        elif peer_ip is None:
             return None
-        if not self._trusted(peer_ip):
+        elif not self._trusted(peer_ip):
             return peer_ip  # not from a proxy: the header is the client's own claim
-        candidate = peer_ip
+        else:
+            candidate = peer_ip
         for entry in reversed(entries):
             address = normalize_ip(entry)
             if address is None:
@@ -377,6 +408,140 @@ def client_ip(
         return trusted_proxies.resolve(peer, forwarded_for)
     except Exception:
         return None
+
+
+# -- scopes ------------------------------------------------------------------------
+
+#: The scopes a verified token can hold, as Starlette ``@requires`` and FastAPI
+#: ``Security(..., scopes=[...])`` name them: every verified token has
+#: ``pipeline``; tokens of deployment steps (``deploymentEnvironmentUuid``
+#: present) also have ``deployment``.
+KNOWN_SCOPES = ("pipeline", "deployment")
+
+
+def scopes_for(claims: PipelineClaims) -> list[str]:
+    """``["pipeline"]``, plus ``"deployment"`` for tokens of deployment steps."""
+    return ["pipeline", "deployment"] if claims.is_deployment else ["pipeline"]
+
+
+def check_scope_names(scopes: Iterable[str], key: str = "scopes") -> tuple[str, ...]:
+    """``scopes`` as a tuple, or :class:`ConfigurationError` for a name not in :data:`KNOWN_SCOPES`.
+
+    A misspelt scope would otherwise never be granted (every request
+    refused) or, worse, be ignored; it is a configuration mistake.
+    """
+    if isinstance(scopes, str):
+        scopes = [scopes]
+    out = tuple(scopes)
+    for i, scope in enumerate(out):
+        if scope not in KNOWN_SCOPES:
+            raise ConfigurationError(
+                f"unknown scope {scope!r}; bbverify grants {', '.join(KNOWN_SCOPES)}", key=f"{key}[{i}]"
+            )
+    return out
+
+
+def check_scopes(
+    claims: PipelineClaims, required: Iterable[str], carrier: Mapping[str, object] | None = None
+) -> None:
+    """Raise :class:`~bbverify.errors.PolicyDenied` (403, code ``insufficient_scope``)
+    when ``claims`` lack one of the ``required`` scopes (RFC 6750 section 3.1).
+
+    ``carrier`` is the request's ASGI scope or WSGI environ: the refusal is
+    then audited like the verifier's own, through the verifier that
+    produced the claims, with the request's method and path.
+    """
+    try:
+        _check_scopes(claims, required)
+    except PolicyDenied as exc:
+        verifier = carrier.get(VERIFIER_KEY) if carrier is not None else None
+        if carrier is not None and isinstance(verifier, Verifier):
+            method = carrier.get("method", carrier.get("REQUEST_METHOD"))
+            path = carrier.get("path", carrier.get("PATH_INFO"))
+            root = carrier.get("root_path")
+            decision = Decision.build(
+                claims,
+                request_client_ip(carrier),
+                exc,
+                method=method if isinstance(method, str) else None,
+                path=routing_path(
+                    path if isinstance(path, str) else None, root if isinstance(root, str) else None
+                ),
+            )
+            emit(decision, verifier.on_decision)
+        raise
+
+
+def _check_scopes(claims: PipelineClaims, required: Iterable[str]) -> None:
+    granted = scopes_for(claims)
+    for scope in required:
+        if scope not in granted:
+            raise PolicyDenied(
+                f"this resource needs the {scope!r} scope (a token of a deployment step)"
+                if scope == "deployment"
+                else f"this resource needs the {scope!r} scope",
+                code="insufficient_scope",
+                rule=f"scope:{scope}",
+            )
+
+
+# -- what the request routes on, and where results live ----------------------------
+
+
+def routing_path(path: str | None, root_path: str | None = None) -> str:
+    """The path the wrapped application routes on.
+
+    WSGI: ``PATH_INFO`` as it is (a dispatcher moves its prefix to
+    ``SCRIPT_NAME``), so call it with ``root_path=None``. ASGI: ``path`` holds
+    the full path and ``root_path`` the part consumed by mounts and the
+    server's ``--root-path`` (ASGI HTTP scope spec; Starlette's ``Mount``
+    since 0.35 extends ``root_path`` and leaves ``path`` whole), so the
+    application routes on ``path`` minus a leading ``root_path``. An empty
+    result is ``"/"``. Exclusions and audit records use this path, so an
+    ASGI and a WSGI deployment of the same configuration decide alike.
+    """
+    text = path if isinstance(path, str) and path else "/"
+    # The same cut as Starlette's router (starlette._utils.get_route_path):
+    # only at a segment boundary, so "/v10" is not under "/v1".
+    if root_path and isinstance(root_path, str) and text.startswith(root_path):
+        rest = text[len(root_path) :]
+        if not rest or rest.startswith("/"):
+            text = rest or "/"
+    return text
+
+
+def request_claims(carrier: object) -> PipelineClaims | None:
+    """The verified claims an adapter stored for a request, or ``None``.
+
+    ``carrier`` is what the framework hands the application: an ASGI scope,
+    a WSGI environ, or any object with a ``scope`` (Starlette/FastAPI
+    ``Request``) or ``environ`` (Flask/Werkzeug ``request``) mapping. Every
+    adapter stores the claims under :data:`CLAIMS_KEY`.
+    """
+    mapping = _carrier_mapping(carrier)
+    claims = mapping.get(CLAIMS_KEY) if mapping is not None else None
+    return claims if isinstance(claims, PipelineClaims) else None
+
+
+def request_client_ip(carrier: object) -> str | None:
+    """The client address the rules saw for a request (``str``), or ``None``.
+
+    ``carrier`` as for :func:`request_claims`. Every adapter stores the
+    address under :data:`CLIENT_IP_KEY` when it verified the request.
+    """
+    mapping = _carrier_mapping(carrier)
+    value = mapping.get(CLIENT_IP_KEY) if mapping is not None else None
+    return value if isinstance(value, str) else None
+
+
+def _carrier_mapping(carrier: object) -> Mapping[str, object] | None:
+    if isinstance(carrier, Mapping):
+        return carrier
+    for attribute in ("scope", "environ"):
+        value = getattr(carrier, attribute, None)
+        if isinstance(value, Mapping):
+            return value
+    return None
 
 
 # -- error answers ---------------------------------------------------------------
@@ -531,12 +696,18 @@ class Guard:
         """The client address under this guard's proxy settings."""
         return client_ip(peer, forwarded_for, self.trusted_proxies)
 
-    def token(self, authorization: Sequence[str | bytes], client: str | None) -> str:
+    def token(
+        self,
+        authorization: Sequence[str | bytes],
+        client: str | None,
+        method: str | None = None,
+        path: str | None = None,
+    ) -> str:
         """The bearer token; a refusal is audited like the verifier's own."""
         try:
             return bearer_token(authorization)
         except VerificationError as exc:
-            emit(Decision.build(None, client, exc), self.verifier.on_decision)
+            emit(Decision.build(None, client, exc, method=method, path=path), self.verifier.on_decision)
             raise
 
     def verify(
@@ -548,7 +719,7 @@ class Guard:
         path: str | None,
     ) -> PipelineClaims:
         """Parse the header and verify the token (blocking; for WSGI and Flask)."""
-        token = self.token(authorization, client)
+        token = self.token(authorization, client, method, path)
         return self.verifier.verify(
             token,
             client_ip=client,
@@ -567,7 +738,7 @@ class Guard:
         path: str | None,
     ) -> PipelineClaims:
         """As :meth:`verify`, awaiting any key fetch (for ASGI)."""
-        token = self.token(authorization, client)
+        token = self.token(authorization, client, method, path)
         return await self.verifier.averify(
             token,
             client_ip=client,

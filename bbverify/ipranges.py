@@ -273,9 +273,21 @@ def parse_feed(
         if not all(_matches(f, w) for f, w in zip(fields, wanted, strict=True)):
             continue
         try:
-            networks.append(parse_cidr(item.get("cidr")))
+            network = parse_cidr(item.get("cidr"))
         except ConfigurationError:
             skipped += 1
+            continue
+        if network.prefixlen == 0:
+            # 0.0.0.0/0, ::/0 or ::ffff:0:0/96 (every IPv4 address, mapped) would
+            # admit every caller: a broken or tampered feed, never Bitbucket's ranges.
+            _log.warning(
+                "IP-range feed item %r covers every IPv%d address; refused, the rest of the feed is used",
+                item.get("cidr"),
+                network.version,
+            )
+            skipped += 1
+            continue
+        networks.append(network)
     if not networks:
         raise FeedError(
             "feed lists no usable range for "

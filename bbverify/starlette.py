@@ -13,31 +13,56 @@ with ``@requires("pipeline")``), use :class:`PipelineAuthBackend`::
     middleware = [Middleware(AuthenticationMiddleware, backend=backend, on_error=backend.on_error)]
 
 With this backend a request without ``Authorization`` is anonymous, and a
-request with a bad token is refused with the RFC 6750 answer.
+request with a bad token is refused with the RFC 6750 answer. Guard routes
+with :func:`requires` from this module, not Starlette's own: Starlette's
+answers a missing token with a plain-text 403 and no challenge, while
+bbverify's answers 401 with ``WWW-Authenticate: Bearer`` for a missing token
+and 403 with bbverify's JSON body (code ``insufficient_scope``) for a token
+without the scope::
+
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from bbverify.starlette import requires
+
+    @requires("deployment")
+    async def deploy(request: Request) -> JSONResponse:
+        return JSONResponse({"ok": True})
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar, cast
+
 from starlette.authentication import AuthCredentials, AuthenticationBackend, AuthenticationError, BaseUser
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
+from starlette.websockets import WebSocket
 
+from .asgi import WS_POLICY_VIOLATION, auth_headers, peer_address, scope_path, set_scope_claims
 from .asgi import PipelineUser as _PipelineUser
-from .asgi import auth_headers, peer_address, scopes_for
-from .errors import VerificationError
+from .errors import ConfigurationError, VerificationError
 from .http import (
-    CLAIMS_KEY,
     DEFAULT_REALM,
-    POLICY_KEY,
-    VERIFIER_KEY,
     ErrorResponse,
     Guard,
+    MissingToken,
     TrustedProxiesSpec,
+    check_scope_names,
+    check_scopes,
+    error_response,
+    quote_header_value,
+    request_claims,
+    scopes_for,
 )
 from .policies import Rule
 from .verifier import Verifier
 
-__all__ = ["PipelineAuthBackend", "PipelineAuthenticationError", "PipelineUser", "to_response"]
+__all__ = ["PipelineAuthBackend", "PipelineAuthenticationError", "PipelineUser", "requires", "to_response"]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class PipelineUser(_PipelineUser, BaseUser):
@@ -97,13 +122,11 @@ class PipelineAuthBackend(AuthenticationBackend):
         method = scope.get("method", "GET")
         try:
             claims = await self.guard.averify(
-                authorization, client=client, method=method, path=scope.get("path") or "/"
+                authorization, client=client, method=method, path=scope_path(scope)
             )
         except VerificationError as exc:
             raise PipelineAuthenticationError(exc) from None
-        scope[CLAIMS_KEY] = claims
-        scope[VERIFIER_KEY] = self.guard.verifier
-        scope[POLICY_KEY] = self.guard.applied_policy
+        set_scope_claims(scope, claims, self.guard.verifier, self.guard.applied_policy, client)
         return AuthCredentials(scopes_for(claims)), PipelineUser(claims)
 
     def on_error(self, conn: HTTPConnection, exc: AuthenticationError) -> Response:
@@ -111,3 +134,71 @@ class PipelineAuthBackend(AuthenticationBackend):
         if isinstance(exc, PipelineAuthenticationError):
             return to_response(self.guard.error_response(exc.error))
         return Response(str(exc), status_code=400)
+
+
+def requires(scopes: str | Iterable[str] = "pipeline", *, realm: str = DEFAULT_REALM) -> Callable[[F], F]:
+    """Guard a Starlette endpoint (function taking ``request`` or ``websocket``) by scope.
+
+    Use it instead of ``starlette.authentication.requires`` behind
+    :class:`PipelineAuthBackend` or :class:`bbverify.asgi.PipelineAuthMiddleware`.
+    ``scopes`` are names from :data:`bbverify.http.KNOWN_SCOPES`
+    (``"pipeline"``, ``"deployment"``); an unknown name raises
+    :class:`~bbverify.errors.ConfigurationError` when the endpoint is
+    decorated. A request without verified claims gets 401 with
+    ``WWW-Authenticate: Bearer realm=...`` (code ``missing_token``); one whose
+    token lacks a scope gets 403 with ``error="insufficient_scope"`` and
+    bbverify's JSON body. A refused WebSocket is closed with code 1008.
+    """
+    needed = check_scope_names(scopes)
+    if not isinstance(realm, str) or not realm or quote_header_value(realm, 100) != realm:
+        raise ConfigurationError("must be printable ASCII without quotes or backslashes", key="realm")
+
+    def refusal(conn: object) -> VerificationError | None:
+        claims = request_claims(conn)
+        if claims is None:
+            return MissingToken("this resource needs a pipeline token", code="missing_token")
+        scope = getattr(conn, "scope", None)
+        try:
+            check_scopes(claims, needed, scope if isinstance(scope, dict) else None)
+        except VerificationError as exc:
+            return exc
+        return None
+
+    def decorate(func: F) -> F:
+        names = list(inspect.signature(func).parameters)
+        name = next((n for n in ("request", "websocket") if n in names), None)
+        if name is None:
+            raise ConfigurationError(
+                f"{getattr(func, '__name__', func)!r} has no 'request' or 'websocket' parameter",
+                key="requires",
+            )
+        index = names.index(name)
+
+        def connection(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            return kwargs[name] if name in kwargs else args[index]
+
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                conn = connection(args, kwargs)
+                error = refusal(conn)
+                if error is None:
+                    return await func(*args, **kwargs)
+                if isinstance(conn, WebSocket):
+                    await conn.close(code=WS_POLICY_VIOLATION)
+                    return None
+                return to_response(error_response(error, realm))
+
+            return cast(F, async_wrapper)
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            error = refusal(connection(args, kwargs))
+            if error is None:
+                return func(*args, **kwargs)
+            return to_response(error_response(error, realm))
+
+        return cast(F, wrapper)
+
+    return decorate

@@ -528,10 +528,10 @@ class Verifier:
                 claims, trust = entry[0], entry[4]
             self._authorize(claims, trust, client_ip, named, policies, method, path)
         except VerificationError as exc:
-            self._denied(exc, claims, client_ip)
+            self._denied(exc, claims, client_ip, method, path)
             raise
         except Exception as exc:
-            raise self._internal(exc, claims, client_ip) from None
+            raise self._internal(exc, claims, client_ip, method, path) from None
         return claims
 
     async def averify(
@@ -561,10 +561,10 @@ class Verifier:
                 claims, trust = entry[0], entry[4]
             self._authorize(claims, trust, client_ip, named, policies, method, path)
         except VerificationError as exc:
-            self._denied(exc, claims, client_ip)
+            self._denied(exc, claims, client_ip, method, path)
             raise
         except Exception as exc:
-            raise self._internal(exc, claims, client_ip) from None
+            raise self._internal(exc, claims, client_ip, method, path) from None
         return claims
 
     def cache_info(self) -> dict[str, int]:
@@ -693,20 +693,34 @@ class Verifier:
             apply_rules(rules, claims, RequestContext(client_ip, self._clock(), method, path))
         hook = self.on_decision
         if wanted(True, hook):  # building a Decision nobody reads would cost more than a cache hit
-            emit(Decision.build(claims, client_ip), hook)
+            emit(Decision.build(claims, client_ip, method=method, path=path), hook)
 
-    def _denied(self, exc: VerificationError, claims: PipelineClaims | None, client_ip: str | None) -> None:
+    def _denied(
+        self,
+        exc: VerificationError,
+        claims: PipelineClaims | None,
+        client_ip: str | None,
+        method: str | None = None,
+        path: str | None = None,
+    ) -> None:
         hook = self.on_decision
         if wanted(False, hook):
-            emit(Decision.build(claims, client_ip, exc), hook)
+            emit(Decision.build(claims, client_ip, exc, method=method, path=path), hook)
 
-    def _internal(self, exc: Exception, claims: PipelineClaims | None, client_ip: str | None) -> InvalidToken:
+    def _internal(
+        self,
+        exc: Exception,
+        claims: PipelineClaims | None,
+        client_ip: str | None,
+        method: str | None = None,
+        path: str | None = None,
+    ) -> InvalidToken:
         # Should not happen; if it does, refuse the token rather than leak the error.
         _log.exception("unexpected error while verifying a token; refusing it")
         error = InvalidToken(
             f"token could not be verified ({type(exc).__name__})", code="verification_failed"
         )
-        self._denied(error, claims, client_ip)
+        self._denied(error, claims, client_ip, method, path)
         return error
 
 

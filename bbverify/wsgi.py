@@ -23,12 +23,14 @@ from .http import (
     CLIENT_IP_KEY,
     DEFAULT_REALM,
     POLICY_KEY,
+    UNIX_SOCKET_PEER,
     VERIFIER_KEY,
     ErrorHandler,
     ErrorResponse,
     Guard,
     TrustedProxiesSpec,
     reason_phrase,
+    routing_path,
 )
 from .policies import Rule
 from .verifier import Verifier
@@ -46,13 +48,17 @@ def environ_request(environ: Mapping[str, Any]) -> tuple[list[str], str | None, 
 
     WSGI servers join repeated headers with commas into one value, so several
     ``Authorization`` lines arrive as one malformed value (refused with 400).
+    An empty ``REMOTE_ADDR`` is what servers listening on a Unix socket set
+    (gunicorn ``--bind unix:...``); the peer is then
+    :data:`~bbverify.http.UNIX_SOCKET_PEER`, which only
+    ``trusted_proxies=["unix", ...]`` trusts.
     """
     auth = environ.get("HTTP_AUTHORIZATION")
     xff = environ.get("HTTP_X_FORWARDED_FOR")
     peer = environ.get("REMOTE_ADDR")
     return (
         [auth] if isinstance(auth, str) else [],
-        peer if isinstance(peer, str) else None,
+        (peer or UNIX_SOCKET_PEER) if isinstance(peer, str) else None,
         [xff] if isinstance(xff, str) else [],
     )
 
@@ -98,7 +104,7 @@ class PipelineAuthMiddleware:
         )
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO") or "/"
+        path = routing_path(environ.get("PATH_INFO"))
         if self.guard.is_excluded(path):
             return self.app(environ, start_response)
         guard = self.guard
@@ -116,5 +122,5 @@ class PipelineAuthMiddleware:
         environ[CLAIMS_KEY] = claims
         environ[VERIFIER_KEY] = guard.verifier
         environ[POLICY_KEY] = guard.applied_policy
-        environ[CLIENT_IP_KEY] = client
+        environ[CLIENT_IP_KEY] = client  # read with bbverify.http.request_client_ip(environ)
         return self.app(environ, start_response)

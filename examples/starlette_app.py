@@ -22,7 +22,6 @@ import sys
 
 import uvicorn
 from starlette.applications import Starlette
-from starlette.authentication import requires
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -30,6 +29,7 @@ from starlette.routing import Route
 from bbverify import PipelineClaims, Verifier
 from bbverify.asgi import PipelineAuthMiddleware
 from bbverify.config import verifier_from_env
+from bbverify.starlette import requires  # answers 401/403 like every adapter (Starlette's: plain 403)
 from bbverify.testing import FakeIssuer
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 
 import httpx
@@ -22,3 +23,10 @@ def http() -> Iterator[httpx.Client]:
     """An HTTP client for the adapter tests' loopback servers."""
     with httpx.Client(timeout=10) as client:
         yield client
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[str]:
+    """A temporary directory with a short path: Unix socket paths are limited to ~100 bytes."""
+    with tempfile.TemporaryDirectory(prefix="bbv-") as directory:
+        yield directory

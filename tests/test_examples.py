@@ -60,7 +60,7 @@ class Running:
         return found
 
 
-SERVERS = ["starlette_app.py", "fastapi_app.py", "flask_app.py"]
+SERVERS = ["starlette_app.py", "fastapi_app.py", "flask_app.py", "django_app/run.py"]
 
 
 @pytest.fixture(scope="module")

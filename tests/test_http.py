@@ -172,8 +172,8 @@ def test_quote_header_value_limits_length() -> None:
         ("2001:DB8:0::1", "2001:db8::1"),
         ("[2001:db8::1]", "2001:db8::1"),
         ("[2001:db8::1]:443", "2001:db8::1"),
-        ("fe80::1%eth0", "fe80::1"),
-        ("[fe80::1%25eth0]:80", "fe80::1"),
+        ("fe80::1%eth0", None),  # zone ids match no range, as in IPRanges (issue 11 item 6)
+        ("[fe80::1%25eth0]:80", None),
         ("::ffff:203.0.113.7", "203.0.113.7"),
         ("::FFFF:cb00:7107", "203.0.113.7"),
         (b"198.51.100.1", "198.51.100.1"),
@@ -240,7 +240,7 @@ TWO_HOPS = TrustedProxies.parse(2)
         (PROXY, [f"{SPOOF}, junk, {OTHER_PROXY}"], CIDRS, None),
         (PROXY, ["fd00::9, ::ffff:203.0.113.7"], CIDRS, CLIENT),
         ("fd00::1", [CLIENT], CIDRS, CLIENT),
-        ("fd00::1%eth0", [CLIENT], CIDRS, CLIENT),
+        ("fd00::1%eth0", [CLIENT], CIDRS, None),  # a zoned peer is in no range, not even as a proxy
         (PROXY, [b"\xff" + CLIENT.encode()], CIDRS, None),
         (PROXY, [b"\xff, " + CLIENT.encode()], CIDRS, CLIENT),  # non-ASCII junk left of the client
         (PROXY, ["\u00e9", CLIENT], ONE_HOP, CLIENT),
