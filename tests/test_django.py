@@ -78,7 +78,7 @@ def test_settings_build_the_verifier(issuer: FakeIssuer) -> None:
          "bbverify.E002", "BBVERIFY['rules']['branch']"),
         ({"BBVERIFY_DJANGO": {"trusted_proxy": 1}}, "bbverify.E003", "BBVERIFY_DJANGO['trusted_proxy']"),
         ({"BBVERIFY_DJANGO": {"trusted_proxies": ["0.0.0.0/0"]}}, "bbverify.E003",
-         "BBVERIFY_DJANGO['trusted_proxies'][0]"),
+         "BBVERIFY_DJANGO['trusted_proxies']: these ranges together trust every IPv4 address"),
         ({"BBVERIFY_DJANGO": {"routes": [{"prefix": "api/", "policy": None}]}}, "bbverify.E003",
          "BBVERIFY_DJANGO['routes'][0]['prefix']"),
         ({"BBVERIFY_DJANGO": {"routes": [{"prefix": "/api/", "policy": "nope"}]}}, "bbverify.E003",
