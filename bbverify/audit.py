@@ -24,7 +24,14 @@ _log = logging.getLogger("bbverify")
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """The outcome of one verification, for audit logs and metrics."""
+    """The outcome of one verification, for audit logs and metrics.
+
+    ``workspace`` is the token's ``workspaceUuid``; ``workspace_name`` and
+    ``issuer`` name the configured workspace the token was matched to by its
+    ``iss`` (known from the plausibility check on, so also for a bad
+    signature; ``None`` for a token whose issuer is not trusted). ``policy``
+    is the named policy the call applied, if any.
+    """
 
     allowed: bool
     code: str  #: ``"ok"`` when allowed, else the error's stable code
@@ -40,6 +47,9 @@ class Decision:
     branch: str | None = None
     method: str | None = None  #: the HTTP request method, when an adapter verified a request
     path: str | None = None  #: the path the application routes on (see ``bbverify.http.routing_path``)
+    workspace_name: str | None = None
+    issuer: str | None = None
+    policy: str | None = None
 
     @classmethod
     def build(
@@ -50,15 +60,24 @@ class Decision:
         *,
         method: str | None = None,
         path: str | None = None,
+        workspace_name: str | None = None,
+        issuer: str | None = None,
+        policy: str | None = None,
     ) -> Decision:
         """Describe an allow (``error`` is None) or a denial of one request (``method``, ``path``)."""
         ids: dict[str, Any] = claims.summary() if claims is not None else {}
         ids["method"] = method
         ids["path"] = path
         if error is None:
-            return cls(True, "ok", 200, None, "allowed", client_ip, **ids)
+            return cls(
+                True, "ok", 200, None, "allowed", client_ip, **ids,
+                workspace_name=workspace_name, issuer=issuer, policy=policy,
+            )  # fmt: skip
         rule = error.rule if isinstance(error, PolicyDenied) else None
-        return cls(False, error.code, error.status_code, rule, error.message, client_ip, **ids)
+        return cls(
+            False, error.code, error.status_code, rule, error.message, client_ip, **ids,
+            workspace_name=workspace_name, issuer=issuer, policy=policy,
+        )  # fmt: skip
 
     def as_dict(self) -> dict[str, Any]:
         """A plain dict, ready for JSON logs."""
@@ -92,7 +111,7 @@ def emit(decision: Decision, hook: DecisionHook | None) -> None:
         AUDIT_LOGGER.log(
             level,
             "%s code=%s rule=%s repository=%s environment=%s pipeline=%s step=%s client_ip=%s"
-            " method=%s path=%s",
+            " method=%s path=%s workspace=%s policy=%s",
             "allow" if decision.allowed else "deny",
             _printable(decision.code),
             _printable(decision.rule),
@@ -103,6 +122,8 @@ def emit(decision: Decision, hook: DecisionHook | None) -> None:
             _printable(decision.client_ip),
             _printable(decision.method),
             _printable(decision.path),
+            _printable(decision.workspace_name),
+            _printable(decision.policy),
             extra={"bbverify": decision.as_dict()},
         )
     if hook is not None:

@@ -1,4 +1,4 @@
-"""The ``bbverify`` command: ``demo``, ``inspect``, ``verify``, ``ip-ranges``.
+"""The ``bbverify`` command: ``demo``, ``inspect``, ``verify``, ``ip-ranges``, ``lookup``.
 
 Exit status: 0 success (token accepted, demo as expected), 1 rejected or a
 failed check, 2 usage or configuration error. Errors go to stderr; colour is
@@ -208,7 +208,12 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         _err(f"configuration error: {safe_text(exc)}")
         return EXIT_USAGE
     try:
-        claims = verifier.verify(token, client_ip=args.client_ip)
+        verifier.check_policy(args.policy)
+    except ConfigurationError as exc:
+        _err(f"configuration error: {exc}")
+        return EXIT_USAGE
+    try:
+        claims = verifier.verify(token, client_ip=args.client_ip, policy=args.policy)
     except VerificationError as exc:
         if args.json:
             print(
@@ -259,6 +264,37 @@ def _cmd_ip_ranges(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- lookup -----------------------------------------------------------------------
+
+
+def _cmd_lookup(args: argparse.Namespace) -> int:
+    from . import lookup
+
+    try:
+        authorization, source = lookup.credentials_from_env(os.environ)
+        base_url = os.environ.get("BITBUCKET_API_URL") or lookup.DEFAULT_API_URL
+        result = lookup.lookup(
+            args.workspace,
+            args.repository or (),
+            authorization=authorization,
+            base_url=base_url,
+            timeout=args.timeout,
+        )
+    except ConfigurationError as exc:
+        _err(f"configuration error: {exc}")
+        return EXIT_USAGE
+    except lookup.LookupFailed as exc:
+        _err(str(exc))
+        return EXIT_REJECTED
+    if args.format in ("table", "both"):
+        sys.stdout.write(lookup.render_table(result))
+    if args.format == "both":
+        print(f"\n# bbverify.toml (credentials from {source})")
+    if args.format in ("toml", "both"):
+        sys.stdout.write(lookup.render_toml(result))
+    return EXIT_OK
+
+
 # -- demo -------------------------------------------------------------------------
 
 
@@ -277,6 +313,7 @@ _EPILOG = """examples:
   bbverify verify "$TOKEN" --workspace acme --audience ari:cloud:bitbucket::workspace/<uuid>
   bbverify verify - --config bbverify.toml --client-ip 34.199.54.113 --json < token.txt
   bbverify ip-ranges --source https://ip-ranges.atlassian.com/ --product bitbucket --direction egress
+  BITBUCKET_EMAIL=me@example.com BITBUCKET_API_TOKEN=... bbverify lookup --workspace acme --repository api
 """
 
 
@@ -340,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--jwks-url", help="fetch keys here instead of using discovery")
     verify.add_argument("--config", help="TOML configuration file (see docs/configuration.md)")
     verify.add_argument("--client-ip", help="client IP the IP-range rule should see")
+    verify.add_argument("--policy", help="named policy to apply (default: the configured default_policy)")
     verify.add_argument("--json", action="store_true", help="machine-readable output")
     verify.set_defaults(func=_cmd_verify)
 
@@ -362,6 +400,30 @@ def build_parser() -> argparse.ArgumentParser:
     ipr.add_argument("--format", choices=("text", "json"), default="text", help="output format")
     ipr.add_argument("--output", "-o", help="write to this file instead of standard output")
     ipr.set_defaults(func=_cmd_ip_ranges)
+
+    look = sub.add_parser(
+        "lookup",
+        help="find workspace, repository and deployment environment UUIDs by name (Bitbucket API)",
+        description="Ask Bitbucket's REST API for the UUIDs tokens carry: the workspace UUID and "
+        "default audience, each repository's UUID and its deployment environments. Prints a table "
+        "and a ready TOML snippet. Credentials come from the environment only: BITBUCKET_EMAIL + "
+        "BITBUCKET_API_TOKEN (Atlassian API token), or BITBUCKET_ACCESS_TOKEN (workspace, project "
+        "or repository access token), or BITBUCKET_USERNAME + BITBUCKET_APP_PASSWORD. "
+        "BITBUCKET_API_URL overrides https://api.bitbucket.org. Exit 0 found, 1 refused by "
+        "Bitbucket (401, 403, 404, 429, ...), 2 usage or configuration error.",
+        epilog="example:\n  export BITBUCKET_EMAIL=me@example.com BITBUCKET_API_TOKEN=...\n"
+        "  bbverify lookup --workspace acme --repository api --repository web",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    look.add_argument("--workspace", required=True, help="workspace slug")
+    look.add_argument(
+        "--repository", action="append", metavar="SLUG", help="repository slug (repeatable)"
+    )
+    look.add_argument(
+        "--format", choices=("both", "table", "toml"), default="both", help="what to print (default: both)"
+    )
+    look.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default 10)")
+    look.set_defaults(func=_cmd_lookup)
     return parser
 
 

@@ -707,7 +707,8 @@ class Guard:
         try:
             return bearer_token(authorization)
         except VerificationError as exc:
-            emit(Decision.build(None, client, exc, method=method, path=path), self.verifier.on_decision)
+            decision = Decision.build(None, client, exc, method=method, path=path, policy=self.applied_policy)
+            emit(decision, self.verifier.on_decision)
             raise
 
     def verify(

@@ -366,6 +366,14 @@ class Verifier:
                 if exc.key and message.startswith(exc.key + ": "):
                     message = message[len(exc.key) + 2 :]
                 raise ConfigurationError(message, key=f"{key}.{exc.key}") from None
+            for j, other in enumerate(trusts):
+                if other.keys is source:
+                    # One key set behind two issuers would let either workspace's keys
+                    # vouch for the other's tokens.
+                    raise ConfigurationError(
+                        f"is the same key source as workspaces[{j}]; each workspace needs its own",
+                        key=f"{key}.keys",
+                    )
             trusts.append(_Trust(spec, source, self.policies))
         return trusts
 
@@ -519,19 +527,20 @@ class Verifier:
             if entry is None:
                 parsed, header = self._prepare(token)
                 payload = parse_json_object(decode_payload(parsed), "payload")
-                trust = self._plausible(payload, self._clock())
+                trust = self._workspace_of(payload)
+                self._plausible(payload, self._clock())
                 keys = trust.keys
                 # The lock-free look-up first; get_key (which may fetch) only on a miss.
                 key = keys.cached_key(header.kid, header.alg) or keys.get_key(header.kid, header.alg)
                 claims = self._finish(token, parsed, header, key, payload, trust)
             else:
                 claims, trust = entry[0], entry[4]
-            self._authorize(claims, trust, client_ip, named, policies, method, path)
+            self._authorize(claims, trust, client_ip, named, policies, method, path, policy)
         except VerificationError as exc:
-            self._denied(exc, claims, client_ip, method, path)
+            self._denied(exc, claims, client_ip, trust, policy, method, path)
             raise
         except Exception as exc:
-            raise self._internal(exc, claims, client_ip, method, path) from None
+            raise self._internal(exc, claims, client_ip, trust, policy, method, path) from None
         return claims
 
     async def averify(
@@ -553,18 +562,19 @@ class Verifier:
             if entry is None:
                 parsed, header = self._prepare(token)
                 payload = parse_json_object(decode_payload(parsed), "payload")
-                trust = self._plausible(payload, self._clock())
+                trust = self._workspace_of(payload)
+                self._plausible(payload, self._clock())
                 keys = trust.keys
                 key = keys.cached_key(header.kid, header.alg) or await keys.aget_key(header.kid, header.alg)
                 claims = self._finish(token, parsed, header, key, payload, trust)
             else:
                 claims, trust = entry[0], entry[4]
-            self._authorize(claims, trust, client_ip, named, policies, method, path)
+            self._authorize(claims, trust, client_ip, named, policies, method, path, policy)
         except VerificationError as exc:
-            self._denied(exc, claims, client_ip, method, path)
+            self._denied(exc, claims, client_ip, trust, policy, method, path)
             raise
         except Exception as exc:
-            raise self._internal(exc, claims, client_ip, method, path) from None
+            raise self._internal(exc, claims, client_ip, trust, policy, method, path) from None
         return claims
 
     def cache_info(self) -> dict[str, int]:
@@ -602,14 +612,8 @@ class Verifier:
                 self._headers[parsed.header_segment] = header
         return parsed, header
 
-    def _plausible(self, payload: Mapping[str, Any], now: float) -> _Trust:
-        """What a genuine token for this verifier must carry; returns its workspace.
-
-        Runs on the unverified payload before any key lookup that may fetch
-        (issue 13: a token for another workspace, or an expired or forged
-        one, must cost no request to Bitbucket, whose anonymous limit is 60
-        an hour per address), and again after the signature.
-        """
+    def _workspace_of(self, payload: Mapping[str, Any]) -> _Trust:
+        """The trusted workspace whose issuer is exactly the payload's ``iss``."""
         iss = payload.get("iss")
         if iss is None:
             raise InvalidToken("claim 'iss' is required", code="missing_claim")
@@ -618,6 +622,17 @@ class Verifier:
         trust = self._by_issuer.get(iss) if type(iss) is str else None
         if trust is None:
             raise InvalidToken("token was issued by another issuer", code="issuer_mismatch")
+        return trust
+
+    def _plausible(self, payload: Mapping[str, Any], now: float) -> _Trust:
+        """What a genuine token for this verifier must carry; returns its workspace.
+
+        Runs on the unverified payload before any key lookup that may fetch
+        (issue 13: a token for another workspace, or an expired or forged
+        one, must cost no request to Bitbucket, whose anonymous limit is 60
+        an hour per address), and again after the signature.
+        """
+        trust = self._workspace_of(payload)
 
         aud = payload.get("aud")
         if aud is None:
@@ -683,6 +698,7 @@ class Verifier:
         extra: Rule | Sequence[Rule] | None,
         method: str | None,
         path: str | None,
+        policy: str | None,
     ) -> None:
         rules = trust.rules
         if named:
@@ -693,25 +709,50 @@ class Verifier:
             apply_rules(rules, claims, RequestContext(client_ip, self._clock(), method, path))
         hook = self.on_decision
         if wanted(True, hook):  # building a Decision nobody reads would cost more than a cache hit
-            emit(Decision.build(claims, client_ip, method=method, path=path), hook)
+            emit(
+                Decision.build(
+                    claims,
+                    client_ip,
+                    method=method,
+                    path=path,
+                    workspace_name=trust.name,
+                    issuer=trust.issuer,
+                    policy=policy if policy is not None else self.default_policy,
+                ),
+                hook,
+            )
 
     def _denied(
         self,
         exc: VerificationError,
         claims: PipelineClaims | None,
         client_ip: str | None,
+        trust: _Trust | None,
+        policy: str | None,
         method: str | None = None,
         path: str | None = None,
     ) -> None:
         hook = self.on_decision
         if wanted(False, hook):
-            emit(Decision.build(claims, client_ip, exc, method=method, path=path), hook)
+            decision = Decision.build(
+                claims,
+                client_ip,
+                exc,
+                method=method,
+                path=path,
+                workspace_name=trust.name if trust is not None else None,
+                issuer=trust.issuer if trust is not None else None,
+                policy=policy if policy is not None else self.default_policy,
+            )
+            emit(decision, hook)
 
     def _internal(
         self,
         exc: Exception,
         claims: PipelineClaims | None,
         client_ip: str | None,
+        trust: _Trust | None,
+        policy: str | None,
         method: str | None = None,
         path: str | None = None,
     ) -> InvalidToken:
@@ -720,7 +761,7 @@ class Verifier:
         error = InvalidToken(
             f"token could not be verified ({type(exc).__name__})", code="verification_failed"
         )
-        self._denied(error, claims, client_ip, method, path)
+        self._denied(error, claims, client_ip, trust, policy, method, path)
         return error
 
 

@@ -362,3 +362,36 @@ def test_entries_share_one_ip_feed(issuer: FakeIssuer) -> None:
     feed_a = rules["a"].feed  # type: ignore[attr-defined]
     feed_b = rules["b"].rules[1].feed  # type: ignore[attr-defined]  # branches come first
     assert feed_a is feed_b
+
+
+def test_cli_verify_with_several_workspaces_and_a_policy(
+    tmp_path: Path, issuer: FakeIssuer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bbverify.cli import main
+
+    with FakeIssuer("other") as other:
+        path = tmp_path / "bbverify.toml"
+        path.write_text(
+            f"""
+[[bbverify.workspaces]]
+name = "main"
+issuer = "{issuer.issuer}"
+audience = "{issuer.audience}"
+
+[[bbverify.workspaces]]
+name = "other"
+issuer = "{other.issuer}"
+audience = "{other.audience}"
+
+[bbverify.policies.main-only]
+allow = [ {{ workspace = ["main"] }} ]
+"""
+        )
+        config = ["--config", str(path), "--json"]
+        assert main(["verify", other.mint(), *config]) == 0
+        assert main(["verify", issuer.mint(), *config, "--policy", "main-only"]) == 0
+        capsys.readouterr()
+        assert main(["verify", other.mint(), *config, "--policy", "main-only"]) == 1
+        assert json.loads(capsys.readouterr().out)["code"] == "workspace_not_allowed"
+        assert main(["verify", other.mint(), *config, "--policy", "nope"]) == 2
+        assert "unknown policy 'nope'" in capsys.readouterr().err

@@ -168,6 +168,13 @@ def test_static_keys_per_workspace(a: FakeIssuer, b: FakeIssuer) -> None:
     assert counts(a, b) == before
 
 
+def test_one_key_source_cannot_serve_two_workspaces(a: FakeIssuer, b: FakeIssuer) -> None:
+    shared = StaticKeySet({"keys": a.jwks()["keys"] + b.jwks()["keys"]})
+    with pytest.raises(ConfigurationError) as exc:
+        Verifier(workspaces=[spec(a, keys=shared), spec(b, keys=shared)])
+    assert exc.value.key == "workspaces[1].keys"
+
+
 def test_warm_up_fetches_every_workspace(a: FakeIssuer, b: FakeIssuer) -> None:
     v = two(a, b)
     before = counts(a, b)
@@ -407,25 +414,42 @@ def test_env_workspace_mistakes_name_the_variable() -> None:
         assert exc.value.key == key, exc.value
 
 
-def test_configuration_doc_examples_build(tmp_path: Any) -> None:
-    """Every TOML and environment example in docs/configuration.md builds a verifier (no fetch)."""
-    import re
-    import shlex
-    import tomllib
-    from pathlib import Path
+# -- decisions record the workspace ---------------------------------------------------------------------
 
-    from bbverify.config import verifier_from_env, verifier_from_mapping
 
-    text = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
-    built = 0
-    for lang, body in re.findall(r"```(toml|sh)\n(.*?)```", text, flags=re.S):
-        if "ip-ranges.atlassian.com" in body:
-            continue  # would fetch the real feed at start-up; covered by test_config with a local feed
-        if lang == "toml":
-            v = verifier_from_mapping(tomllib.loads(body)["bbverify"])
-        else:
-            env = dict(line.split("=", 1) for line in shlex.split(body, comments=True))
-            v = verifier_from_env(env)
-        assert v.workspaces
-        built += 1
-    assert built >= 4
+def test_decisions_name_the_workspace_and_policy(
+    a: FakeIssuer, b: FakeIssuer, caplog: pytest.LogCaptureFixture
+) -> None:
+    from bbverify import Decision
+
+    seen: list[Decision] = []
+    v = Verifier(
+        workspaces=[spec(a, name="alpha"), spec(b, name="beta")],
+        named_policies={"main-only": Branches("main")},
+        on_decision=seen.append,
+        clock=lambda: NOW,
+        **FAST,
+    )
+    good = b.mint(issued_at=NOW)
+    v.verify(a.mint(issued_at=NOW))
+    with caplog.at_level("INFO", logger="bbverify.audit"):
+        v.verify(good)
+        v.verify(good)  # cached: still a full decision
+    with pytest.raises(PolicyDenied):
+        v.verify(b.mint(issued_at=NOW, branch="dev"), policy="main-only")
+    with pytest.raises(InvalidToken):
+        v.verify(b.sign(a.claims(issued_at=NOW), header={"kid": a.signing_key.kid}))  # bad signature
+    with FakeIssuer("gamma") as c, pytest.raises(InvalidToken):
+        v.verify(c.mint(issued_at=NOW))
+    got = [(d.allowed, d.code, d.workspace_name, d.issuer, d.policy) for d in seen]
+    assert got == [
+        (True, "ok", "alpha", a.issuer, None),
+        (True, "ok", "beta", b.issuer, None),
+        (True, "ok", "beta", b.issuer, None),
+        (False, "branch_not_allowed", "beta", b.issuer, "main-only"),
+        (False, "bad_signature", "alpha", a.issuer, None),
+        (False, "issuer_mismatch", None, None, None),
+    ]
+    records = [r for r in caplog.records if r.name == "bbverify.audit" and r.levelname == "INFO"]
+    assert len(records) == 2 and all("workspace=beta" in r.getMessage() for r in records)
+    assert records[0].bbverify["issuer"] == b.issuer  # type: ignore[attr-defined]
