@@ -12,7 +12,7 @@ import json
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from .claims import PipelineClaims
@@ -83,8 +83,12 @@ class Decision:
 
     def as_dict(self) -> dict[str, Any]:
         """A plain dict, ready for JSON logs."""
-        return asdict(self)
+        # Every field is a str, int, bool or None, so a shallow dict equals
+        # dataclasses.asdict() at a tenth of its cost (it deep-copies each value).
+        return {name: getattr(self, name) for name in _FIELDS}
 
+
+_FIELDS = tuple(f.name for f in fields(Decision))
 
 DecisionHook = Callable[[Decision], object]
 

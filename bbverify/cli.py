@@ -1,4 +1,4 @@
-"""The ``bbverify`` command: ``demo``, ``inspect``, ``verify``, ``ip-ranges``, ``lookup``.
+"""The ``bbverify`` command: ``demo``, ``inspect``, ``verify``, ``ip-ranges``, ``lookup``, ``serve``.
 
 Exit status: 0 success (token accepted, demo as expected), 1 rejected or a
 failed check, 2 usage or configuration error. Errors go to stderr; colour is
@@ -304,6 +304,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(verbose=args.verbose, as_json=args.json)
 
 
+# -- serve ------------------------------------------------------------------------
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import run
+
+    try:
+        return run(args.config, host=args.host, port=args.port, workers=args.workers)
+    except ConfigurationError as exc:
+        _err(f"configuration error: {exc}")
+        return EXIT_USAGE
+
+
 # -- parser -----------------------------------------------------------------------
 
 _EPILOG = """examples:
@@ -424,6 +437,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     look.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default 10)")
     look.set_defaults(func=_cmd_lookup)
+
+    serve = sub.add_parser(
+        "serve",
+        help="run the forward-auth gateway for nginx, Traefik, Caddy and Envoy",
+        description="Answer a reverse proxy's auth checks: route the original request to a named "
+        "policy, verify its token, admit (200 + identity headers) or refuse (401/403 JSON). "
+        "Settings come from [bbverify] and [bbverify.serve] in --config (docs/gateway.md). "
+        "Listens on 127.0.0.1:9180 unless told otherwise.",
+        epilog="examples:\n  bbverify serve --config bbverify.toml\n"
+        "  bbverify serve --config bbverify.toml --port 9180 --workers 2",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument("--config", required=True, help="TOML file with [bbverify] and [bbverify.serve]")
+    serve.add_argument("--host", help="address to listen on (default: serve.host or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default: serve.port or 9180)")
+    serve.add_argument("--workers", type=int, help="worker processes (default: serve.workers or 1)")
+    serve.set_defaults(func=_cmd_serve)
     return parser
 
 

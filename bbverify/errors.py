@@ -20,6 +20,7 @@ __all__ = [
     "InvalidToken",
     "KeysUnavailable",
     "PolicyDenied",
+    "RouteDenied",
     "VerificationError",
 ]
 
@@ -77,6 +78,22 @@ class PolicyDenied(VerificationError):
 
     def __repr__(self) -> str:
         return f"PolicyDenied(code={self.code!r}, rule={self.rule!r}, message={self.message!r})"
+
+
+class RouteDenied(VerificationError):
+    """The gateway (``bbverify serve``) found no usable route for the original request (HTTP 403).
+
+    Raised by :mod:`bbverify.routes`, never by :meth:`bbverify.Verifier.verify`.
+    Codes: ``unmatched_route`` (no route matches and the configuration does
+    not open unmatched requests), ``ambiguous_route`` (equally specific routes
+    disagree), ``unnormalizable_request`` (the original method, host or path
+    cannot be normalised without guessing: ``%2F``, ``..`` above the root,
+    bad escapes), ``missing_original_request`` (the proxy did not send the
+    headers naming the original request).
+    """
+
+    default_code = "unmatched_route"
+    status_code = 403
 
 
 class KeysUnavailable(VerificationError):

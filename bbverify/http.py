@@ -304,6 +304,9 @@ class TrustedProxies:
     hops: int = 0
     networks: tuple[_Network, ...] = field(default=())
     unix: bool = False
+    # Memo of _trusted: parsing an address costs more than verifying a cached
+    # token, and the same few proxies send every request. Bounded below.
+    _memo: dict[str, bool] = field(default_factory=dict, compare=False, repr=False, hash=False)
 
     @classmethod
     def parse(cls, value: TrustedProxiesSpec) -> TrustedProxies | None:
@@ -367,8 +370,16 @@ class TrustedProxies:
         return cls(networks=tuple(networks), unix=unix)
 
     def _trusted(self, address: str) -> bool:
+        memo = self._memo
+        hit = memo.get(address)
+        if hit is not None:
+            return hit
         ip = ipaddress.ip_address(address)
-        return any(ip.version == net.version and ip in net for net in self.networks)
+        result = any(ip.version == net.version and ip in net for net in self.networks)
+        if len(memo) >= _NORMALIZED_MAX:
+            memo.clear()
+        memo[address] = result
+        return result
 
     def resolve(self, peer: str | bytes | None, forwarded_for: Sequence[str | bytes]) -> str | None:
         """The client address behind these proxies (see :func:`client_ip`)."""

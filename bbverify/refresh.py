@@ -48,6 +48,8 @@ class BackgroundLoader(Generic[T]):
         self._last_error: str | None = None
         #: How many loads were started.
         self.fetch_count = 0
+        #: How many loads failed (for monitoring: bbverify.metrics).
+        self.failure_count = 0
 
     # -- for subclasses -----------------------------------------------------
 
@@ -80,6 +82,7 @@ class BackgroundLoader(Generic[T]):
             _log.warning("%s: could not start a load: %s", self._thread_name, exc)
             self._failed_at = now
             self._last_error = "could not start the load"
+            self.failure_count += 1
             self._inflight = None
             future.set_result(False)
         return future
@@ -104,6 +107,7 @@ class BackgroundLoader(Generic[T]):
             with self._lock:
                 self._failed_at = self._loader_clock()
                 self._last_error = message
+                self.failure_count += 1
                 self._inflight = None
         else:
             ok = True

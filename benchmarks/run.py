@@ -13,9 +13,9 @@ import jwt as pyjwt
 
 from bbverify.testing import FakeIssuer
 
-from . import http_bench, jwks_bench, micro
+from . import gateway_bench, http_bench, jwks_bench, micro
 
-SECTIONS = ("micro", "http", "jwks")
+SECTIONS = ("micro", "http", "jwks", "gateway")
 
 
 def _target(label: str, value: float, limit: float, *, at_most: bool) -> str:
@@ -127,6 +127,39 @@ def _jwks(issuer: FakeIssuer, quick: bool, targets: list[str]) -> None:
     )
 
 
+def _gateway(issuer: FakeIssuer, quick: bool, targets: list[str]) -> None:
+    _heading("7. Gateway: GET / through nginx, with and without bbverify serve (auth_request)")
+    missing = gateway_bench.available()
+    if missing:
+        print(f"skipped: {missing}")
+        return
+    samples = 60 if quick else 1000
+    r = gateway_bench.run(
+        issuer, requests=400 if quick else 3000, rounds=2 if quick else 6, latency_samples=samples
+    )
+    print(f"| {'path':<42} | {'requests':>8} | {'req/s':>7} | {'p50 ms':>6} | {'p99 ms':>6} | err |")
+    print(f"|{'-' * 44}|{'-' * 10}|{'-' * 9}|{'-' * 8}|{'-' * 8}|-----|")
+    for name, s in r["http"].items():
+        print(
+            f"| {name:<42} | {len(s.latencies_ns):>8} | {s.rps:>7.0f} | {s.pct(0.5):>6.2f} | "
+            f"{s.pct(0.99):>6.2f} | {s.errors:>3} |"
+        )
+    print(
+        f"\nThe gateway alone, {r['samples']} sequential checks on one keep-alive connection: "
+        f"repeated token p50 {r['repeated'][0]:.2f} ms, p99 {r['repeated'][1]:.2f} ms; "
+        f"fresh tokens p50 {r['fresh'][0]:.2f} ms, p99 {r['fresh'][1]:.2f} ms"
+    )
+    print(
+        f"CPU per request on the gated path: gateway (2 workers) {r['gateway_cpu_us']:.0f} us, "
+        f"upstream handler {r['upstream_cpu_us']:.0f} us"
+    )
+    if r["upstream_cpu_us"]:
+        cost = r["gateway_cpu_us"] / r["upstream_cpu_us"]
+        targets.append(_target("gateway CPU / upstream handler CPU per request", cost, 1.0, at_most=True))
+    kept = r["kept"]
+    targets.append(_target("nginx+gateway / nginx alone req/s (median of rounds)", kept, 0.5, at_most=False))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small counts: a smoke run, figures are rough")
@@ -134,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sections",
         default=",".join(SECTIONS),
-        help="comma-separated subset of micro (1-4), http (5), jwks (6); default: all",
+        help="comma-separated subset of micro (1-4), http (5), jwks (6), gateway (7); default: all",
     )
     args = parser.parse_args(argv)
     sections = set(args.sections.split(","))
@@ -150,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     targets: list[str] = []
     with FakeIssuer() as issuer:
-        for name, section in (("micro", _micro), ("http", _http), ("jwks", _jwks)):
+        for name, section in (("micro", _micro), ("http", _http), ("jwks", _jwks), ("gateway", _gateway)):
             if name in sections:
                 section(issuer, args.quick, targets)
     _heading("Targets (from this run)")

@@ -186,13 +186,16 @@ def run_process(
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 
-def nginx_config(directory: str, port: int, upstream: str, locations: str = "") -> str:
+def nginx_config(
+    directory: str, port: int, upstream: str, locations: str = "", *, http_extra: str = ""
+) -> str:
     """An nginx.conf for a loopback reverse proxy to ``upstream`` (``unix:/path`` or ``127.0.0.1:port``).
 
     Everything nginx writes (pid, logs, temp files) stays in ``directory``.
     ``locations`` replaces the default ``location /`` block, which is the
     proxy recipe of docs/adapters.md (nginx appends the peer it saw to
-    ``X-Forwarded-For``).
+    ``X-Forwarded-For``). ``http_extra`` goes in the ``http`` block before the
+    server (``upstream`` blocks, for instance).
     """
     target = f"http://{upstream}:" if upstream.startswith("unix:") else f"http://{upstream}"
     location = locations or f"""
@@ -215,6 +218,7 @@ http {{
     uwsgi_temp_path {directory}/uwsgi;
     scgi_temp_path {directory}/scgi;
     underscores_in_headers off;
+{http_extra}
     server {{
         listen 127.0.0.1:{port};
         {location}
@@ -225,7 +229,7 @@ http {{
 
 @contextmanager
 def serve_nginx(
-    directory: str | os.PathLike[str], upstream: str, locations: str = ""
+    directory: str | os.PathLike[str], upstream: str, locations: str = "", *, http_extra: str = ""
 ) -> Iterator[str]:
     """Run nginx on a free loopback port in front of ``upstream``; yield its base URL.
 
@@ -240,7 +244,7 @@ def serve_nginx(
         port = free_port()
         conf = os.path.join(root, "nginx.conf")
         with open(conf, "w", encoding="utf-8") as fh:
-            fh.write(nginx_config(root, port, upstream, locations))
+            fh.write(nginx_config(root, port, upstream, locations, http_extra=http_extra))
         with run_process([NGINX, "-p", root, "-c", conf]) as process:
             try:
                 wait_for_port(port, process, timeout=10)
@@ -250,3 +254,40 @@ def serve_nginx(
             yield f"http://127.0.0.1:{port}"
             return
     raise RuntimeError(f"nginx did not start: {last}")
+
+
+CADDY = shutil.which("caddy") or "/usr/bin/caddy"
+
+
+@contextmanager
+def serve_caddy(directory: str | os.PathLike[str], site: str) -> Iterator[str]:
+    """Run Caddy on a free loopback port with ``site`` (a Caddyfile site block); yield its base URL.
+
+    The site block's address must be ``http://:8080`` (replaced by the free
+    port here); the global options turn the admin endpoint and automatic
+    HTTPS off, and HOME/XDG directories stay in ``directory``.
+    """
+    root = os.path.join(os.fspath(directory), f"caddy-{threading.get_ident()}")
+    os.makedirs(root, exist_ok=True)
+    env = {
+        "HOME": root,
+        "XDG_DATA_HOME": os.path.join(root, "data"),
+        "XDG_CONFIG_HOME": os.path.join(root, "config"),
+    }
+    last = ""
+    for _ in range(5):  # another process may take the free port between the probe and Caddy's bind
+        port = free_port()
+        conf = os.path.join(root, "Caddyfile")
+        with open(conf, "w", encoding="utf-8") as fh:
+            fh.write(
+                "{\n\tadmin off\n\tauto_https off\n}\n\n" + site.replace("http://:8080", f"http://:{port}")
+            )
+        with run_process([CADDY, "run", "--config", conf, "--adapter", "caddyfile"], env=env) as process:
+            try:
+                wait_for_port(port, process, timeout=15)
+            except RuntimeError as exc:
+                last = str(exc)
+                continue
+            yield f"http://127.0.0.1:{port}"
+            return
+    raise RuntimeError(f"caddy did not start: {last}")

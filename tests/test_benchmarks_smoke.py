@@ -20,7 +20,8 @@ def test_quick_benchmark_run_prints_every_section() -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout
-    for heading in ("## 1-4. Per token", "## 5. HTTP", "## 6. Key set under load", "## Targets"):
+    headings = ("## 1-4. Per token", "## 5. HTTP", "## 6. Key set under load", "## 7. Gateway", "## Targets")
+    for heading in headings:
         assert heading in out, f"{heading!r} missing from:\n{out}"
     for row in ("floor: cryptography RSA verify", "PyJWT jwt.decode", "bbverify repeated, 4 rules"):
         assert row in out
