@@ -31,7 +31,12 @@ from django.http import HttpRequest, HttpResponseBase
 from django.views.decorators.debug import sensitive_variables
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
-from rest_framework.permissions import BasePermission, OperandHolder, OperationHolderMixin, SingleOperandHolder
+from rest_framework.permissions import (
+    BasePermission,
+    OperandHolder,
+    OperationHolderMixin,
+    SingleOperandHolder,
+)
 from rest_framework.request import Request
 
 from .claims import PipelineClaims

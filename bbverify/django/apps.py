@@ -3,6 +3,8 @@ and a configuration built at start-up."""
 
 from __future__ import annotations
 
+import contextlib
+
 from django.apps import AppConfig
 from django.core import checks
 
@@ -23,7 +25,6 @@ class BBVerifyConfig(AppConfig):
         checks.register(check_settings, checks.Tags.security)
         # Built now, at start-up, so that no request (least of all one on an
         # ASGI event loop) pays for the build, which may fetch the IP-ranges feed.
-        try:
+        # A mistake is reported by the system checks, and raised again at first use.
+        with contextlib.suppress(ConfigurationError):
             get_config()
-        except ConfigurationError:
-            pass  # reported by the system checks, and raised again at first use

@@ -209,7 +209,8 @@ def _drf_policies(cls: Any) -> list[str]:
     ``bbverify_policy``, and what ``get_permissions()`` returns when it runs without a request."""
     from ..drf import HasPipelinePolicy, permission_policies
 
-    names = [name for entry in getattr(cls, "permission_classes", ()) for name, _ in permission_policies(entry)]
+    entries = getattr(cls, "permission_classes", ())
+    names = [name for entry in entries for name, _ in permission_policies(entry)]
     declared = getattr(cls, "bbverify_policy", None)
     if isinstance(declared, str):
         names.append(declared)
@@ -217,9 +218,8 @@ def _drf_policies(cls: Any) -> list[str]:
         view = cls()
         view.request = None
         view.args, view.kwargs, view.action = (), {}, None
-        for permission in view.get_permissions():
-            if isinstance(permission, HasPipelinePolicy):
-                names.append(permission.policy)
-    except Exception:  # get_permissions() needs a request: checked when it runs
-        pass
+        permissions = list(view.get_permissions())
+    except Exception:  # get_permissions() needs a request: a name it builds raises when it runs
+        permissions = []
+    names.extend(p.policy for p in permissions if isinstance(p, HasPipelinePolicy))
     return [name for name in names if name is not None]

@@ -41,8 +41,7 @@ import difflib
 import inspect
 import re
 import threading
-from collections.abc import Mapping
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -253,7 +252,7 @@ def _on_error(path: object) -> ErrorHandler | None:
         raise ConfigurationError(f"cannot import {path!r}: {exc}", key=key) from None
     if not callable(handler):
         raise ConfigurationError(f"{path!r} is not callable", key=key)
-    if iscoroutinefunction(handler) or inspect.iscoroutinefunction(getattr(handler, "__call__", None)):
+    if iscoroutinefunction(handler) or inspect.iscoroutinefunction(type(handler).__call__):
         # The middleware, the decorator and DRF call it from sync code too; an
         # un-awaited coroutine would silently drop the answer it chose.
         raise ConfigurationError(f"{path!r} is an async function; on_error must be a plain function", key=key)

@@ -66,6 +66,20 @@ def _sensitive_async(func: _F) -> _F:
     return func
 
 
+class _Credentials(list[str]):
+    """The request's ``Authorization`` lines, shown as ``[hidden]`` by ``repr``.
+
+    Django cleanses :func:`sensitive_variables` locals only when ``DEBUG`` is
+    off; the DEBUG page renders every local with ``repr``, so the frames that
+    hold the header hold it in this list instead.
+    """
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} Authorization header(s), hidden>"
+
+    __str__ = __repr__
+
+
 def _scrubbed(exc: BaseException) -> BaseException:
     """``exc`` without the frames below the caller and without its chain.
 
@@ -96,7 +110,8 @@ def _reused(guard: Guard, request: HttpRequest) -> PipelineClaims | None:
 
 @sensitive_variables(*_SENSITIVE)
 def _begin(guard: Guard, request: HttpRequest, optional: bool) -> _Begun | None:
-    authorization, peer, forwarded = environ_request(request.META)
+    lines, peer, forwarded = environ_request(request.META)
+    authorization = _Credentials(lines)
     client = guard.client_ip(peer, forwarded)
     setattr(request, CLIENT_IP_ATTR, client)
     request.META[CLIENT_IP_KEY] = client
@@ -201,9 +216,9 @@ def native_response(native: object) -> HttpResponseBase | None:
             if getattr(native, "accepted_renderer", None) is None and hasattr(native, "data"):
                 from rest_framework.renderers import JSONRenderer
 
-                native.accepted_renderer = JSONRenderer()  # type: ignore[attr-defined]
-                native.accepted_media_type = "application/json"  # type: ignore[attr-defined]
-                native.renderer_context = {}  # type: ignore[attr-defined]
+                native.accepted_renderer = JSONRenderer()
+                native.accepted_media_type = "application/json"
+                native.renderer_context = {}
             render()
         except Exception:
             _log.exception("bbverify: on_error's response could not be rendered; sending the default answer")
