@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
-from .errors import ConfigurationError, InvalidToken
+from .errors import ConfigurationError, ErrorCode, InvalidToken
 
 __all__ = ["PipelineClaims", "normalize_uuid", "try_normalize_uuid"]
 
@@ -62,7 +62,7 @@ _SCALARS = frozenset({str, int, float, bool, type(None)})
 def _freeze(value: Any, depth: int = 0) -> Any:
     # Nested JSON is frozen too, so that ``raw`` is read-only all the way down.
     if depth > MAX_CLAIM_DEPTH:
-        raise InvalidToken("payload is nested too deeply", code="malformed")
+        raise InvalidToken("payload is nested too deeply", code=ErrorCode.MALFORMED)
     if isinstance(value, dict):
         # Copy in C, then replace only the (rare) containers: Bitbucket claims
         # are nearly all strings and numbers, and this runs for every new token.

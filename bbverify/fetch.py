@@ -20,15 +20,11 @@ from urllib.parse import urlsplit
 
 import requests
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, FetchError
 
 __all__ = ["FetchError", "check_fetch_url", "fetch_json", "is_loopback_host", "private_session"]
 
 _HEADERS = {"Accept": "application/json", "Accept-Encoding": "identity", "User-Agent": "bbverify"}
-
-
-class FetchError(Exception):
-    """A fetch failed; the message says why (for logs and 503 descriptions)."""
 
 
 def is_loopback_host(host: str | None) -> bool:

@@ -38,8 +38,8 @@ from typing import TypeAlias
 
 import requests
 
-from .errors import ConfigurationError
-from .fetch import FetchError, check_fetch_url, fetch_json, private_session
+from .errors import ConfigurationError, FeedError, FetchError
+from .fetch import check_fetch_url, fetch_json, private_session
 from .refresh import BackgroundLoader, settled
 
 __all__ = [
@@ -202,10 +202,6 @@ class AddressSet:
 
 
 # -- the feed -------------------------------------------------------------------
-
-
-class FeedError(ValueError):
-    """The feed could not be used (unreadable, wrong shape, nothing matching)."""
 
 
 Selector: TypeAlias = frozenset[str] | None

@@ -15,7 +15,7 @@ from __future__ import annotations
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 
 from ..claims import PipelineClaims
-from ..errors import VerificationError
+from ..errors import MissingToken, VerificationError
 from ..http import (
     CLAIMS_KEY,
     CLIENT_IP_KEY,
@@ -23,7 +23,6 @@ from ..http import (
     VERIFIER_KEY,
     ErrorResponse,
     Guard,
-    MissingToken,
     bearer_token,
 )
 from ..wsgi import environ_request
