@@ -213,10 +213,15 @@ class ConfigurationError(ValueError):
 
     ``key`` names the offending setting (for example ``BBVERIFY_AUDIENCE`` or
     ``policies[2].cidrs``) so that a start-up failure points at the fix.
+    ``detail`` is the message without the key (``str(exc)`` is
+    ``"{key}: {detail}"``), so that code naming the setting as the user spelled
+    it re-raises ``ConfigurationError(exc.detail, key=...)`` and never takes
+    the text apart.
     """
 
     def __init__(self, message: str, *, key: str | None = None) -> None:
         self.key = key
+        self.detail = message
         super().__init__(f"{key}: {message}" if key else message)
 
 

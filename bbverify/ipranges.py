@@ -130,8 +130,12 @@ def parse_cidr(value: object, *, key: str | None = None) -> IPNetwork:
     try:
         network = ipaddress.ip_network(text, strict=True)
     except ValueError as exc:
-        if "has host bits set" in str(exc):
+        # Valid once host bits are allowed: then host bits were strict mode's only objection.
+        try:
             wide = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            wide = None
+        if wide is not None:
             host = text.split("/", 1)[0]
             raise ConfigurationError(
                 f"{text!r} has host bits set; write {str(wide)!r} for the network "

@@ -343,10 +343,7 @@ class Verifier:
             except ConfigurationError as exc:
                 if exc.key in fetch_options:
                     raise
-                message = str(exc)
-                if exc.key and message.startswith(exc.key + ": "):
-                    message = message[len(exc.key) + 2 :]
-                raise ConfigurationError(message, key=f"{key}.{exc.key}") from None
+                raise ConfigurationError(exc.detail, key=f"{key}.{exc.key}") from None
             for j, other in enumerate(trusts):
                 if other.keys is source:
                     # One key set behind two issuers would let either workspace's keys

@@ -150,3 +150,44 @@ def test_every_error_class_is_defined_in_errors_py() -> None:
                 if bases & exception_names or node.name.endswith(("Error", "Denied", "Failed")):
                     elsewhere.add((path.name, node.name))
     assert elsewhere == FRAMEWORK_CARRIERS
+
+
+def test_configuration_error_carries_its_detail_apart_from_its_key() -> None:
+    from bbverify.errors import ConfigurationError
+
+    keyed = ConfigurationError("must be positive: not -1", key="policies.deploy.allow[1].max_minutes")
+    assert str(keyed) == "policies.deploy.allow[1].max_minutes: must be positive: not -1"
+    assert keyed.detail == "must be positive: not -1"
+    bare = ConfigurationError("a: b")
+    assert (str(bare), bare.detail, bare.key) == ("a: b", "a: b", None)
+
+
+def test_a_rule_error_rekeyed_to_the_users_spelling_keeps_its_detail_whole() -> None:
+    # _rekey used to strip a "key: " prefix off str(exc); it now re-raises exc.detail.
+    from bbverify.config import rules_from_mapping
+    from bbverify.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError) as info:
+        rules_from_mapping({"ip_ranges": ["10.0.0.1/8"]})
+    assert info.value.key == "rules.ip_ranges[0]"
+    assert info.value.detail == (
+        "'10.0.0.1/8' has host bits set; write '10.0.0.0/8' for the network "
+        "or '10.0.0.1/32' for the one address"
+    )
+    assert str(info.value) == f"rules.ip_ranges[0]: {info.value.detail}"
+    with pytest.raises(ConfigurationError, match=r"^rules\.ip_ranges\[0\]: '10\.0\.0\.300/8' is not an IPv4"):
+        rules_from_mapping({"ip_ranges": ["10.0.0.300/8"]})
+
+
+def test_no_module_takes_an_error_message_apart() -> None:
+    # The patterns the re-keying code used before ConfigurationError.detail existed.
+    pattern = re.compile(
+        r"message\.startswith\(exc\.key|in str\(exc\)|str\(exc\)\.(split|partition|startswith)"
+    )
+    offenders = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert offenders == []
