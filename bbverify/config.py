@@ -54,6 +54,7 @@ from .policies import (
     any_of,
     as_rules,
 )
+from .stores import STORE_SETTINGS, key_store_from_mapping
 from .verifier import Verifier
 from .workspaces import WorkspaceSpec, bitbucket_issuer, check_name
 
@@ -109,6 +110,12 @@ VERIFIER_SETTINGS: tuple[Setting, ...] = (
     Setting("cooldown", "float", "minimum seconds between refetches for unknown kids"),
     Setting("max_stale", "float", "seconds stale keys may serve while the issuer is down"),
     Setting("failure_backoff", "float", "seconds before retrying a failed key fetch"),
+    Setting("max_backoff", "float", "cap of the doubling failure backoff, in seconds (default 600)"),
+    Setting("min_cache_ttl", "float", "least refresh time a Cache-Control max-age may set (default 300)"),
+    Setting("max_cache_ttl", "float", "largest refresh time a Cache-Control max-age may set (default 3600)"),
+    Setting("fetch_interval", "float", "seconds per fetch token of the budget (default 180)"),
+    Setting("fetch_burst", "int", "fetch tokens that may be saved up (default 3)"),
+    Setting("store_poll", "float", "least seconds between key-store reads for unknown kids (default 15)"),
     Setting("default_policy", "str", "named policy applied where a route names none"),
 )
 
@@ -142,6 +149,7 @@ RULE_SETTINGS: tuple[Setting, ...] = (
 )
 
 _VERIFIER = {s.name: s for s in VERIFIER_SETTINGS}
+_STORE_ENV = sorted({f"key_store_{key}" for keys in STORE_SETTINGS.values() for key in keys})
 _RULES = {s.name: s for s in RULE_SETTINGS}
 _VERIFIER_PARAMS = frozenset(inspect.signature(Verifier.__init__).parameters) - {"self"}
 _INDEX_RE = re.compile(r"^(?P<base>[a-z_]+)(?:\[(?P<index>\d+)\])?$")
@@ -456,14 +464,16 @@ def rules_from_env(
         if not isinstance(full, str) or full in skip:
             continue
         _check_env_name(
-            full, prefix, [*_VERIFIER, *_RULES, *STRUCTURED_ENV, *(n[len(prefix) :].lower() for n in skip)]
+            full,
+            prefix,
+            [*_VERIFIER, *_RULES, *STRUCTURED_ENV, *_STORE_ENV, *(n[len(prefix) :].lower() for n in skip)],
         )
         if not full.startswith(prefix):
             continue
         name = full[len(prefix) :].lower()
         if name in _RULES:
             raw[name] = value
-        elif name not in _VERIFIER and name not in STRUCTURED_ENV:
+        elif name not in _VERIFIER and name not in STRUCTURED_ENV and name not in _STORE_ENV:
             # A misspelt rule setting must fail, not silently drop the rule.
             known = sorted(prefix + n.upper() for n in _RULES)
             meant = _suggest(name, [*_RULES, *_VERIFIER])
@@ -765,6 +775,11 @@ def verifier_from_mapping(mapping: Mapping[str, Any], **overrides: Any) -> Verif
                 raise ConfigurationError("must be a table of rule settings", key="rules")
             rules = _build_rules(_rule_values(raw, names, parse_strings=False), names)
             continue
+        if name == "key_store":
+            if not isinstance(raw, Mapping):
+                raise ConfigurationError("must be a table with a 'kind'", key="key_store")
+            verifier_values["key_store"] = key_store_from_mapping(raw)
+            continue
         if name == "workspaces":
             workspaces = (_structured(raw, "workspaces", list, False), "workspaces")
             continue
@@ -834,12 +849,18 @@ def verifier_from_layers(
     for full, raw in environ.items():
         if not isinstance(full, str):
             continue
-        _check_env_name(full, prefix, [*_VERIFIER, *_RULES, *STRUCTURED_ENV])
+        _check_env_name(full, prefix, [*_VERIFIER, *_RULES, *STRUCTURED_ENV, *_STORE_ENV])
         if not full.startswith(prefix):
             continue
         name = full[len(prefix) :].lower()
         if name in _VERIFIER:
             table[name] = _coerce(raw, _VERIFIER[name], full, parse_strings=True)
+        elif name in _STORE_ENV:
+            # BBVERIFY_KEY_STORE_URL replaces url of [bbverify.key_store], and so on.
+            store = table.get("key_store")
+            store = dict(store) if isinstance(store, Mapping) else {}
+            store[name[len("key_store_") :]] = raw
+            table["key_store"] = store
         elif name in _RULES:
             rules = table.get("rules")
             rules = dict(rules) if isinstance(rules, Mapping) else {}
@@ -851,9 +872,9 @@ def verifier_from_layers(
             name = "workspaces" if name == "workspace_list" else name
             table[name] = _structured(raw, full, kind, True)
         else:
-            meant = _suggest(name, [*_RULES, *_VERIFIER, *STRUCTURED_ENV])
+            meant = _suggest(name, [*_RULES, *_VERIFIER, *STRUCTURED_ENV, *_STORE_ENV])
             hint = f"did you mean {prefix + meant.upper()}? " if meant else ""
-            known = sorted(prefix + n.upper() for n in (*_VERIFIER, *_RULES, *STRUCTURED_ENV))
+            known = sorted(prefix + n.upper() for n in (*_VERIFIER, *_RULES, *STRUCTURED_ENV, *_STORE_ENV))
             raise ConfigurationError(f"unknown setting; {hint}known settings: {', '.join(known)}", key=full)
         from_env[name] = full
     try:
@@ -889,17 +910,22 @@ def verifier_from_env(
     skip = frozenset(ignore)
     verifier_values: dict[str, Any] = {}
     rule_raw: dict[str, Any] = {}
+    store_raw: dict[str, Any] = {}
     found: dict[str, tuple[Any, str]] = {}
     for full, raw in environ.items():
         if not isinstance(full, str) or full in skip:
             continue
         _check_env_name(
-            full, prefix, [*_VERIFIER, *_RULES, *STRUCTURED_ENV, *(n[len(prefix) :].lower() for n in skip)]
+            full,
+            prefix,
+            [*_VERIFIER, *_RULES, *STRUCTURED_ENV, *_STORE_ENV, *(n[len(prefix) :].lower() for n in skip)],
         )
         if not full.startswith(prefix):
             continue
         name = full[len(prefix) :].lower()
-        if name in _VERIFIER:
+        if name.startswith("key_store_"):
+            store_raw[name[len("key_store_") :]] = raw
+        elif name in _VERIFIER:
             verifier_values[name] = _coerce(raw, _VERIFIER[name], full, parse_strings=True)
         elif name in _RULES:
             rule_raw[name] = raw
@@ -907,10 +933,14 @@ def verifier_from_env(
             kind = list if name == "workspace_list" else dict
             found[name] = (_structured(raw, full, kind, True), full)
         else:
-            known = sorted(prefix + n.upper() for n in (*_VERIFIER, *_RULES, *STRUCTURED_ENV))
-            meant = _suggest(name, [*_RULES, *_VERIFIER, *STRUCTURED_ENV])
+            known = sorted(prefix + n.upper() for n in (*_VERIFIER, *_RULES, *STRUCTURED_ENV, *_STORE_ENV))
+            meant = _suggest(name, [*_RULES, *_VERIFIER, *STRUCTURED_ENV, *_STORE_ENV])
             hint = f"did you mean {prefix + meant.upper()}? " if meant else ""
             raise ConfigurationError(f"unknown setting; {hint}known settings: {', '.join(known)}", key=full)
+    if store_raw:
+        verifier_values["key_store"] = key_store_from_mapping(
+            store_raw, spell=lambda key: f"{prefix}KEY_STORE_{key.upper()}"
+        )
     rules = _build_rules(_rule_values(rule_raw, names, parse_strings=True), names)
     return _assemble(
         verifier_values, rules, names, dict(overrides), found.get("workspace_list"), found.get("policies")

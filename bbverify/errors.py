@@ -17,6 +17,7 @@ first request.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "MissingToken",
     "PolicyDenied",
     "RouteDenied",
+    "StoreUnavailable",
     "UnusableKey",
     "VerificationError",
 ]
@@ -234,9 +236,18 @@ class ConfigurationError(ValueError):
 class FetchError(Exception):
     """A fetch failed; the message says why (for logs and 503 descriptions).
 
-    Raised by :func:`bbverify.fetch.fetch_json` (also importable as
+    ``status`` is the HTTP status when the server answered (else ``None``) and
+    ``headers`` its response headers, so callers can honour ``Retry-After``.
+    Raised by :mod:`bbverify.fetch` (also importable as
     ``bbverify.fetch.FetchError``).
     """
+
+    def __init__(
+        self, message: str, *, status: int | None = None, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers: Mapping[str, str] = headers if headers is not None else {}
 
 
 class FeedError(ValueError):
@@ -267,3 +278,11 @@ class LookupFailed(Exception):
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
+
+
+class StoreUnavailable(Exception):
+    """A shared key store could not answer (I/O error, Redis down or slow).
+
+    Raised by the stores of :mod:`bbverify.stores` (also importable as
+    ``bbverify.stores.StoreUnavailable``); the key set falls back to fetching.
+    """

@@ -16,15 +16,37 @@ from __future__ import annotations
 import ipaddress
 import json
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import requests
 
 from .errors import ConfigurationError, FetchError
 
-__all__ = ["FetchError", "check_fetch_url", "fetch_json", "is_loopback_host", "private_session"]
+__all__ = [
+    "FetchError",
+    "JsonResponse",
+    "check_fetch_url",
+    "fetch_json",
+    "fetch_json_response",
+    "is_loopback_host",
+    "private_session",
+]
 
 _HEADERS = {"Accept": "application/json", "Accept-Encoding": "identity", "User-Agent": "bbverify"}
+
+
+@dataclass(frozen=True)
+class JsonResponse:
+    """A fetched JSON document, or a ``304 Not Modified`` (``document`` is then ``None``).
+
+    ``headers`` is the response's case-insensitive header mapping.
+    """
+
+    status: int
+    headers: Mapping[str, str]
+    document: object
 
 
 def is_loopback_host(host: str | None) -> bool:
@@ -67,15 +89,41 @@ def fetch_json(session: requests.Session, url: str, *, deadline: float, max_byte
     Raises :class:`FetchError` for every refusal described in the module docs;
     transport errors from ``requests`` pass through for the caller to log.
     """
+    return fetch_json_response(session, url, deadline=deadline, max_bytes=max_bytes).document
+
+
+def fetch_json_response(
+    session: requests.Session,
+    url: str,
+    *,
+    deadline: float,
+    max_bytes: int,
+    conditional: Mapping[str, str] | None = None,
+) -> JsonResponse:
+    """As :func:`fetch_json`, also returning the status and headers.
+
+    ``conditional`` adds ``If-None-Match``/``If-Modified-Since`` (RFC 9110
+    section 13.1); a ``304`` is then accepted and returned with ``document``
+    ``None``. Any other status but 200 raises :class:`FetchError` carrying it.
+    """
+    headers = dict(_HEADERS)
+    for name, value in (conditional or {}).items():
+        if name not in ("If-None-Match", "If-Modified-Since"):
+            raise ValueError(f"not a conditional request header: {name!r}")
+        headers[name] = value
     # The real clock, always: an injected test clock must never let a fetch run forever.
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise FetchError("deadline passed before the request")
     with session.get(
-        url, timeout=(remaining, remaining), allow_redirects=False, stream=True, headers=_HEADERS
+        url, timeout=(remaining, remaining), allow_redirects=False, stream=True, headers=headers
     ) as resp:
+        if resp.status_code == 304 and conditional:
+            return JsonResponse(304, resp.headers, None)
         if resp.status_code != 200:
-            raise FetchError(f"{url} answered HTTP {resp.status_code}")
+            raise FetchError(
+                f"{url} answered HTTP {resp.status_code}", status=resp.status_code, headers=resp.headers
+            )
         encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
         if encoding not in ("", "identity"):
             raise FetchError(f"{url} answered with Content-Encoding {encoding[:40]!r}, not identity")
@@ -96,7 +144,9 @@ def fetch_json(session: requests.Session, url: str, *, deadline: float, max_byte
             if time.monotonic() > deadline:
                 raise FetchError(f"{url} did not finish in time")
             chunks.append(chunk)
+        response_headers = resp.headers
     try:
-        return json.loads(b"".join(chunks).decode("utf-8"))
+        document = json.loads(b"".join(chunks).decode("utf-8"))
     except (ValueError, RecursionError):
         raise FetchError(f"{url} did not return JSON") from None
+    return JsonResponse(200, response_headers, document)

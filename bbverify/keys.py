@@ -1,4 +1,4 @@
-"""The issuer's signing keys: discovery, fetch, cache, cooldown.
+"""The issuer's signing keys: discovery, fetch, cache, fetch budget, shared stores.
 
 :class:`RemoteKeySet` behaves like a careful remote JWKS client:
 
@@ -8,8 +8,17 @@
   in-flight fetch (threads block on it, coroutines await it without a thread),
 * a fetch has a total deadline, follows no redirect, accepts only 200, and
   caps the body and the number of keys,
-* an unknown ``kid`` refetches at most once per ``cooldown``; a token
-  without a usable ``kid`` and a bad signature never refetch,
+* every request to the issuer is paid from a fetch budget
+  (:mod:`bbverify.budget`): a token bucket, a floor (``cooldown``) between
+  refetches for unknown ``kid`` values, exponential backoff with jitter after
+  failures, and ``Retry-After`` on 429/503; a token without a usable ``kid``
+  and a bad signature never refetch,
+* ``Cache-Control: max-age`` sets the refresh time within
+  ``[min_cache_ttl, max_cache_ttl]``; ``ETag``/``Last-Modified`` make the next
+  fetch conditional, and a 304 renews the cache,
+* with a shared ``key_store`` (:mod:`bbverify.stores`) one process of a host
+  or fleet fetches while the others read its result; the budget then lives in
+  the store and holds for the fleet as a whole,
 * a failed or empty fetch never replaces good keys: they keep serving until
   ``max_stale`` after the last good fetch, and the failure is logged,
 * after ``cache_ttl`` a refresh starts in the background while the cached
@@ -19,19 +28,37 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias
 
 import requests
 
-from .errors import ConfigurationError, ErrorCode, FetchError, InvalidToken, KeysUnavailable, UnusableKey
-from .fetch import check_fetch_url, fetch_json, is_loopback_host, private_session
+from . import budget as _budget
+from .errors import (
+    ConfigurationError,
+    ErrorCode,
+    FetchError,
+    InvalidToken,
+    KeysUnavailable,
+    StoreUnavailable,
+    UnusableKey,
+)
+from .fetch import (
+    JsonResponse,
+    check_fetch_url,
+    fetch_json_response,
+    is_loopback_host,
+    private_session,
+)
 from .jwk import SUPPORTED_ALGORITHMS, VerifyingKey, parse_jwk
 from .refresh import BackgroundLoader, settled
+from .stores import KeyStore
 
 __all__ = ["KeySource", "RemoteKeySet", "StaticKeySet", "check_fetch_url", "is_loopback_host"]
 
@@ -39,9 +66,18 @@ _log = logging.getLogger("bbverify.keys")
 
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_CACHE_TTL = 600.0
-DEFAULT_COOLDOWN = 30.0
+DEFAULT_MIN_CACHE_TTL = 300.0
+DEFAULT_MAX_CACHE_TTL = 3600.0
+DEFAULT_COOLDOWN = _budget.DEFAULT_COOLDOWN
 DEFAULT_MAX_STALE = 3600.0
-DEFAULT_FAILURE_BACKOFF = 5.0
+DEFAULT_FAILURE_BACKOFF = _budget.DEFAULT_FAILURE_BACKOFF
+DEFAULT_MAX_BACKOFF = _budget.DEFAULT_MAX_BACKOFF
+DEFAULT_FETCH_INTERVAL = _budget.DEFAULT_INTERVAL
+DEFAULT_FETCH_BURST = _budget.DEFAULT_BURST
+#: Seconds between reads of a shared store prompted by an unknown ``kid``.
+DEFAULT_STORE_POLL = 15.0
+#: The format tag of store entries.
+ENTRY_FORMAT = "bbverify.keys/1"
 DEFAULT_MAX_BODY_BYTES = 256 * 1024
 DEFAULT_MAX_KEYS = 64
 
@@ -168,13 +204,65 @@ class StaticKeySet:
         return self.get_key(kid, alg)
 
 
-class RemoteKeySet(BackgroundLoader[KeyIndex]):
+@dataclass(frozen=True)
+class _Outcome:
+    """What a load produced: keys to install (or ``None``: nothing new), and their metadata.
+
+    ``fetched_wall`` is when the keys were fetched or last confirmed (wall
+    clock); ``ttl`` how long they count as fresh from then (seconds).
+    """
+
+    index: KeyIndex | None = None
+    fetched_wall: float | None = None
+    ttl: float = DEFAULT_CACHE_TTL
+    etag: str | None = None
+    last_modified: str | None = None
+    document: object = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """A store entry after it was parsed and checked like a fresh fetch."""
+
+    raw: bytes
+    index: KeyIndex | None
+    document: object
+    jwks_url: str | None
+    fetched_wall: float | None
+    ttl: float
+    etag: str | None
+    last_modified: str | None
+    budget: _budget.BudgetState
+
+
+class RemoteKeySet(BackgroundLoader[_Outcome]):
     """The issuer's JWKS, fetched over HTTPS and cached (see the module docs).
 
     Give ``jwks_url`` to skip discovery; otherwise the key set's address comes
     from ``{issuer}/.well-known/openid-configuration``, whose ``issuer`` must
     equal ``issuer`` exactly. Pass ``session`` to use your own
-    ``requests.Session`` (proxies, CA bundle); redirects stay disabled.
+    ``requests.Session`` (proxies, CA bundle, credentials); redirects stay
+    disabled.
+
+    Args (seconds unless said otherwise):
+        timeout: deadline of one whole fetch (discovery and key set).
+        cache_ttl: keys are refreshed in the background after this, unless the
+            answer's ``Cache-Control: max-age`` says otherwise.
+        min_cache_ttl, max_cache_ttl: bounds applied to ``max-age``.
+        cooldown: floor between refetches caused by an unknown ``kid``.
+        max_stale: stale keys keep serving this long after the last good fetch.
+        failure_backoff, max_backoff: first and largest wait after failures.
+        fetch_interval, fetch_burst: the token bucket (one fetch token per
+            ``fetch_interval``, at most ``fetch_burst`` saved up).
+        key_store: a shared :mod:`bbverify.stores` store, or ``None``.
+        store_poll: least interval between store reads for unknown ``kid`` values.
+        monotonic: clock for this process's cache ages and budget.
+        clock: wall clock (seconds since the epoch) for store entries, shared
+            budgets and HTTP dates.
+
+    Raises:
+        ConfigurationError: for any unusable setting.
     """
 
     _thread_name = "bbverify-jwks"
@@ -187,14 +275,22 @@ class RemoteKeySet(BackgroundLoader[KeyIndex]):
         allowed_algorithms: frozenset[str] = frozenset({"RS256"}),
         timeout: float = DEFAULT_TIMEOUT,
         cache_ttl: float = DEFAULT_CACHE_TTL,
+        min_cache_ttl: float = DEFAULT_MIN_CACHE_TTL,
+        max_cache_ttl: float = DEFAULT_MAX_CACHE_TTL,
         cooldown: float = DEFAULT_COOLDOWN,
         max_stale: float = DEFAULT_MAX_STALE,
         failure_backoff: float = DEFAULT_FAILURE_BACKOFF,
+        max_backoff: float = DEFAULT_MAX_BACKOFF,
+        fetch_interval: float = DEFAULT_FETCH_INTERVAL,
+        fetch_burst: int = DEFAULT_FETCH_BURST,
+        key_store: KeyStore | None = None,
+        store_poll: float = DEFAULT_STORE_POLL,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         max_keys: int = DEFAULT_MAX_KEYS,
         min_rsa_bits: int = 2048,
         session: requests.Session | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if jwks_url is None and issuer is None:
             raise ConfigurationError("give an issuer (for discovery) or a jwks_url", key="jwks_url")
@@ -205,14 +301,24 @@ class RemoteKeySet(BackgroundLoader[KeyIndex]):
         for name, value in (
             ("timeout", timeout),
             ("cache_ttl", cache_ttl),
+            ("min_cache_ttl", min_cache_ttl),
+            ("max_cache_ttl", max_cache_ttl),
             ("cooldown", cooldown),
             ("max_stale", max_stale),
             ("failure_backoff", failure_backoff),
+            ("store_poll", store_poll),
         ):
-            if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value < 0
+            ):
                 raise ConfigurationError(f"must be a non-negative number of seconds, not {value!r}", key=name)
         if timeout <= 0:
             raise ConfigurationError("must be positive", key="timeout")
+        if min_cache_ttl > max_cache_ttl:
+            raise ConfigurationError("must not exceed max_cache_ttl", key="min_cache_ttl")
         if min_rsa_bits < 2048:
             raise ConfigurationError("RSA keys under 2048 bits are never accepted", key="min_rsa_bits")
         unknown = set(allowed_algorithms) - SUPPORTED_ALGORITHMS
@@ -221,23 +327,50 @@ class RemoteKeySet(BackgroundLoader[KeyIndex]):
                 f"unsupported algorithms {sorted(unknown)}; choose from {sorted(SUPPORTED_ALGORITHMS)}",
                 key="algorithms",
             )
+        if key_store is not None and not all(
+            callable(getattr(key_store, m, None)) for m in ("read", "write", "lock")
+        ):
+            raise ConfigurationError("is not a key store (read, write, lock)", key="key_store")
         self.allowed_algorithms = frozenset(allowed_algorithms)
         self.timeout = float(timeout)
         self.cache_ttl = float(cache_ttl)
+        self.min_cache_ttl = float(min_cache_ttl)
+        self.max_cache_ttl = float(max_cache_ttl)
         self.cooldown = float(cooldown)
         self.max_stale = max(float(max_stale), self.cache_ttl)
         self.failure_backoff = float(failure_backoff)
+        self.budget = _budget.FetchBudget(
+            interval=fetch_interval,
+            burst=fetch_burst,
+            cooldown=cooldown,
+            failure_backoff=failure_backoff,
+            max_backoff=max(float(max_backoff), float(failure_backoff)),
+        )
+        self.key_store = key_store
+        self.store_poll = float(store_poll)
         self.max_body_bytes = int(max_body_bytes)
         self.max_keys = int(max_keys)
         self.min_rsa_bits = int(min_rsa_bits)
         self._session = session
         self._now = monotonic
+        self._wall = clock
+        self._store_name: str = self._jwks_url or str(issuer)
 
         self._init_loader(monotonic)
         self._by_kid: dict[str, VerifyingKey] = {}
         self._all: tuple[VerifyingKey, ...] = ()
-        self._fetched_at: float | None = None  # last good fetch
-        self._attempted_at: float | None = None  # last fetch start
+        self._document: object = None
+        self._fetched_at: float | None = None  # last good fetch or confirmation (monotonic)
+        self._fresh_until: float | None = None  # refresh after this (monotonic)
+        self._fetched_wall: float | None = None  # the same moment on the wall clock
+        self._etag: str | None = None
+        self._last_modified: str | None = None
+        self._local_budget = self.budget.new_state()  # monotonic times
+        self._reason = "required"
+        self._store_checked_at: float | None = None  # monotonic
+        self._store_entry: _Entry | None = None
+        #: Requests this key source sent to the issuer (discovery and key set).
+        self.request_count = 0
 
     # -- public -------------------------------------------------------------
 
@@ -258,7 +391,9 @@ class RemoteKeySet(BackgroundLoader[KeyIndex]):
         ``stale`` (bool: older than ``cache_ttl`` yet still served, the issuer
         being unreachable or a refresh under way), ``age_seconds`` (float or
         ``None`` before the first good fetch), ``keys`` (int), ``fetches`` and
-        ``failures`` (ints since start), ``last_error`` (str or ``None``).
+        ``failures`` (ints since start), ``last_error`` (str or ``None``),
+        ``budget_remaining`` (float: fetch tokens left in this process's
+        bucket; with a shared store the fleet's bucket lives in the store).
         """
         fetched = self._fetched_at
         age = None if fetched is None else max(0.0, self._now() - fetched)
@@ -270,14 +405,21 @@ class RemoteKeySet(BackgroundLoader[KeyIndex]):
             "fetches": self.fetch_count,
             "failures": self.failure_count,
             "last_error": self._last_error,
+            "budget_remaining": self._local_budget.tokens,
         }
 
+    @property
+    def source_name(self) -> str:
+        """The name of this key source in a shared store: its configured key-set URL, else its issuer."""
+        return self._store_name
+
     def warm_up(self) -> None:
-        """Fetch now (for application start-up); raise ``KeysUnavailable`` on failure."""
-        future = self._start_fetch(force=True)
+        """Load keys now (from the store or the issuer); raise ``KeysUnavailable`` on failure."""
+        with self._lock:
+            future = self._launch_if_due(self._now(), "warm_up", gate=False)
         self._wait(future)
         with self._lock:
-            if self._fetched_at is None or self._failed_at is not None:
+            if self._fetched_at is None or self._now() - self._fetched_at >= self.max_stale:
                 raise self._unavailable()
 
     def cached_key(self, kid: str | None, alg: str) -> VerifyingKey | None:
@@ -285,13 +427,14 @@ class RemoteKeySet(BackgroundLoader[KeyIndex]):
         fetched = self._fetched_at
         if fetched is None:
             return None
-        age = self._now() - fetched
-        if age >= self.max_stale:
+        now = self._now()
+        if now - fetched >= self.max_stale:
             return None
-        if age >= self.cache_ttl and self._inflight is None:
+        if self._fresh_until is not None and now >= self._fresh_until and self._inflight is None:
             # Callers that only ever hit their own caches (the verified-token
             # cache) must still refresh, or a removed key would keep vouching.
-            self._start_fetch(force=False)
+            with self._lock:
+                self._launch_if_due(now, "refresh")
         return _select(self._by_kid, self._all, kid, alg)
 
     def get_key(self, kid: str | None, alg: str) -> VerifyingKey:
@@ -320,12 +463,14 @@ class RemoteKeySet(BackgroundLoader[KeyIndex]):
                 ) from None
         return self._after_fetch(kid, alg)
 
-    # -- internals ----------------------------------------------------------
+    # -- deciding -----------------------------------------------------------
+
+    def _usable(self, now: float) -> bool:
+        return self._fetched_at is not None and now - self._fetched_at < self.max_stale
 
     def _after_fetch(self, kid: str | None, alg: str) -> VerifyingKey:
         with self._lock:
-            usable = self._fetched_at is not None and self._now() - self._fetched_at < self.max_stale
-            if not usable:
+            if not self._usable(self._now()):
                 raise self._unavailable()
             key = _select(self._by_kid, self._all, kid, alg)
         if key is None:
@@ -334,9 +479,9 @@ class RemoteKeySet(BackgroundLoader[KeyIndex]):
 
     def _unavailable(self) -> KeysUnavailable:
         now = self._now()
-        wait = self.failure_backoff
-        if self._failed_at is not None:
-            wait = max(1.0, self._failed_at + self.failure_backoff - now)
+        wait = max(1.0, self.budget.wait(self._local_budget, now))
+        if self.key_store is not None:
+            wait = max(1.0, min(wait, self.store_poll))
         reason = self._last_error or "no key set has been fetched yet"
         return KeysUnavailable(
             f"the issuer's signing keys are unavailable ({reason})", retry_after=math.ceil(wait)
@@ -349,41 +494,42 @@ class RemoteKeySet(BackgroundLoader[KeyIndex]):
         """
         with self._lock:
             now = self._now()
-            fetched = self._fetched_at
-            usable = fetched is not None and now - fetched < self.max_stale
-            if usable:
+            if self._usable(now):
                 key = _select(self._by_kid, self._all, kid, alg)
                 if key is not None:
-                    if now - fetched >= self.cache_ttl:  # type: ignore[operator]
-                        self._start_fetch_locked(now, force=False)  # refresh in the background
+                    if self._fresh_until is not None and now >= self._fresh_until:
+                        self._launch_if_due(now, "refresh")  # refresh in the background
                     return key, None
                 if self._inflight is not None:
                     return None, self._inflight
-                if kid is None or not self._may_refetch(now):
+                if kid is None or not self._due(now, "unknown_kid"):
                     raise _unknown_key(kid)
-                return None, self._start_fetch_locked(now, force=True)
+                return None, self._launch_if_due(now, "unknown_kid")
             if self._inflight is not None:
                 return None, self._inflight
-            if self._in_backoff(now, self.failure_backoff):
+            if not self._due(now, "required"):
                 raise self._unavailable()
-            return None, self._start_fetch_locked(now, force=True)
+            return None, self._launch_if_due(now, "required")
 
-    def _may_refetch(self, now: float) -> bool:
-        if self._attempted_at is not None and now - self._attempted_at < self.cooldown:
-            return False
-        return not self._in_backoff(now, self.failure_backoff)
+    def _due(self, now: float, reason: str) -> bool:
+        """Whether a load for ``reason`` may start now (called under the lock).
 
-    def _start_fetch(self, *, force: bool) -> Future[bool]:
-        with self._lock:
-            return self._start_fetch_locked(self._now(), force=force)
+        With a store, the load itself consults the fleet's budget; here only
+        the store reads are paced. Without one, this process's budget decides.
+        """
+        if self.key_store is not None:
+            checked = self._store_checked_at
+            return checked is None or now - checked >= min(self.store_poll, self.cooldown) or now < checked
+        return self.budget.allows(self._local_budget, now, unknown_kid=reason == "unknown_kid")
 
-    def _start_fetch_locked(self, now: float, *, force: bool) -> Future[bool]:
+    def _launch_if_due(self, now: float, reason: str, *, gate: bool = True) -> Future[bool]:
         if self._inflight is not None:
             return self._inflight
-        if not force and self._in_backoff(now, self.failure_backoff):
-            # Background refreshes respect the backoff; the stale keys keep serving.
+        if gate and not self._due(now, reason):
             return settled(False)
-        self._attempted_at = now
+        self._reason = reason
+        if self.key_store is not None:
+            self._store_checked_at = now
         return self._launch_locked(now)
 
     def _wait(self, future: Future[bool]) -> None:
@@ -393,15 +539,288 @@ class RemoteKeySet(BackgroundLoader[KeyIndex]):
                 retry_after=math.ceil(self.failure_backoff or 1),
             )
 
-    def _load(self) -> KeyIndex:
+    # -- loading (on the loader thread) ---------------------------------------
+
+    def _load(self) -> _Outcome:
         # Network deadlines use the real clock: ``monotonic`` is injectable for
         # cache ages, and a frozen test clock must not let a fetch run forever.
-        return self._fetch(time.monotonic() + self.timeout)
+        deadline = time.monotonic() + self.timeout
+        with self._lock:
+            reason = self._reason
+        if self.key_store is not None:
+            try:
+                return self._load_shared(self.key_store, reason, deadline)
+            except StoreUnavailable as exc:
+                # Never fail a request because the store is down: this
+                # process fetches on its own, within its own budget.
+                _log.warning("key store unavailable, fetching without it: %s", exc)
+        return self._load_local(reason, deadline)
 
-    def _install(self, value: KeyIndex, now: float) -> None:
-        self._by_kid, self._all = value
-        self._fetched_at = now
-        _log.info("fetched %d usable key(s) from %s", len(self._all), self._jwks_url)
+    def _load_local(self, reason: str, deadline: float) -> _Outcome:
+        unknown_kid = reason == "unknown_kid"
+        with self._lock:
+            now = self._now()
+            if not self.budget.allows(
+                self._local_budget, now, unknown_kid=unknown_kid, forced=reason == "warm_up"
+            ):
+                return _Outcome()  # the budget is spent; the current keys stay
+            self.budget.spend(self._local_budget, now, requests=self._requests_needed())
+            conditional = self._conditional(self._etag, self._last_modified, self._document)
+            previous = self._document
+        try:
+            outcome = self._outcome(self._fetch(deadline, conditional), previous)
+        except BaseException as exc:
+            with self._lock:
+                self.budget.failed(self._local_budget, self._now(), self._retry_after(exc))
+            raise
+        with self._lock:
+            self.budget.succeeded(self._local_budget)
+        return outcome
+
+    def _load_shared(self, store: KeyStore, reason: str, deadline: float) -> _Outcome:
+        name = self.source_name
+        entry = self._read_entry(store, name)
+        if entry is not None and self._serves(entry, reason):
+            return self._from_entry(entry)
+        # Without usable keys, wait for another process's fetch (or for the
+        # lock); with keys, do not queue behind it: its result is read on the
+        # next poll, and the keys we have keep answering meanwhile.
+        wait = max(0.0, deadline - time.monotonic()) if reason in ("required", "warm_up") else 0.0
+        with store.lock(name, wait) as held:
+            entry = self._read_entry(store, name)
+            if entry is not None and self._serves(entry, reason):
+                return self._from_entry(entry)
+            if not held:
+                return _Outcome()
+            state = entry.budget if entry is not None else self.budget.new_state()
+            unknown_kid = reason == "unknown_kid"
+            wall = self._wall()
+            if not self.budget.allows(state, wall, unknown_kid=unknown_kid, forced=reason == "warm_up"):
+                return self._from_entry(entry) if entry is not None and entry.index else _Outcome()
+            if entry is not None and entry.jwks_url and self._jwks_url is None:
+                self._adopt_jwks_url(entry.jwks_url)
+            self.budget.spend(state, wall, requests=self._requests_needed())
+            # Record the spending before the request, so a crash mid-fetch still counts.
+            self._write_entry(store, name, entry, state)
+            previous = entry.document if entry is not None and entry.index else None
+            etag = entry.etag if entry is not None else None
+            modified = entry.last_modified if entry is not None else None
+            try:
+                outcome = self._outcome(
+                    self._fetch(deadline, self._conditional(etag, modified, previous)), previous
+                )
+            except BaseException as exc:
+                self.budget.failed(state, self._wall(), self._retry_after(exc))
+                self._write_entry(store, name, entry, state)
+                raise
+            self.budget.succeeded(state)
+            self._write_entry(store, name, None, state, outcome)
+            return outcome
+
+    def _serves(self, entry: _Entry, reason: str) -> bool:
+        """Whether a store entry answers this load without a fetch."""
+        if entry.index is None or entry.fetched_wall is None:
+            return False
+        age = self._wall() - entry.fetched_wall
+        if age >= self.max_stale:
+            return False
+        ours = self._fetched_wall
+        if reason == "unknown_kid":
+            # Newer than ours: another process refetched; use its result.
+            return ours is None or entry.fetched_wall > ours
+        if reason == "refresh":
+            return age < entry.ttl
+        if reason == "warm_up":
+            return self._fetched_wall is None or entry.fetched_wall > self._fetched_wall
+        return True  # required: anything usable beats nothing; a refresh follows
+
+    def _requests_needed(self) -> int:
+        return 1 if self._jwks_url is not None else 2
+
+    @staticmethod
+    def _conditional(etag: str | None, modified: str | None, document: object) -> dict[str, str]:
+        if document is None:
+            return {}  # nothing to fall back on if the server said 304
+        headers: dict[str, str] = {}
+        if etag:
+            headers["If-None-Match"] = etag
+        if modified:
+            headers["If-Modified-Since"] = modified
+        return headers
+
+    def _retry_after(self, exc: BaseException) -> float | None:
+        if isinstance(exc, FetchError) and exc.status in (429, 503):
+            return _budget.parse_retry_after(exc.headers.get("Retry-After"), self._wall())
+        return None
+
+    def _ttl(self, headers: Mapping[str, str]) -> float:
+        max_age = _budget.parse_max_age(headers.get("Cache-Control"))
+        if max_age is None:
+            return self.cache_ttl
+        return min(self.max_cache_ttl, max(self.min_cache_ttl, max_age))
+
+    def _outcome(self, response: JsonResponse, previous: object) -> _Outcome:
+        document = previous if response.status == 304 else response.document
+        index = self._index(document)
+        etag = response.headers.get("ETag")
+        modified = response.headers.get("Last-Modified")
+        return _Outcome(
+            index=index,
+            fetched_wall=self._wall(),
+            ttl=self._ttl(response.headers),
+            etag=etag[:200] if etag else None,
+            last_modified=modified[:100] if modified else None,
+            document=document,
+        )
+
+    def _index(self, document: object) -> KeyIndex:
+        try:
+            return build_key_index(
+                document,
+                self.allowed_algorithms,
+                min_rsa_bits=self.min_rsa_bits,
+                max_keys=self.max_keys,
+                source=str(self._jwks_url),
+            )
+        except ValueError as exc:
+            raise FetchError(str(exc)) from None
+
+    def _from_entry(self, entry: _Entry | None) -> _Outcome:
+        if entry is None or entry.index is None:
+            return _Outcome()
+        if entry.jwks_url and self._jwks_url is None:
+            self._adopt_jwks_url(entry.jwks_url)
+        return _Outcome(
+            index=entry.index,
+            fetched_wall=entry.fetched_wall,
+            ttl=entry.ttl,
+            etag=entry.etag,
+            last_modified=entry.last_modified,
+            document=entry.document,
+        )
+
+    def _adopt_jwks_url(self, url: str) -> None:
+        self._jwks_url = url
+
+    # -- the store entry -------------------------------------------------------
+
+    def _read_entry(self, store: KeyStore, name: str) -> _Entry | None:
+        raw = store.read(name)
+        if raw is None:
+            return None
+        cached = self._store_entry
+        if cached is not None and cached.raw == raw:
+            return cached
+        try:
+            entry = self._parse_entry(raw, name)
+        except (ValueError, FetchError, ConfigurationError, RecursionError) as exc:
+            # The store is trusted no more than the network: a bad entry is
+            # ignored (and overwritten by the next fetch).
+            _log.warning("ignoring the key store's entry for %s: %s", name, exc)
+            return None
+        self._store_entry = entry
+        return entry
+
+    def _parse_entry(self, raw: bytes, name: str) -> _Entry:
+        data = json.loads(raw.decode("utf-8"))
+        if not isinstance(data, dict) or data.get("format") != ENTRY_FORMAT:
+            raise ValueError("not a bbverify key store entry")
+        if data.get("source") != name:
+            raise ValueError(f"entry of another key source ({str(data.get('source'))[:200]!r})")
+        budget = _budget.BudgetState.from_dict(data.get("budget"))
+        jwks_url = data.get("jwks_url")
+        if jwks_url is not None:
+            # Checked like discovery's answer.
+            jwks_url = check_fetch_url(jwks_url, "jwks_url")
+            if self._jwks_url is not None and jwks_url != self._jwks_url:
+                raise ValueError("entry names another key-set URL")
+            if self.issuer and self.issuer.startswith("https://") and not jwks_url.startswith("https://"):
+                raise ValueError("entry names a plain-http key-set URL for an https issuer")
+        document = data.get("jwks")
+        fetched = data.get("fetched_at")
+        index: KeyIndex | None = None
+        if document is not None:
+            if len(json.dumps(document)) > self.max_body_bytes:
+                raise ValueError("key set is larger than max_body_bytes")
+            if (
+                isinstance(fetched, bool)
+                or not isinstance(fetched, int | float)
+                or not math.isfinite(fetched)
+            ):
+                raise ValueError("fetched_at is not a number")
+            if fetched > self._wall() + 60:
+                raise ValueError("fetched_at is in the future")
+            index = build_key_index(
+                document,
+                self.allowed_algorithms,
+                min_rsa_bits=self.min_rsa_bits,
+                max_keys=self.max_keys,
+                source=f"the key store's entry for {name}",
+            )
+        ttl = data.get("ttl", self.cache_ttl)
+        if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not math.isfinite(ttl) or ttl < 0:
+            raise ValueError("ttl is not a number of seconds")
+        etag, modified = data.get("etag"), data.get("last_modified")
+        if not isinstance(etag, str | None) or not isinstance(modified, str | None):
+            raise ValueError("validators are not strings")
+        return _Entry(
+            raw=raw,
+            index=index,
+            document=document if index is not None else None,
+            jwks_url=jwks_url,
+            fetched_wall=float(fetched) if index is not None and fetched is not None else None,
+            ttl=min(self.max_cache_ttl, max(self.min_cache_ttl, float(ttl))),
+            etag=etag[:200] if etag else None,
+            last_modified=modified[:100] if modified else None,
+            budget=budget,
+        )
+
+    def _write_entry(
+        self,
+        store: KeyStore,
+        name: str,
+        entry: _Entry | None,
+        state: _budget.BudgetState,
+        outcome: _Outcome | None = None,
+    ) -> None:
+        data: dict[str, Any] = {"format": ENTRY_FORMAT, "source": name, "jwks_url": self._jwks_url}
+        if outcome is not None and outcome.index is not None:
+            data.update(
+                jwks=outcome.document,
+                fetched_at=outcome.fetched_wall,
+                ttl=outcome.ttl,
+                etag=outcome.etag,
+                last_modified=outcome.last_modified,
+            )
+        elif entry is not None and entry.index is not None:
+            data.update(
+                jwks=entry.document,
+                fetched_at=entry.fetched_wall,
+                ttl=entry.ttl,
+                etag=entry.etag,
+                last_modified=entry.last_modified,
+            )
+        data["budget"] = state.to_dict()
+        store.write(name, json.dumps(data, separators=(",", ":")).encode("utf-8"))
+
+    # -- installing ---------------------------------------------------------
+
+    def _install(self, value: _Outcome, now: float) -> None:
+        if value.index is None or value.fetched_wall is None:
+            return  # nothing new (budget spent, or another process is fetching)
+        # The entry's age on the wall clock, carried over to our clock.
+        age = max(0.0, self._wall() - value.fetched_wall)
+        if self._fetched_wall is not None and value.fetched_wall < self._fetched_wall and self._fetched_at:
+            return  # older than what we have
+        changed = value.document != self._document
+        self._by_kid, self._all = value.index
+        self._document = value.document
+        self._fetched_at = now - age
+        self._fetched_wall = value.fetched_wall
+        self._fresh_until = self._fetched_at + value.ttl
+        self._etag, self._last_modified = value.etag, value.last_modified
+        if changed:
+            _log.info("installed %d usable key(s) from %s", len(self._all), self._jwks_url)
 
     def _failed(self, exc: BaseException) -> str:
         # Anything at all (network, JSON, a bug in a custom session) is a
@@ -416,19 +835,25 @@ class RemoteKeySet(BackgroundLoader[KeyIndex]):
             _log.warning("fetching the issuer's key set failed: %s", message)
         return message
 
+    # -- fetching -------------------------------------------------------------
+
     def _http(self) -> requests.Session:
         if self._session is None:
             self._session = private_session()
         return self._session
 
-    def _get_json(self, url: str, deadline: float) -> object:
-        return fetch_json(self._http(), url, deadline=deadline, max_bytes=self.max_body_bytes)
+    def _get(self, url: str, deadline: float, conditional: Mapping[str, str] | None = None) -> JsonResponse:
+        with self._lock:
+            self.request_count += 1
+        return fetch_json_response(
+            self._http(), url, deadline=deadline, max_bytes=self.max_body_bytes, conditional=conditional
+        )
 
-    def _fetch(self, deadline: float) -> KeyIndex:
+    def _fetch(self, deadline: float, conditional: Mapping[str, str]) -> JsonResponse:
         if self._jwks_url is None:
             assert self.issuer is not None
             discovery_url = self.issuer.rstrip("/") + "/.well-known/openid-configuration"
-            config = self._get_json(discovery_url, deadline)
+            config = self._get(discovery_url, deadline).document
             if not isinstance(config, dict):
                 raise FetchError("discovery document is not a JSON object")
             if config.get("issuer") != self.issuer:
@@ -444,11 +869,5 @@ class RemoteKeySet(BackgroundLoader[KeyIndex]):
                 # A TLS issuer must not hand its keys out over plain HTTP, loopback or not.
                 raise FetchError("discovery of an https issuer named a plain-http jwks_uri")
             self._jwks_url = url
-        document = self._get_json(self._jwks_url, deadline)
-        return build_key_index(
-            document,
-            self.allowed_algorithms,
-            min_rsa_bits=self.min_rsa_bits,
-            max_keys=self.max_keys,
-            source=self._jwks_url,
-        )
+            conditional = {}  # validators belong to the old URL's answer, if any
+        return self._get(self._jwks_url, deadline, conditional)

@@ -22,12 +22,15 @@ server speaks plain HTTP on loopback only.
 from __future__ import annotations
 
 import base64
+import collections
+import hashlib
 import json
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -36,7 +39,16 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from .verifier import Verifier
 
-__all__ = ["FAILURE_MODES", "FakeIssuer", "SigningKey", "b64url", "generate_rsa_key", "sign_rs256"]
+__all__ = [
+    "FAILURE_MODES",
+    "FakeIssuer",
+    "IssuerRequest",
+    "RateLimit",
+    "SigningKey",
+    "b64url",
+    "generate_rsa_key",
+    "sign_rs256",
+]
 
 #: Ways the fake issuer can be told to misbehave (see :meth:`FakeIssuer.fail`).
 FAILURE_MODES = (
@@ -98,6 +110,62 @@ class SigningKey:
         )
 
 
+@dataclass(frozen=True)
+class IssuerRequest:
+    """One request the fake issuer received: when (its clock), from whom, what, and its answer.
+
+    ``early`` is true when the client had been told by a ``Retry-After`` not
+    to ask again before this time.
+    """
+
+    at: float
+    client: str
+    path: str
+    status: int
+    early: bool
+
+
+class RateLimit:
+    """A rolling per-client request limit, like Bitbucket's anonymous one (60 an hour per IP).
+
+    Every request from a client counts, answered or refused. Beyond ``limit``
+    requests within ``window`` seconds the answer is 429 with ``Retry-After``
+    (seconds, or an HTTP date when ``http_date``) naming when the oldest
+    request leaves the window. ``clock`` (seconds since the epoch) may be
+    accelerated for simulations.
+    """
+
+    def __init__(
+        self,
+        limit: int = 60,
+        window: float = 3600.0,
+        *,
+        clock: Callable[[], float] = time.time,
+        http_date: bool = False,
+    ) -> None:
+        self.limit, self.window, self.clock, self.http_date = limit, float(window), clock, http_date
+        self._seen: dict[str, collections.deque[float]] = {}
+        self._retry_until: dict[str, float] = {}
+
+    def admit(self, client: str, now: float) -> tuple[bool, str | None, bool]:
+        """``(allowed, retry_after_header, early)`` for a request from ``client`` at ``now``."""
+        early = now < self._retry_until.get(client, float("-inf"))
+        seen = self._seen.setdefault(client, collections.deque())
+        while seen and seen[0] <= now - self.window:
+            seen.popleft()
+        seen.append(now)
+        if len(seen) <= self.limit:
+            return True, None, early
+        wait = max(1, int(seen[-self.limit - 1] + self.window - now) + 1)
+        until = now + wait
+        self._retry_until[client] = max(self._retry_until.get(client, until), until)
+        header = formatdate(until, usegmt=True) if self.http_date else str(wait)
+        if self.http_date:
+            # An HTTP date has whole seconds; the client may come back at that second.
+            self._retry_until[client] = float(int(until))
+        return False, header, early
+
+
 def _braced() -> str:
     return "{" + str(uuid.uuid4()) + "}"
 
@@ -112,6 +180,18 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         issuer = self.server.issuer
         path = self.path.split("?", 1)[0]
+        limit = issuer.rate_limit
+        if limit is not None:
+            with issuer._lock:
+                now = limit.clock()
+                allowed, retry_after, early = limit.admit(self.client_address[0], now)
+                issuer.requests.append(
+                    IssuerRequest(now, self.client_address[0], path, 200 if allowed else 429, early)
+                )
+            if not allowed:
+                assert retry_after is not None
+                self._send(429, b'{"error":"rate limited"}', {"Retry-After": retry_after})
+                return
         if path == issuer.path_prefix + "/.well-known/openid-configuration":
             issuer._count("discovery")
             body = json.dumps(issuer.discovery_document()).encode()
@@ -120,6 +200,13 @@ class _Handler(BaseHTTPRequestHandler):
             if issuer._failure is not None and self._misbehave(*issuer._failure):
                 return
             body = json.dumps(issuer.jwks()).encode()
+            headers = issuer.cache_headers(body)
+            if headers and self.headers.get("If-None-Match") == headers["ETag"]:
+                issuer._count("not_modified")
+                self._send(304, b"", headers)
+                return
+            self._send(200, body, headers)
+            return
         else:
             self._send(404, b'{"error":"not found"}')
             return
@@ -226,7 +313,14 @@ class FakeIssuer:
         self._retired_key = self._keys[0] if self._keys else self._new_key()
         self._extra_jwks: list[dict[str, Any]] = []
         self._failure: tuple[str, float] | None = None
-        self._counts: dict[str, int] = {"jwks": 0, "discovery": 0}
+        self._counts: dict[str, int] = {"jwks": 0, "discovery": 0, "not_modified": 0}
+        #: A :class:`RateLimit` to enforce on every request, or ``None``.
+        self.rate_limit: RateLimit | None = None
+        #: Every request received while :attr:`rate_limit` is set.
+        self.requests: list[IssuerRequest] = []
+        #: ``Cache-Control`` for ``keys.json`` (``None``: no caching headers,
+        #: no ``ETag``); with a value, ``If-None-Match`` is answered with 304.
+        self.cache_control: str | None = None
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -321,10 +415,34 @@ class FakeIssuer:
         with self._lock:
             return {"keys": [k.public_jwk() for k in self._keys] + list(self._extra_jwks)}
 
-    def rotate(self, *, keep_old: bool = True) -> SigningKey:
-        """Publish a new key that signs from now on; drop the others unless ``keep_old``."""
+    def cache_headers(self, body: bytes) -> dict[str, str]:
+        """``Cache-Control`` and an ``ETag`` for a ``keys.json`` body, when :attr:`cache_control` is set."""
+        if self.cache_control is None:
+            return {}
+        return {
+            "Cache-Control": self.cache_control,
+            "ETag": '"' + hashlib.sha256(body).hexdigest()[:16] + '"',
+        }
+
+    def limit_requests(
+        self,
+        limit: int = 60,
+        window: float = 3600.0,
+        *,
+        clock: Callable[[], float] = time.time,
+        http_date: bool = False,
+    ) -> RateLimit:
+        """Enforce a rolling per-client limit (see :class:`RateLimit`) and record every request."""
+        self.rate_limit = RateLimit(limit, window, clock=clock, http_date=http_date)
+        return self.rate_limit
+
+    def rotate(self, *, keep_old: bool = True, key: SigningKey | None = None) -> SigningKey:
+        """Publish a new key (``key``, or a fresh one) that signs from now on.
+
+        The other keys stay published unless ``keep_old`` is false.
+        """
         with self._lock:
-            new = self._new_key()
+            new = key or self._new_key()
             if not keep_old:
                 self._retired_key = self._keys[-1] if self._keys else new
                 self._keys = []
@@ -375,6 +493,11 @@ class FakeIssuer:
     @property
     def discovery_requests(self) -> int:
         return self._counts["discovery"]
+
+    @property
+    def not_modified_answers(self) -> int:
+        """How many ``keys.json`` requests were answered 304 Not Modified."""
+        return self._counts["not_modified"]
 
     # -- tokens -----------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from .claims import PipelineClaims
 from .errors import ConfigurationError, ErrorCode, InvalidToken, VerificationError
 from .jwk import SUPPORTED_ALGORITHMS, VerifyingKey
 from .policies import RequestContext, Rule, apply_rules, as_rules
+from .stores import KeyStore
 from .token import (
     DEFAULT_MAX_TOKEN_BYTES,
     Header,
@@ -214,8 +215,12 @@ class Verifier:
         clock: seconds since the epoch; injectable for tests.
         cache_size: how many verified tokens to remember (0 disables).
         on_decision: called with a :class:`~bbverify.audit.Decision` per call.
-        timeout, cache_ttl, cooldown, max_stale, failure_backoff, session:
-            passed to each :class:`~bbverify.keys.RemoteKeySet`.
+        timeout, cache_ttl, min_cache_ttl, max_cache_ttl, cooldown, max_stale,
+        failure_backoff, max_backoff, fetch_interval, fetch_burst, key_store,
+        store_poll, session: passed to each :class:`~bbverify.keys.RemoteKeySet`
+            (the fetch budget and shared stores are described in
+            ``docs/configuration.md``; each workspace's key source keeps its
+            own budget and store entry).
 
     Raises :class:`~bbverify.errors.ConfigurationError` (its ``key`` names
     the argument, ``workspaces[1].audience`` for an item) on any mistake.
@@ -246,6 +251,13 @@ class Verifier:
         max_stale: float = _keys.DEFAULT_MAX_STALE,
         failure_backoff: float = _keys.DEFAULT_FAILURE_BACKOFF,
         session: requests.Session | None = None,
+        min_cache_ttl: float = _keys.DEFAULT_MIN_CACHE_TTL,
+        max_cache_ttl: float = _keys.DEFAULT_MAX_CACHE_TTL,
+        max_backoff: float = _keys.DEFAULT_MAX_BACKOFF,
+        fetch_interval: float = _keys.DEFAULT_FETCH_INTERVAL,
+        fetch_burst: int = _keys.DEFAULT_FETCH_BURST,
+        key_store: KeyStore | None = None,
+        store_poll: float = _keys.DEFAULT_STORE_POLL,
     ) -> None:
         algs = frozenset(algorithms) if not isinstance(algorithms, str) else frozenset({algorithms})
         bad = algs - SUPPORTED_ALGORITHMS
@@ -282,6 +294,13 @@ class Verifier:
             "max_stale": max_stale,
             "failure_backoff": failure_backoff,
             "session": session,
+            "min_cache_ttl": min_cache_ttl,
+            "max_cache_ttl": max_cache_ttl,
+            "max_backoff": max_backoff,
+            "fetch_interval": fetch_interval,
+            "fetch_burst": fetch_burst,
+            "key_store": key_store,
+            "store_poll": store_poll,
         }
         if workspaces is None:
             spec = WorkspaceSpec(

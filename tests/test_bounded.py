@@ -37,7 +37,8 @@ def fresh_issuer() -> Iterator[FakeIssuer]:
 
 
 def _verifier(issuer: FakeIssuer, clock: Clock, **options: object) -> Verifier:
-    keys = RemoteKeySet(jwks_url=issuer.jwks_url, cooldown=COOLDOWN, monotonic=clock)
+    # The bucket refills fast here: these tests are about the cooldown floor.
+    keys = RemoteKeySet(jwks_url=issuer.jwks_url, cooldown=COOLDOWN, fetch_interval=1.0, monotonic=clock)
     verifier = issuer.verifier(keys=keys, **options)
     verifier.warm_up()
     return verifier

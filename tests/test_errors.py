@@ -10,7 +10,7 @@ import re
 import pytest
 
 import bbverify
-from bbverify import errors, fetch, http, ipranges, jwk, lookup
+from bbverify import errors, fetch, http, ipranges, jwk, lookup, stores
 from bbverify.errors import ErrorCode, InvalidToken, PolicyDenied
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -130,6 +130,7 @@ def test_error_codes_are_plain_strings_on_the_wire() -> None:
         (ipranges, "FeedError"),
         (jwk, "UnusableKey"),
         (lookup, "LookupFailed"),
+        (stores, "StoreUnavailable"),
     ],
 )
 def test_moved_errors_are_the_same_classes_under_their_old_names(module: object, name: str) -> None:

@@ -428,7 +428,8 @@ def test_empty_or_invalid_set_never_replaces_a_good_one(
 ) -> None:
     route = rsps.get(JWKS, json=jwks(k1))
     clock = Clock()
-    ks = keyset(cache_ttl=10, failure_backoff=0, monotonic=clock)
+    # A backoff, so the last get_key starts no refresh that outlives the test.
+    ks = keyset(cache_ttl=10, failure_backoff=5, monotonic=clock)
     ks.warm_up()
     route.body = body
     clock.advance(11)

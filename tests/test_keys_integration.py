@@ -17,7 +17,7 @@ import pytest
 from bbverify import InvalidToken, KeysUnavailable, RemoteKeySet, Verifier
 from bbverify.testing import FakeIssuer, SigningKey, generate_rsa_key
 
-FAST = {"timeout": 0.5, "failure_backoff": 0.1, "cooldown": 0.0}
+FAST = {"timeout": 0.5, "failure_backoff": 0.1, "cooldown": 0.0, "fetch_interval": 0.001}
 
 
 @pytest.fixture
@@ -205,7 +205,7 @@ def test_failed_refresh_serves_stale_keys_until_max_stale(fresh: FakeIssuer) -> 
     with pytest.raises(KeysUnavailable):
         v.verify(token)
     fresh.recover()
-    clock.advance(2)
+    clock.advance(10)  # three consecutive failures: the backoff doubled twice
     v.verify(token)
 
 

@@ -123,7 +123,7 @@ def test_stale_keys_serve_until_max_stale_then_503(issuer: FakeIssuer, mode: str
     _unavailable(v, issuer.mint())
     _unavailable(v, seen)  # the token cache does not outlive the keys either
     issuer.recover()
-    clock.advance(BACKOFF)
+    clock.advance(2 * BACKOFF)  # the second consecutive failure doubled the backoff
     assert v.verify(seen).subject
 
 

@@ -1,0 +1,305 @@
+"""Shared key stores (bbverify.stores) and the fetch budget in RemoteKeySet, against real servers.
+
+The issuer is bbverify.testing.FakeIssuer on loopback; Redis is a real
+redis-server on 127.0.0.1 and a free port, started and stopped here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bbverify import InvalidToken, KeysUnavailable
+from bbverify.errors import ConfigurationError
+from bbverify.keys import ENTRY_FORMAT, RemoteKeySet
+from bbverify.stores import FileKeyStore, MemoryKeyStore, RedisKeyStore, StoreUnavailable
+from bbverify.testing import FakeIssuer, SigningKey, generate_rsa_key
+from benchmarks.fleet_sim import free_port, redis_server
+
+
+class Clock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeIssuer]:
+    with FakeIssuer() as issuer:
+        yield issuer
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if shutil.which("redis-server") is None and not os.path.exists("/usr/bin/redis-server"):
+        pytest.fail("redis-server is not installed (.ci/run installs it)")
+    with redis_server(str(tmp_path_factory.mktemp("redis"))) as url:
+        yield url
+
+
+def keyset(fake: FakeIssuer, clock: Clock, store: Any = None, **options: Any) -> RemoteKeySet:
+    options.setdefault("timeout", 2.0)
+    return RemoteKeySet(issuer=fake.issuer, key_store=store, monotonic=clock, clock=clock, **options)
+
+
+# -- the file store ---------------------------------------------------------------------------
+
+
+def test_file_store_refuses_a_directory_others_can_write(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(ConfigurationError) as exc:
+        FileKeyStore(shared)
+    assert exc.value.key == "key_store.directory"
+
+
+def test_file_store_creates_a_private_directory_and_replaces_atomically(tmp_path: Path) -> None:
+    store = FileKeyStore(tmp_path / "keys")
+    assert (tmp_path / "keys").stat().st_mode & 0o777 == 0o700
+    assert store.read("a") is None
+    store.write("a", b"one")
+    store.write("a", b"two")
+    assert store.read("a") == b"two"
+    assert [p.name for p in (tmp_path / "keys").iterdir() if p.name.startswith(".tmp")] == []
+
+
+def test_file_store_lock_is_exclusive(tmp_path: Path) -> None:
+    one, two = FileKeyStore(tmp_path), FileKeyStore(tmp_path)
+    with one.lock("a", 0) as held:
+        assert held
+        with two.lock("a", 0.05) as other:
+            assert not other  # flock is per open file: a second holder waits, then gives up
+    with two.lock("a", 0) as held:
+        assert held  # released on exit
+
+
+def test_file_store_ignores_a_file_others_could_have_written(tmp_path: Path) -> None:
+    store = FileKeyStore(tmp_path)
+    store.write("a", b"x")
+    Path(store.path("a")).chmod(0o666)
+    with pytest.raises(StoreUnavailable):
+        store.read("a")
+
+
+def test_one_process_fetches_and_the_others_read_the_store(fake: FakeIssuer, tmp_path: Path) -> None:
+    clock = Clock()
+    sets = [keyset(fake, clock, FileKeyStore(tmp_path)) for _ in range(4)]
+    for ks in sets:
+        assert ks.get_key(fake.signing_key.kid, "RS256").kid == fake.signing_key.kid
+    assert fake.discovery_requests == 1 and fake.jwks_requests == 1
+
+
+def test_a_restarted_service_verifies_from_the_store_before_any_fetch(
+    fake: FakeIssuer, tmp_path: Path
+) -> None:
+    clock = Clock()
+    keyset(fake, clock, FileKeyStore(tmp_path)).warm_up()
+    fake.fail("down")
+    restarted = fake.verifier(keys=keyset(fake, clock, FileKeyStore(tmp_path)), clock=clock)
+    token = fake.mint(issued_at=clock())
+    assert restarted.verify(token).workspace_uuid == fake.workspace_uuid
+    assert fake.jwks_requests == 1
+
+
+def test_the_fleet_shares_one_unknown_kid_floor(fake: FakeIssuer, tmp_path: Path) -> None:
+    clock = Clock()
+    one = keyset(fake, clock, FileKeyStore(tmp_path), cooldown=180, store_poll=15)
+    two = keyset(fake, clock, FileKeyStore(tmp_path), cooldown=180, store_poll=15)
+    one.warm_up()
+    two.warm_up()
+    assert fake.jwks_requests == 1
+    clock.advance(200)
+    with pytest.raises(InvalidToken):
+        one.get_key("random-1", "RS256")  # refetches: the floor has passed
+    assert fake.jwks_requests == 2
+    clock.advance(20)
+    with pytest.raises(InvalidToken):
+        two.get_key("random-2", "RS256")  # reads one's result from the store instead
+    assert fake.jwks_requests == 2
+    new = fake.rotate()
+    clock.advance(20)
+    with pytest.raises(InvalidToken):
+        two.get_key(new.kid, "RS256")  # the fleet's floor holds for the genuine kid too
+    clock.advance(160)
+    assert two.get_key(new.kid, "RS256").kid == new.kid
+    clock.advance(20)
+    assert one.get_key(new.kid, "RS256").kid == new.kid  # from the store
+    assert fake.jwks_requests == 3
+
+
+# -- what a store returns is checked like a fresh fetch ----------------------------------------
+
+
+def _entry(fake: FakeIssuer, clock: Clock, **changes: Any) -> bytes:
+    data = {
+        "format": ENTRY_FORMAT,
+        "source": fake.issuer,
+        "jwks_url": fake.jwks_url,
+        "jwks": fake.jwks(),
+        "fetched_at": clock(),
+        "ttl": 600,
+        "etag": None,
+        "last_modified": None,
+        "budget": {
+            "tokens": 3,
+            "updated": None,
+            "last_attempt": None,
+            "not_before": 0,
+            "retry_until": 0,
+            "failures": 0,
+        },
+    }
+    data.update(changes)
+    return json.dumps(data).encode()
+
+
+def _weak_jwks() -> dict[str, Any]:
+    return {"keys": [SigningKey("weak", generate_rsa_key(1024)).public_jwk()]}
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        lambda f, c: b"{not json",
+        lambda f, c: b"\xff\xfe",
+        lambda f, c: _entry(f, c, format="other/1"),
+        lambda f, c: _entry(f, c, source="https://elsewhere.test/oidc"),  # a foreign entry
+        lambda f, c: _entry(f, c, jwks=_weak_jwks()),  # a 1024-bit key: refused like on the wire
+        lambda f, c: _entry(f, c, jwks={"keys": "x"}),
+        lambda f, c: _entry(f, c, fetched_at=c() + 86400),
+        lambda f, c: _entry(f, c, jwks_url="http://evil.example/keys.json"),
+        lambda f, c: _entry(f, c, budget={"tokens": "lots"}),
+    ],
+)
+def test_a_corrupt_or_foreign_entry_is_ignored_and_logged(
+    fake: FakeIssuer, corrupt: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock()
+    store = MemoryKeyStore()
+    ks = keyset(fake, clock, store)
+    store.write(ks.source_name, corrupt(fake, clock))
+    with caplog.at_level(logging.WARNING, logger="bbverify.keys"):
+        assert ks.get_key(fake.signing_key.kid, "RS256").kid == fake.signing_key.kid
+    assert fake.jwks_requests == 1  # fetched from the issuer instead
+    assert any("ignoring the key store's entry" in r.message for r in caplog.records)
+    assert json.loads(store.read(ks.source_name) or b"")["format"] == ENTRY_FORMAT  # and repaired
+
+
+# -- Redis ------------------------------------------------------------------------------------
+
+
+def test_redis_store_shares_one_fetch(fake: FakeIssuer, redis_url: str) -> None:
+    clock = Clock()
+    prefix = f"t{free_port()}:"
+    sets = [keyset(fake, clock, RedisKeyStore(redis_url, prefix=prefix)) for _ in range(3)]
+    for ks in sets:
+        ks.warm_up()
+    assert fake.jwks_requests == 1
+    with RedisKeyStore(redis_url, prefix=prefix).lock("x", 0) as held:
+        assert held
+        with RedisKeyStore(redis_url, prefix=prefix).lock("x", 0.05) as other:
+            assert not other
+
+
+def test_redis_down_falls_back_to_fetching_alone(fake: FakeIssuer, caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    store = RedisKeyStore(f"redis://127.0.0.1:{free_port()}/0", timeout=0.2)  # nothing listens there
+    v = fake.verifier(keys=keyset(fake, clock, store), clock=clock)
+    with caplog.at_level(logging.WARNING, logger="bbverify.keys"):
+        assert v.verify(fake.mint(issued_at=clock())).workspace_uuid == fake.workspace_uuid
+    assert any("key store unavailable" in r.message for r in caplog.records)
+
+
+def test_redis_client_without_timeouts_is_refused() -> None:
+    import redis
+
+    with pytest.raises(ConfigurationError) as exc:
+        RedisKeyStore(client=redis.Redis(host="127.0.0.1", port=1))  # redis-py's default: 5 s
+    assert exc.value.key == "key_store.client"
+    assert RedisKeyStore(client=redis.Redis(host="127.0.0.1", port=1, socket_timeout=0.5))
+
+
+# -- conditional requests, max-age, Retry-After -----------------------------------------------
+
+
+def test_validators_make_the_next_fetch_conditional_and_304_renews(fake: FakeIssuer) -> None:
+    clock = Clock()
+    fake.cache_control = "max-age=600"
+    ks = keyset(fake, clock, fetch_interval=1)
+    ks.warm_up()
+    clock.advance(601)
+    ks.get_key(fake.signing_key.kid, "RS256")  # starts the background refresh
+    assert ks._inflight is None or ks._wait_for(ks._inflight, 5)
+    assert fake.not_modified_answers == 1 and fake.jwks_requests == 2
+    clock.advance(300)
+    ks.get_key(fake.signing_key.kid, "RS256")  # renewed: no refresh yet
+    assert fake.jwks_requests == 2
+
+
+def test_max_age_is_honoured_within_bounds(fake: FakeIssuer) -> None:
+    clock = Clock()
+    fake.cache_control = "max-age=5"
+    ks = keyset(fake, clock, min_cache_ttl=300, max_cache_ttl=900, fetch_interval=1)
+    ks.warm_up()
+    clock.advance(100)  # past max-age, inside the floor
+    ks.get_key(fake.signing_key.kid, "RS256")
+    assert fake.jwks_requests == 1
+    fake.cache_control = "max-age=100000"
+    clock.advance(250)
+    ks.get_key(fake.signing_key.kid, "RS256")
+    assert ks._inflight is None or ks._wait_for(ks._inflight, 5)
+    assert fake.jwks_requests == 2
+    clock.advance(901)  # the ceiling, not a day
+    ks.get_key(fake.signing_key.kid, "RS256")
+    assert ks._inflight is None or ks._wait_for(ks._inflight, 5)
+    assert fake.jwks_requests == 3
+
+
+@pytest.mark.parametrize("http_date", [False, True])
+def test_no_request_before_retry_after(fake: FakeIssuer, http_date: bool) -> None:
+    clock = Clock()
+    fake.limit_requests(2, 3600, clock=clock, http_date=http_date)
+    ks = keyset(fake, clock, fetch_interval=0.001, cooldown=0, failure_backoff=0.001, max_backoff=0.001)
+    ks.warm_up()  # discovery + key set: the whole allowance
+    clock.advance(1)
+    with pytest.raises(InvalidToken):
+        ks.get_key("random", "RS256")  # answered 429
+    statuses = [r.status for r in fake.requests]
+    assert statuses == [200, 200, 429]
+    for _ in range(50):
+        clock.advance(60)
+        with pytest.raises((InvalidToken, KeysUnavailable)):
+            ks.get_key("random", "RS256")
+        ks.warm_up()  # not even an explicit warm-up asks; the cached keys still serve
+    assert not any(r.early for r in fake.requests)
+    assert len(fake.requests) == 3
+    clock.advance(3600)
+    ks.warm_up()
+    assert not any(r.early for r in fake.requests)
+    assert fake.requests[-1].status == 200
+
+
+def test_a_token_for_another_workspace_costs_no_fetch(fake: FakeIssuer, tmp_path: Path) -> None:
+    clock = Clock()
+    fake.limit_requests(60, 3600, clock=clock)  # records every request
+    v = fake.verifier(keys=keyset(fake, clock, FileKeyStore(tmp_path)), clock=clock)
+    with FakeIssuer(workspace="elsewhere") as other:
+        for _ in range(20):
+            token = other.mint(issued_at=clock(), header={"kid": os.urandom(8).hex()})
+            with pytest.raises(InvalidToken) as exc:
+                v.verify(token)
+            assert exc.value.code == "issuer_mismatch"
+    assert fake.requests == []
