@@ -16,7 +16,13 @@ from typing import Any
 from .claims import PipelineClaims
 from .errors import PolicyDenied, VerificationError
 
-__all__ = ["AUDIT_LOGGER", "Decision", "DecisionHook"]
+__all__ = [
+    "AUDIT_LOGGER",
+    "Decision",
+    "DecisionHook",
+    "emit",
+    "wanted",
+]
 
 AUDIT_LOGGER = logging.getLogger("bbverify.audit")
 _log = logging.getLogger("bbverify")

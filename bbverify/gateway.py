@@ -79,7 +79,9 @@ __all__ = [
     "GatewaySettings",
     "gateway_from_mapping",
     "gateway_from_toml",
+    "load_toml",
     "serve_settings",
+    "split_serve",
 ]
 
 Scope = MutableMapping[str, Any]
