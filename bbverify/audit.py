@@ -1,4 +1,4 @@
-"""Observing decisions: an audit logger and a hook for metrics.
+"""Recording decisions: each allow or deny goes to the audit logger and the ``on_decision`` hook.
 
 Every call of :meth:`bbverify.Verifier.verify` ends in one :class:`Decision`.
 It is logged on the ``bbverify.audit`` logger (INFO for allow, WARNING for

@@ -1,4 +1,4 @@
-"""Typed Bitbucket Pipelines claims and UUID normalising.
+"""The verified claims of a step token as :class:`PipelineClaims`, UUIDs spelled one way.
 
 Bitbucket writes UUID claims with braces (``{1de489be-...}``); people paste
 them with or without braces, in any case. :func:`normalize_uuid` turns any of

@@ -1,4 +1,4 @@
-"""What every HTTP adapter shares: bearer parsing, client IP, error answers.
+"""The request side every HTTP adapter shares: bearer token, client IP and RFC 6750 answers.
 
 The framework adapters (:mod:`bbverify.asgi`, :mod:`bbverify.wsgi`,
 :mod:`bbverify.flask`, :mod:`bbverify.fastapi`, :mod:`bbverify.starlette`)

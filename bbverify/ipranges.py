@@ -1,4 +1,4 @@
-"""IP address sets and Atlassian's published IP-range feed.
+"""The networks a client IP is checked against: address sets, configured or from Atlassian's feed.
 
 :class:`AddressSet` answers "is this address in any of these networks?" in
 O(log n): networks are merged into sorted, non-overlapping integer intervals

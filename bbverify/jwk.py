@@ -1,4 +1,4 @@
-"""Turning JWKs into verifying keys, and checking a signature with one.
+"""Verifying keys: a JWK turned into a key that checks a JWS signature.
 
 Only asymmetric algorithms exist here: an HMAC or ``none`` key cannot even be
 represented, which is what makes algorithm confusion impossible. A key is

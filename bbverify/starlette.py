@@ -1,4 +1,4 @@
-"""Starlette helpers: an ``AuthenticationBackend`` and response conversion.
+"""Starlette integration: an ``AuthenticationBackend`` for pipeline tokens, with its error responses.
 
 Most applications should use :class:`bbverify.asgi.PipelineAuthMiddleware`,
 which refuses requests without a valid token. If you prefer Starlette's own

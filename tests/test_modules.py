@@ -130,3 +130,14 @@ def test_no_import_cycles_between_bbverify_modules() -> None:
     assert {"bbverify.console", "bbverify.errors"} <= graph["bbverify.cli"], "the scan sees cli's imports"
     assert "bbverify.console" in graph["bbverify.demo"]
     assert _cycles(graph) == []
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_every_module_states_its_job_in_its_docstrings_first_line(name: str) -> None:
+    docstring = ast.get_docstring(ast.parse(MODULES[name].read_text(encoding="utf-8")))
+    assert docstring, f"{name} has no docstring"
+    first, _, rest = docstring.partition("\n")
+    # One summary sentence on its own line (PEP 257), then the details.
+    assert first.endswith("."), first
+    assert rest == "" or rest.startswith("\n"), f"{name}: the summary runs onto a second line"
+    assert 10 < len(first) <= 106
