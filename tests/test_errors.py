@@ -192,3 +192,11 @@ def test_no_module_takes_an_error_message_apart() -> None:
         if pattern.search(line)
     ]
     assert offenders == []
+
+
+def test_the_readme_error_code_example_runs() -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Error codes\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert len(blocks) == 1
+    exec(compile(blocks[0], "README.md (Error codes)", "exec"), {})
