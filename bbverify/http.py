@@ -643,7 +643,8 @@ class Guard:
             protects (per-route rules).
         exclude_paths: paths served without a token (exact match).
         exclude_prefixes: path prefixes served without a token (``"/public/"``
-            opens everything below it; mind the trailing slash).
+            opens everything below it; mind the trailing slash). ``"/"`` is
+            refused (:class:`ConfigurationError`): it would open every path.
         trusted_proxies: ``None`` (default: the socket peer is the client), a
             hop count, or proxy CIDRs; see :func:`client_ip`.
         realm: the ``realm`` of ``WWW-Authenticate``.
@@ -681,6 +682,13 @@ class Guard:
                 raise ConfigurationError(f"{rule!r} is not a rule (a callable)", key=f"route_rules[{i}]")
         self.exclude_paths = _check_paths(exclude_paths, "exclude_paths")
         self.exclude_prefixes = tuple(sorted(_check_paths(exclude_prefixes, "exclude_prefixes")))
+        if "/" in self.exclude_prefixes:
+            # Every path starts with "/": the guard would protect nothing, silently.
+            raise ConfigurationError(
+                "'/' would serve every path without a token; list the public paths or prefixes "
+                "(or do not install the middleware)",
+                key="exclude_prefixes",
+            )
         self.trusted_proxies = TrustedProxies.parse(trusted_proxies)
         if not isinstance(realm, str) or quote_header_value(realm, 100) != realm or not realm:
             raise ConfigurationError("must be printable ASCII without quotes or backslashes", key="realm")

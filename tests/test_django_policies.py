@@ -94,7 +94,7 @@ def test_two_workspaces_under_their_own_policies(
     default_expectations = [(acme_build, 200), (sub_build, 200), (sub_deploy, 200), (strange, 401)]
     settings = {
         "BBVERIFY": two_workspaces(acme, subsidiary),
-        "BBVERIFY_DJANGO": {"routes": [{"prefix": "/plain", "policy": "deploy"}]},
+        "BBVERIFY_DJANGO": {"routes": [{"url_name": "plain", "policy": "deploy"}]},
         "MIDDLEWARE": [],
     }
     with override_settings(**settings):
@@ -113,7 +113,7 @@ def test_two_workspaces_under_their_own_policies(
                 assert _status(client, "get", path, token)[0] == status, (path, status)
         assert _status(Client(), "get", "/decorated-deploy", strange) == (401, "issuer_mismatch")
 
-    # The middleware: routes pick "deploy" under /plain, the default policy elsewhere.
+    # The middleware: routes pick "deploy" for the view named "plain", the default policy elsewhere.
     with override_settings(**{**settings, "MIDDLEWARE": ["bbverify.django.PipelineAuthMiddleware"]}):
         client = Client()
         for token, status in deploy_expectations:

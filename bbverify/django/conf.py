@@ -13,13 +13,18 @@ Two settings, both dicts:
   ``realm``
       the ``realm`` of ``WWW-Authenticate`` (default ``"bbverify"``).
   ``exclude_paths`` / ``exclude_prefixes``
-      paths the middleware serves without a token.
+      paths the middleware serves without a token, when the view Django
+      resolves for them is reachable only under the exclusions
+      (:mod:`bbverify.django.views`); ``"/"`` as a prefix is refused.
   ``routes``
-      ``[{"prefix": "/deploy/", "policy": "deploy"}, ...]``: the named policy
-      the middleware applies below a path prefix (the longest prefix wins;
-      other paths get the default policy).
+      ``[{"url_name": "deploy", "policy": "deploy"}, ...]``: the named policy
+      the middleware applies to the view of a named URL pattern
+      (``"namespace:name"`` inside a namespace), whatever URL reached it;
+      other views get the default policy. Path prefixes are refused: a path
+      string does not say which view runs (:mod:`bbverify.django.views`).
   ``on_error``
-      the dotted path of ``on_error(error)``, returning a Django response or
+      the dotted path of a plain (not ``async``) function ``on_error(error)``,
+      returning a Django response (a DRF ``Response`` is rendered as JSON) or
       an :class:`~bbverify.http.ErrorResponse` to send instead of the default
       answer (``None``: keep it); see :class:`bbverify.http.Guard`.
 
@@ -33,23 +38,30 @@ setting as written in ``settings.py``: ``BBVERIFY['rules']['repositories'][1]``.
 from __future__ import annotations
 
 import difflib
+import inspect
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
+
+from asgiref.sync import iscoroutinefunction, sync_to_async
 
 from ..config import verifier_from_mapping
 from ..errors import ConfigurationError
 from ..http import DEFAULT_REALM, ErrorHandler, Guard
 from ..verifier import Verifier
+from .views import reset as reset_url_index
+from .views import url_index
 
 __all__ = [
     "ADAPTER_SETTING",
     "SETTING",
     "DjangoConfig",
     "Route",
+    "aget_config",
     "build_config",
+    "built_config",
     "check_policy",
     "get_config",
     "reset",
@@ -59,7 +71,7 @@ __all__ = [
 SETTING = "BBVERIFY"
 ADAPTER_SETTING = "BBVERIFY_DJANGO"
 _ADAPTER_KEYS = ("trusted_proxies", "realm", "exclude_paths", "exclude_prefixes", "routes", "on_error")
-_ROUTE_KEYS = ("prefix", "policy")
+_ROUTE_KEYS = ("url_name", "policy")
 _PART_RE = re.compile(r"([^.\[\]]+)((?:\[\d+\])*)")
 
 
@@ -91,9 +103,9 @@ def check_policy(verifier: Verifier, name: str | None) -> None:
 
 @dataclass(frozen=True)
 class Route:
-    """Requests whose path starts with ``prefix`` are checked under ``policy``."""
+    """The view of the URL pattern named ``url_name`` is checked under ``policy``."""
 
-    prefix: str
+    url_name: str
     policy: str | None
 
 
@@ -110,12 +122,29 @@ class DjangoConfig:
     def __post_init__(self) -> None:
         self._guards[None] = self.guard
 
-    def policy_for(self, path: str) -> str | None:
-        """The named policy for ``path``: the longest matching route prefix, else ``None``."""
-        for route in self.routes:  # sorted longest first
-            if path.startswith(route.prefix):
-                return route.policy
-        return None
+    def policies_for(self, view: Callable[..., Any], urlconf: object = None) -> tuple[str | None, ...]:
+        """The policies the middleware applies to ``view`` (resolved with ``urlconf``).
+
+        Every route naming one of the view's URL patterns gives its policy
+        (so the policy follows the view, not the URL that reached it); none:
+        ``(None,)``, the default policy. Several: the token must pass each.
+        """
+        if not self.routes:
+            return (None,)
+        names = url_index(urlconf).names.get(view, set())
+        found = tuple(dict.fromkeys(r.policy for r in self.routes if r.url_name in names))
+        return found or (None,)
+
+    def is_excluded(self, path: str, view: Callable[..., Any], urlconf: object = None) -> bool:
+        """True when the middleware serves ``path``, resolved to ``view``, without a token.
+
+        The path must match ``exclude_paths`` / ``exclude_prefixes`` and every
+        URL of the view must lie under them (:meth:`UrlIndex.excludable`).
+        """
+        guard = self.guard
+        if not guard.is_excluded(path):
+            return False
+        return url_index(urlconf).excludable(view, guard.exclude_paths, guard.exclude_prefixes)
 
     def guard_for(self, policy: str | None) -> Guard:
         """The :class:`~bbverify.http.Guard` for requests under ``policy`` (built once per name).
@@ -158,24 +187,34 @@ def _routes(raw: object, verifier: Verifier) -> tuple[Route, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list | tuple):
-        raise ConfigurationError("must be a list of {'prefix': ..., 'policy': ...}", key=base)
+        raise ConfigurationError("must be a list of {'url_name': ..., 'policy': ...}", key=base)
     routes: list[Route] = []
     seen: set[str] = set()
     for i, item in enumerate(raw):
         where = f"{base}[{i}]"
         if not isinstance(item, Mapping):
-            raise ConfigurationError("must be a dict with 'prefix' and 'policy'", key=where)
+            raise ConfigurationError("must be a dict with 'url_name' and 'policy'", key=where)
+        if "prefix" in item:
+            raise ConfigurationError(
+                "routes by path prefix are refused: a path string does not say which view Django "
+                "runs (i18n prefixes, case-insensitive or unanchored re_path, host URLconfs); name "
+                "the URL pattern instead: {'url_name': 'deploy', 'policy': 'deploy'}",
+                key=f"{where}['prefix']",
+            )
         for name in item:
             if name not in _ROUTE_KEYS:
                 raise ConfigurationError(
                     f"unknown key; a route has {', '.join(_ROUTE_KEYS)}", key=f"{where}[{str(name)!r}]"
                 )
-        prefix = item.get("prefix")
-        if not isinstance(prefix, str) or not prefix.startswith("/"):
-            raise ConfigurationError(f"{prefix!r} must be a path starting with '/'", key=f"{where}['prefix']")
-        if prefix in seen:
-            raise ConfigurationError(f"{prefix!r} is listed twice", key=f"{where}['prefix']")
-        seen.add(prefix)
+        url_name = item.get("url_name")
+        if not isinstance(url_name, str) or not url_name.strip() or url_name != url_name.strip():
+            raise ConfigurationError(
+                f"{url_name!r} must be the name of a URL pattern ('name' or 'namespace:name')",
+                key=f"{where}['url_name']",
+            )
+        if url_name in seen:
+            raise ConfigurationError(f"{url_name!r} is listed twice", key=f"{where}['url_name']")
+        seen.add(url_name)
         if "policy" not in item:
             raise ConfigurationError("is required (None for the default policy)", key=f"{where}['policy']")
         policy = item["policy"]
@@ -183,8 +222,8 @@ def _routes(raw: object, verifier: Verifier) -> tuple[Route, ...]:
             check_policy(verifier, policy)
         except ConfigurationError as exc:
             raise ConfigurationError(exc.detail, key=f"{where}['policy']") from None
-        routes.append(Route(prefix, policy))
-    return tuple(sorted(routes, key=lambda r: len(r.prefix), reverse=True))
+        routes.append(Route(url_name, policy))
+    return tuple(routes)
 
 
 def _route_guards(config: DjangoConfig) -> DjangoConfig:
@@ -207,6 +246,10 @@ def _on_error(path: object) -> ErrorHandler | None:
         raise ConfigurationError(f"cannot import {path!r}: {exc}", key=key) from None
     if not callable(handler):
         raise ConfigurationError(f"{path!r} is not callable", key=key)
+    if iscoroutinefunction(handler) or inspect.iscoroutinefunction(type(handler).__call__):
+        # The middleware, the decorator and DRF call it from sync code too; an
+        # un-awaited coroutine would silently drop the answer it chose.
+        raise ConfigurationError(f"{path!r} is an async function; on_error must be a plain function", key=key)
     return cast(ErrorHandler, handler)
 
 
@@ -219,7 +262,9 @@ def build_config(settings: Any) -> DjangoConfig:
         if name in (SETTING, ADAPTER_SETTING) or not name.isupper():
             continue
         near = difflib.get_close_matches(name, (SETTING, ADAPTER_SETTING), n=1, cutoff=0.8)
-        if name.startswith("BBVERIFY") or near:
+        if not near and "BBVERIFY" in name and "DJANGO" in name:
+            near = [ADAPTER_SETTING]  # DJANGO_BBVERIFY, BBVERIFYDJANGO
+        if "BBVERIFY" in name or near:
             hint = f" (did you mean {near[0]}?)" if near else ""
             raise ConfigurationError(
                 f"unknown setting{hint}; bbverify reads {SETTING} and {ADAPTER_SETTING} only", key=name
@@ -253,10 +298,30 @@ _lock = threading.Lock()
 _config: DjangoConfig | None = None
 
 
+def built_config() -> DjangoConfig | None:
+    """The shared configuration if it is built, else ``None`` (never builds)."""
+    return _config
+
+
+async def aget_config() -> DjangoConfig:
+    """As :func:`get_config`, for async code: a build runs in a worker thread.
+
+    Building may fetch over the network (``rules.ip_ranges_feed``) and must
+    not block the event loop; once built this is one attribute read.
+    """
+    config = _config
+    if config is not None:
+        return config
+    return await sync_to_async(get_config, thread_sensitive=False)()
+
+
 def get_config() -> DjangoConfig:
     """The configuration built from ``django.conf.settings`` (built once, then shared).
 
-    Raises :class:`ConfigurationError` when the settings are wrong.
+    Built at start-up by the app config (``"bbverify.django"`` in
+    ``INSTALLED_APPS``) or the middleware, else on first use; async callers
+    use :func:`aget_config`. Raises :class:`ConfigurationError` when the
+    settings are wrong.
     """
     global _config
     config = _config
@@ -274,9 +339,11 @@ def reset(**kwargs: Any) -> None:
     """Forget the built configuration (connected to Django's ``setting_changed``)."""
     global _config
     setting = kwargs.get("setting")
-    if setting is None or str(setting).upper().startswith("BBVERIFY"):
+    if setting is None or "BBVERIFY" in str(setting).upper():
         with _lock:
             _config = None
+    if setting is None or str(setting) in ("ROOT_URLCONF", "BBVERIFY_DJANGO"):
+        reset_url_index()
 
 
 def _connect() -> None:

@@ -28,7 +28,7 @@ from django.http import HttpRequest
 
 from ..errors import ConfigurationError, VerificationError
 from ..http import Guard
-from .conf import get_config
+from .conf import aget_config, get_config
 from .flow import averify_request, refusal, verify_request
 
 __all__ = ["require_pipeline"]
@@ -73,12 +73,17 @@ def require_pipeline(
         # Built (and the name checked) on first use; then one dict look-up.
         return get_config().guard_for(policy)
 
+    async def aguard_and_check() -> Guard:
+        # The settings are built at start-up (AppConfig.ready); after a
+        # setting_changed the rebuild (maybe a feed fetch) runs off the event loop.
+        return (await aget_config()).guard_for(policy)
+
     def decorate(func: F) -> F:
         if iscoroutinefunction(func):
 
             @functools.wraps(func)
             async def async_wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
-                guard = guard_and_check()
+                guard = await aguard_and_check()
                 try:
                     await averify_request(guard, request, optional=optional)
                 except VerificationError as exc:

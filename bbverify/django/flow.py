@@ -12,7 +12,14 @@ not the client address.
 
 from __future__ import annotations
 
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import django
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from django.views.decorators.debug import sensitive_variables
 
 from ..claims import PipelineClaims
 from ..errors import MissingToken, VerificationError
@@ -27,7 +34,15 @@ from ..http import (
 )
 from ..wsgi import environ_request
 
-__all__ = ["CLAIMS_ATTR", "CLIENT_IP_ATTR", "as_django", "averify_request", "refusal", "verify_request"]
+__all__ = [
+    "CLAIMS_ATTR",
+    "CLIENT_IP_ATTR",
+    "as_django",
+    "averify_request",
+    "native_response",
+    "refusal",
+    "verify_request",
+]
 
 #: ``request.pipeline_claims``: the verified claims (``None`` when an optional view got no token).
 CLAIMS_ATTR = "pipeline_claims"
@@ -35,6 +50,50 @@ CLAIMS_ATTR = "pipeline_claims"
 CLIENT_IP_ATTR = "pipeline_client_ip"
 
 _Begun = tuple[list[str], str | None, str]
+_log = logging.getLogger("bbverify")
+_F = TypeVar("_F", bound=Callable[..., Any])
+# The request's credentials: Django's error reports (DEBUG page, HTML error
+# mails) must not show them in these frames' locals.
+_SENSITIVE = ("authorization", "begun")
+
+
+def _sensitive_async(func: _F) -> _F:
+    # Django marks coroutine functions only since 5.0; older versions would
+    # wrap them in a plain function (harmless, but pointless).
+    if django.VERSION >= (5, 0):
+        return sensitive_variables(*_SENSITIVE)(func)  # type: ignore[no-any-return]
+    return func
+
+
+class _Credentials(list[str]):
+    """The request's ``Authorization`` lines, shown as ``[hidden]`` by ``repr``.
+
+    Django cleanses :func:`sensitive_variables` locals only when ``DEBUG`` is
+    off; the DEBUG page renders every local with ``repr``, so the frames that
+    hold the header hold it in this list instead.
+    """
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} Authorization header(s), hidden>"
+
+    __str__ = __repr__
+
+
+def _scrubbed(exc: BaseException) -> BaseException:
+    """``exc`` without the frames below the caller and without its chain.
+
+    Those frames (the guard's, the verifier's) hold the token in their locals,
+    and an error report renders every frame of the exception and of its
+    ``__cause__``/``__context__``; only the caller's frame, marked with
+    :func:`~django.views.decorators.debug.sensitive_variables`, stays.
+    """
+    if not isinstance(exc, VerificationError):
+        # A bug, not a refusal: keep its traceback in the log (no frame locals there).
+        _log.error("bbverify: unexpected error while verifying a request", exc_info=exc)
+    exc.__cause__ = None
+    exc.__context__ = None
+    exc.__suppress_context__ = True
+    return exc.with_traceback(None)
 
 
 def _reused(guard: Guard, request: HttpRequest) -> PipelineClaims | None:
@@ -48,8 +107,10 @@ def _reused(guard: Guard, request: HttpRequest) -> PipelineClaims | None:
     return claims
 
 
+@sensitive_variables(*_SENSITIVE)
 def _begin(guard: Guard, request: HttpRequest, optional: bool) -> _Begun | None:
-    authorization, peer, forwarded = environ_request(request.META)
+    lines, peer, forwarded = environ_request(request.META)
+    authorization = _Credentials(lines)
     client = guard.client_ip(peer, forwarded)
     setattr(request, CLIENT_IP_ATTR, client)
     request.META[CLIENT_IP_KEY] = client
@@ -74,6 +135,7 @@ def _store(guard: Guard, request: HttpRequest, claims: PipelineClaims) -> Pipeli
     return claims
 
 
+@sensitive_variables(*_SENSITIVE)
 def verify_request(guard: Guard, request: HttpRequest, *, optional: bool = False) -> PipelineClaims | None:
     """Verify the request's bearer token under ``guard`` (blocking; WSGI and sync views).
 
@@ -81,19 +143,25 @@ def verify_request(guard: Guard, request: HttpRequest, *, optional: bool = False
     With ``optional``, a request without a bearer token gives ``None``
     (``request.pipeline_claims = None``); otherwise that is
     :class:`~bbverify.http.MissingToken`. Raises only
-    :class:`~bbverify.errors.VerificationError`.
+    :class:`~bbverify.errors.VerificationError` (by contract); any exception
+    leaves without the frames and chained exceptions below this function, so
+    an error report never shows the token.
     """
     reused = _reused(guard, request)
     if reused is not None:
         return reused
-    begun = _begin(guard, request, optional)
-    if begun is None:
-        return None
-    authorization, client, path = begun
-    claims = guard.verify(authorization, client=client, method=request.method, path=path)
+    try:
+        begun = _begin(guard, request, optional)
+        if begun is None:
+            return None
+        authorization, client, path = begun
+        claims = guard.verify(authorization, client=client, method=request.method, path=path)
+    except Exception as exc:
+        raise _scrubbed(exc) from None
     return _store(guard, request, claims)
 
 
+@_sensitive_async
 async def averify_request(
     guard: Guard, request: HttpRequest, *, optional: bool = False
 ) -> PipelineClaims | None:
@@ -101,11 +169,14 @@ async def averify_request(
     reused = _reused(guard, request)
     if reused is not None:
         return reused
-    begun = _begin(guard, request, optional)
-    if begun is None:
-        return None
-    authorization, client, path = begun
-    claims = await guard.averify(authorization, client=client, method=request.method, path=path)
+    try:
+        begun = _begin(guard, request, optional)
+        if begun is None:
+            return None
+        authorization, client, path = begun
+        claims = await guard.averify(authorization, client=client, method=request.method, path=path)
+    except Exception as exc:
+        raise _scrubbed(exc) from None
     return _store(guard, request, claims)
 
 
@@ -117,9 +188,45 @@ def as_django(response: ErrorResponse) -> HttpResponse:
     return out
 
 
+def native_response(native: object) -> HttpResponseBase | None:
+    """``on_error``'s answer as a response Django can send, or ``None`` to send the default.
+
+    A Django response is sent as is; a DRF ``Response`` (or any unrendered
+    ``SimpleTemplateResponse``) is rendered first, as JSON when no DRF
+    content negotiation chose a renderer (outside a DRF view). An awaitable
+    (an ``async`` hook slipped past the start-up check) or a render that fails
+    is logged and replaced by the default answer: a refusal never becomes a 500.
+    """
+    if native is None:
+        return None
+    if inspect.isawaitable(native):
+        close = getattr(native, "close", None)
+        if callable(close):
+            close()
+        _log.error("bbverify: on_error returned an awaitable; sending the default answer")
+        return None
+    if not isinstance(native, HttpResponseBase):
+        _log.error("bbverify: on_error returned %s, not a Django response; sending the default answer",
+                   type(native).__name__)
+        return None
+    render = getattr(native, "render", None)
+    if callable(render) and not getattr(native, "is_rendered", True):
+        try:
+            if getattr(native, "accepted_renderer", None) is None and hasattr(native, "data"):
+                from rest_framework.renderers import JSONRenderer
+
+                native.accepted_renderer = JSONRenderer()
+                native.accepted_media_type = "application/json"
+                native.renderer_context = {}
+            render()
+        except Exception:
+            _log.exception("bbverify: on_error's response could not be rendered; sending the default answer")
+            return None
+    return native
+
+
 def refusal(guard: Guard, error: VerificationError) -> HttpResponseBase:
     """The answer for ``error``: ``on_error``'s Django response if it gave one, else RFC 6750 JSON."""
     response, native = guard.refusal(error)
-    if isinstance(native, HttpResponseBase):
-        return native
-    return as_django(response)
+    chosen = native_response(native)
+    return chosen if chosen is not None else as_django(response)

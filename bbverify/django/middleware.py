@@ -1,23 +1,35 @@
-"""``PipelineAuthMiddleware``: a pipeline token on every request Django serves.
+"""``PipelineAuthMiddleware``: a pipeline token for every view Django serves.
 
-Add it to ``MIDDLEWARE`` (before anything that acts on the caller)::
+Add it to ``MIDDLEWARE``::
 
-    MIDDLEWARE = ["bbverify.django.PipelineAuthMiddleware", ...]
+    MIDDLEWARE = [..., "bbverify.django.PipelineAuthMiddleware", ...]
 
-Every path needs a valid token except ``BBVERIFY_DJANGO["exclude_paths"]`` and
-``["exclude_prefixes"]``; ``BBVERIFY_DJANGO["routes"]`` picks the named policy
-per path prefix (see :mod:`bbverify.django.conf`). On success
-``request.pipeline_claims`` holds the :class:`~bbverify.PipelineClaims` and
-``request.pipeline_client_ip`` the client address the rules saw.
+It decides in ``process_view``, on the view Django resolved (with the
+URLconf it used, ``request.urlconf`` included), never on the path string: a
+view's policy cannot change with the spelling of its URL (i18n prefixes,
+case-insensitive ``re_path``), and an excluded path cannot reach a protected
+view (:mod:`bbverify.django.views`). Every view needs a valid token except
+those that ``BBVERIFY_DJANGO["exclude_paths"]`` / ``["exclude_prefixes"]``
+cover entirely; ``BBVERIFY_DJANGO["routes"]`` names the URL patterns whose
+views get a named policy. On success ``request.pipeline_claims`` holds the
+:class:`~bbverify.PipelineClaims` and ``request.pipeline_client_ip`` the
+client address the rules saw.
+
+Since it runs before the view, not before the other middleware, a response
+another middleware gives in its own request phase (a redirect, a static
+file from WhiteNoise) is sent without a token; a URL that resolves to no view
+is Django's 404.
 
 The middleware is sync and async capable: under Django's ASGI handler it
 awaits :meth:`~bbverify.Verifier.averify`, so a key fetch never blocks the
-event loop; under WSGI it calls :meth:`~bbverify.Verifier.verify`.
+event loop; under WSGI it calls :meth:`~bbverify.Verifier.verify`. It reads
+the shared configuration on every request, so ``override_settings`` in tests
+reaches it like the decorator and the DRF classes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
@@ -25,10 +37,18 @@ from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponseBase
 
 from ..errors import ConfigurationError, VerificationError
-from .conf import get_config
+from .conf import DjangoConfig, aget_config, get_config
 from .flow import CLAIMS_ATTR, averify_request, refusal, verify_request
 
 __all__ = ["PipelineAuthMiddleware"]
+
+
+def _plan(config: DjangoConfig, request: HttpRequest, view: Callable[..., Any]) -> tuple[str | None, ...]:
+    """The policies ``view`` is checked under; ``()`` when the request is excluded."""
+    urlconf = getattr(request, "urlconf", None)
+    if config.is_excluded(request.path_info or "/", view, urlconf):
+        return ()
+    return config.policies_for(view, urlconf)
 
 
 class PipelineAuthMiddleware:
@@ -46,38 +66,41 @@ class PipelineAuthMiddleware:
     def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
         self.get_response = get_response
         try:
-            self.config = get_config()
+            get_config()  # built now, at start-up, and the settings checked
         except ConfigurationError as exc:
             raise ImproperlyConfigured(f"bbverify: {exc}") from exc
         self.is_async = iscoroutinefunction(get_response)
         if self.is_async:
             markcoroutinefunction(self)
+            # Django adapts process_view to the handler's mode by this test.
+            self.process_view = self._aprocess_view  # type: ignore[method-assign]
 
     def __call__(self, request: HttpRequest) -> Any:
-        if self.is_async:
-            return self.__acall__(request)
-        config = self.config
-        path = request.path_info or "/"
-        if config.guard.is_excluded(path):
-            setattr(request, CLAIMS_ATTR, None)
-            return self.get_response(request)
-        guard = config.guard_for(config.policy_for(path))
-        try:
-            verify_request(guard, request)
-        except VerificationError as exc:
-            return refusal(guard, exc)
+        # Until process_view verifies, nothing is known about the caller.
+        setattr(request, CLAIMS_ATTR, None)
         return self.get_response(request)
 
-    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
-        config = self.config
-        path = request.path_info or "/"
-        get_response: Callable[[HttpRequest], Awaitable[HttpResponseBase]] = self.get_response
-        if config.guard.is_excluded(path):
-            setattr(request, CLAIMS_ATTR, None)
-            return await get_response(request)
-        guard = config.guard_for(config.policy_for(path))
-        try:
-            await averify_request(guard, request)
-        except VerificationError as exc:
-            return refusal(guard, exc)
-        return await get_response(request)
+    def process_view(
+        self, request: HttpRequest, view: Callable[..., Any], args: Any, kwargs: Any
+    ) -> HttpResponseBase | None:
+        """Verify the token for the resolved ``view``; a refusal answers instead of it."""
+        config = get_config()
+        for policy in _plan(config, request, view):
+            guard = config.guard_for(policy)
+            try:
+                verify_request(guard, request)
+            except VerificationError as exc:
+                return refusal(guard, exc)
+        return None
+
+    async def _aprocess_view(
+        self, request: HttpRequest, view: Callable[..., Any], args: Any, kwargs: Any
+    ) -> HttpResponseBase | None:
+        config = await aget_config()
+        for policy in _plan(config, request, view):
+            guard = config.guard_for(policy)
+            try:
+                await averify_request(guard, request)
+            except VerificationError as exc:
+                return refusal(guard, exc)
+        return None

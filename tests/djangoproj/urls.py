@@ -10,7 +10,7 @@ router.register("deployments", views.DeploymentViewSet, basename="deployments")
 
 urlpatterns = [
     path("healthz", views.healthz),
-    path("plain", views.plain),
+    path("plain", views.plain, name="plain"),
     path("plain-async", views.plain_async),
     path("decorated", views.decorated),
     path("optional", views.optional),
