@@ -11,6 +11,7 @@ from .audit import Decision
 from .claims import PipelineClaims, normalize_uuid
 from .errors import (
     ConfigurationError,
+    ErrorCode,
     InvalidToken,
     KeysUnavailable,
     PolicyDenied,
@@ -29,6 +30,7 @@ logging.getLogger("bbverify").addHandler(logging.NullHandler())
 __all__ = [
     "ConfigurationError",
     "Decision",
+    "ErrorCode",
     "InvalidToken",
     "KeysUnavailable",
     "PipelineClaims",

@@ -43,7 +43,17 @@ from .http import (
 from .policies import Rule
 from .verifier import Verifier
 
-__all__ = ["PipelineAuthMiddleware", "PipelineCredentials", "PipelineUser", "scopes_for"]
+__all__ = [
+    "WS_POLICY_VIOLATION",
+    "PipelineAuthMiddleware",
+    "PipelineCredentials",
+    "PipelineUser",
+    "auth_headers",
+    "peer_address",
+    "scope_path",
+    "scopes_for",
+    "set_scope_claims",
+]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

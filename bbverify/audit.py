@@ -1,4 +1,4 @@
-"""Observing decisions: an audit logger and a hook for metrics.
+"""Recording decisions: each allow or deny goes to the audit logger and the ``on_decision`` hook.
 
 Every call of :meth:`bbverify.Verifier.verify` ends in one :class:`Decision`.
 It is logged on the ``bbverify.audit`` logger (INFO for allow, WARNING for
@@ -18,7 +18,13 @@ from typing import Any
 from .claims import PipelineClaims
 from .errors import PolicyDenied, VerificationError
 
-__all__ = ["AUDIT_LOGGER", "Decision", "DecisionHook"]
+__all__ = [
+    "AUDIT_LOGGER",
+    "Decision",
+    "DecisionHook",
+    "emit",
+    "wanted",
+]
 
 AUDIT_LOGGER = logging.getLogger("bbverify.audit")
 _log = logging.getLogger("bbverify")

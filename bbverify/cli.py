@@ -17,36 +17,15 @@ import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any
 
 from . import __version__
+from .console import Style
 from .errors import ConfigurationError, VerificationError
 
 __all__ = ["main"]
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
-
-
-class _Style:
-    """ANSI colour for terminals only."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self.on = stream.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
-
-    def _wrap(self, code: str, text: str) -> str:
-        return f"\033[{code}m{text}\033[0m" if self.on else text
-
-    def green(self, text: str) -> str:
-        return self._wrap("32", text)
-
-    def red(self, text: str) -> str:
-        return self._wrap("31", text)
-
-    def yellow(self, text: str) -> str:
-        return self._wrap("33", text)
-
-    def bold(self, text: str) -> str:
-        return self._wrap("1", text)
 
 
 # What a terminal may act on: C0 controls (ESC, CR, BS ...), DEL, C1 controls
@@ -133,7 +112,7 @@ def decode_unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    style = _Style(sys.stdout)
+    style = Style(sys.stdout)
     token = _read_token(args.token)
     try:
         header, payload = decode_unverified(token)
@@ -200,7 +179,7 @@ def _build_verifier(args: argparse.Namespace) -> Any:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    style = _Style(sys.stdout)
+    style = Style(sys.stdout)
     token = _read_token(args.token)
     try:
         verifier = _build_verifier(args)

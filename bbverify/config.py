@@ -223,10 +223,7 @@ def _rekey(exc: ConfigurationError, names: _Names, mapping: Mapping[str, str], d
     base = match.group("base") if match else None
     index = int(match.group("index")) if match and match.group("index") else None
     name = mapping.get(base or "", default)
-    message = str(exc)
-    if exc.key and message.startswith(exc.key + ": "):
-        message = message[len(exc.key) + 2 :]
-    raise ConfigurationError(message, key=names.key(name, rule=True, index=index)) from None
+    raise ConfigurationError(exc.detail, key=names.key(name, rule=True, index=index)) from None
 
 
 def _build_rules(
@@ -490,13 +487,6 @@ def rules_from_env(
 # -- several workspaces and named policies -------------------------------------------
 
 
-def _strip_key(exc: ConfigurationError) -> str:
-    message = str(exc)
-    if exc.key and message.startswith(exc.key + ": "):
-        message = message[len(exc.key) + 2 :]
-    return message
-
-
 def _structured(raw: object, key: str, kind: type, parse_strings: bool) -> Any:
     """A table or array: as given, or decoded from JSON when it comes as an environment string."""
     value = raw
@@ -551,7 +541,7 @@ def _build_workspaces(items: Any, at: str, build: _Build) -> list[WorkspaceSpec]
         try:
             spec = WorkspaceSpec(**values, policies=rules)
         except ConfigurationError as exc:
-            raise ConfigurationError(_strip_key(exc), key=f"{key}.{exc.key}" if exc.key else key) from None
+            raise ConfigurationError(exc.detail, key=f"{key}.{exc.key}" if exc.key else key) from None
         specs.append(spec)
         build.issuers[spec.name] = spec.issuer
     return specs
@@ -593,7 +583,7 @@ def _claim_conditions(raw: Any, key: str) -> list[Rule]:
             rules.append(ClaimMatches(claim, values))
         except ConfigurationError as exc:
             suffix = (exc.key or "")[len(str(claim)) :] if str(exc.key or "").startswith(str(claim)) else ""
-            raise ConfigurationError(_strip_key(exc), key=f"{key}.{claim}{suffix}") from None
+            raise ConfigurationError(exc.detail, key=f"{key}.{claim}{suffix}") from None
     return rules
 
 
@@ -710,7 +700,7 @@ def _build_verifier(
             spelled = structured[base][1] + key[len(base) :]
         else:
             raise
-        raise ConfigurationError(_strip_key(exc), key=spelled) from None
+        raise ConfigurationError(exc.detail, key=spelled) from None
     if not _has_rules(verifier, options):
         # Legitimate (every genuine token of the issuer is admitted), but a
         # rule lost to a mistake looks the same: say so once, at start-up.
@@ -899,7 +889,7 @@ def verifier_from_layers(
         # A flat variable holds a whole rule list (the message names the item); a
         # structured one keeps the path inside it (BBVERIFY_POLICIES.deploy.allow[0]).
         rest = "" if match.group(1) or match.group(2) in _VERIFIER else (exc.key or "")[match.end() :]
-        raise ConfigurationError(_strip_key(exc), key=variable + rest) from None
+        raise ConfigurationError(exc.detail, key=variable + rest) from None
 
 
 def verifier_from_env(

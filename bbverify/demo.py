@@ -289,9 +289,9 @@ def run_demo(*, verbose: bool = False, as_json: bool = False, out: Any = None) -
 
 
 def _print_table(outcomes: list[Outcome], out: Any, verbose: bool) -> None:
-    from .cli import _Style
+    from .console import Style
 
-    style = _Style(out)
+    style = Style(out)
     print("bbverify demo: a fake Bitbucket issuer and a protected app on 127.0.0.1", file=out)
     print(
         "rules: repository allow list; Bitbucket egress IP ranges from a sample of Atlassian's feed"

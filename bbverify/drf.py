@@ -51,6 +51,7 @@ __all__ = [
     "PipelineAuthentication",
     "PipelineUser",
     "exception_handler",
+    "permission_policies",
 ]
 
 

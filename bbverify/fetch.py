@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, FetchError
 
 __all__ = [
     "FetchError",
@@ -35,21 +35,6 @@ __all__ = [
 ]
 
 _HEADERS = {"Accept": "application/json", "Accept-Encoding": "identity", "User-Agent": "bbverify"}
-
-
-class FetchError(Exception):
-    """A fetch failed; the message says why (for logs and 503 descriptions).
-
-    ``status`` is the HTTP status when the server answered (else ``None``) and
-    ``headers`` its response headers, so callers can honour ``Retry-After``.
-    """
-
-    def __init__(
-        self, message: str, *, status: int | None = None, headers: Mapping[str, str] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.headers: Mapping[str, str] = headers if headers is not None else {}
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Flask: an extension configured from ``app.config`` and a view decorator.
+"""Flask integration: pipeline tokens for Flask views (an extension and a view decorator).
 
 ::
 

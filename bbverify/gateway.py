@@ -59,8 +59,15 @@ from .asgi import peer_address
 from .audit import Decision, emit
 from .claims import PipelineClaims
 from .config import verifier_from_mapping
-from .errors import ConfigurationError, InvalidToken, RouteDenied, VerificationError
-from .http import DEFAULT_REALM, ErrorResponse, Guard, InvalidRequest, TrustedProxiesSpec, error_response
+from .errors import (
+    ConfigurationError,
+    ErrorCode,
+    InvalidRequest,
+    InvalidToken,
+    RouteDenied,
+    VerificationError,
+)
+from .http import DEFAULT_REALM, ErrorResponse, Guard, TrustedProxiesSpec, error_response
 from .metrics import VerifierMetrics, key_sources
 from .routes import RouteMatch, RouteTable
 from .verifier import Verifier
@@ -72,7 +79,9 @@ __all__ = [
     "GatewaySettings",
     "gateway_from_mapping",
     "gateway_from_toml",
+    "load_toml",
     "serve_settings",
+    "split_serve",
 ]
 
 Scope = MutableMapping[str, Any]
@@ -369,29 +378,33 @@ class Gateway:
             text = raw.decode("latin-1")
             if not (text == prefix or text.startswith(prefix + "/")):
                 raise RouteDenied(
-                    "the check did not arrive under envoy_path_prefix", code="missing_original_request"
+                    "the check did not arrive under envoy_path_prefix",
+                    code=ErrorCode.MISSING_ORIGINAL_REQUEST,
                 )
             target = text[len(prefix) :] or "/"
             hosts = headers.get(b"host", [])
             if len(hosts) > 1:
-                raise RouteDenied("the check carries more than one Host", code="missing_original_request")
+                raise RouteDenied(
+                    "the check carries more than one Host", code=ErrorCode.MISSING_ORIGINAL_REQUEST
+                )
             return str(scope.get("method", "")), hosts[0].decode("latin-1") if hosts else None, target
         if (scope.get("path") or "/") != AUTH_PATH:
-            raise RouteDenied(f"checks are asked on {AUTH_PATH}", code="missing_original_request")
+            raise RouteDenied(f"checks are asked on {AUTH_PATH}", code=ErrorCode.MISSING_ORIGINAL_REQUEST)
         names = _ORIGINAL_HEADERS[protocol]
         values: list[str | None] = []
         for name in names:
             found = headers.get(name, [])
             if len(found) > 1:
                 raise RouteDenied(
-                    f"the check carries more than one {name.decode()}", code="missing_original_request"
+                    f"the check carries more than one {name.decode()}",
+                    code=ErrorCode.MISSING_ORIGINAL_REQUEST,
                 )
             values.append(found[0].decode("latin-1") if found else None)
         method, host, target = values
         if method is None or target is None:
             raise RouteDenied(
                 f"the proxy did not send {names[0].decode()} and {names[2].decode()}",
-                code="missing_original_request",
+                code=ErrorCode.MISSING_ORIGINAL_REQUEST,
             )
         return method, host, target
 
@@ -462,7 +475,7 @@ class Gateway:
         # shows that as its own error page): refuse like the verifier does.
         _log.exception("unexpected error while checking a request; refusing it")
         return InvalidToken(
-            f"the request could not be checked ({type(exc).__name__})", code="verification_failed"
+            f"the request could not be checked ({type(exc).__name__})", code=ErrorCode.VERIFICATION_FAILED
         )
 
     def _refusal(self, exc: VerificationError) -> ErrorResponse:

@@ -1,4 +1,4 @@
-"""What every HTTP adapter shares: bearer parsing, client IP, error answers.
+"""The request side every HTTP adapter shares: bearer token, client IP and RFC 6750 answers.
 
 The framework adapters (:mod:`bbverify.asgi`, :mod:`bbverify.wsgi`,
 :mod:`bbverify.flask`, :mod:`bbverify.fastapi`, :mod:`bbverify.starlette`)
@@ -31,7 +31,15 @@ from dataclasses import dataclass, field
 
 from .audit import Decision, emit
 from .claims import PipelineClaims
-from .errors import ConfigurationError, KeysUnavailable, PolicyDenied, VerificationError
+from .errors import (
+    ConfigurationError,
+    ErrorCode,
+    InvalidRequest,
+    KeysUnavailable,
+    MissingToken,
+    PolicyDenied,
+    VerificationError,
+)
 from .ipranges import catch_all_versions, parse_cidr
 from .policies import Rule, as_rules
 from .verifier import Verifier
@@ -43,12 +51,14 @@ __all__ = [
     "KNOWN_SCOPES",
     "POLICY_KEY",
     "UNIX_SOCKET_PEER",
+    "VERIFIER_KEY",
     "ErrorHandler",
     "ErrorResponse",
     "Guard",
     "InvalidRequest",
     "MissingToken",
     "TrustedProxies",
+    "TrustedProxiesSpec",
     "bearer_token",
     "check_scope_names",
     "check_scopes",
@@ -115,28 +125,6 @@ _UNSAFE_HEADER_CHARS = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
 _MAX_DESCRIPTION = 200
 
 
-class MissingToken(VerificationError):
-    """The request carries no bearer token (HTTP 401, no ``error`` attribute).
-
-    Raised by adapters, never by :meth:`Verifier.verify`. Codes:
-    ``missing_token``, ``unsupported_scheme``.
-    """
-
-    default_code = "missing_token"
-    status_code = 401
-
-
-class InvalidRequest(VerificationError):
-    """The ``Authorization`` header is malformed (HTTP 400, ``invalid_request``).
-
-    Raised by adapters, never by :meth:`Verifier.verify`. Codes:
-    ``multiple_authorization``, ``malformed_authorization``, ``empty_token``.
-    """
-
-    default_code = "malformed_authorization"
-    status_code = 400
-
-
 # -- bearer token ------------------------------------------------------------------
 
 
@@ -181,33 +169,35 @@ def bearer_token(authorization: Sequence[str | bytes]) -> str:
         if token is not None:
             return token
     if len(authorization) == 0:
-        raise MissingToken("the request has no Authorization header", code="missing_token")
+        raise MissingToken("the request has no Authorization header", code=ErrorCode.MISSING_TOKEN)
     if len(authorization) > 1:
         raise InvalidRequest(
-            "the request has more than one Authorization header", code="multiple_authorization"
+            "the request has more than one Authorization header", code=ErrorCode.MULTIPLE_AUTHORIZATION
         )
     text = _as_text(authorization[0])
     if text is None:
-        raise InvalidRequest("the Authorization header is not ASCII", code="malformed_authorization")
+        raise InvalidRequest("the Authorization header is not ASCII", code=ErrorCode.MALFORMED_AUTHORIZATION)
     text = text.strip(" \t")
     scheme, _, credentials = text.partition(" ")
     if not scheme:
-        raise InvalidRequest("the Authorization header is empty", code="malformed_authorization")
+        raise InvalidRequest("the Authorization header is empty", code=ErrorCode.MALFORMED_AUTHORIZATION)
     if scheme.lower() != "bearer":
         if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+\-.^_`|~]+", scheme):
-            raise InvalidRequest("the Authorization header is malformed", code="malformed_authorization")
-        raise MissingToken("the Authorization scheme is not Bearer", code="unsupported_scheme")
+            raise InvalidRequest(
+                "the Authorization header is malformed", code=ErrorCode.MALFORMED_AUTHORIZATION
+            )
+        raise MissingToken("the Authorization scheme is not Bearer", code=ErrorCode.UNSUPPORTED_SCHEME)
     credentials = credentials.strip(" \t")
     if not credentials:
         raise InvalidRequest(
             "the Bearer token is empty (in Bitbucket Pipelines, set 'oidc: true' on the step "
             "and send $BITBUCKET_STEP_OIDC_TOKEN)",
-            code="empty_token",
+            code=ErrorCode.EMPTY_TOKEN,
         )
     body = credentials.rstrip("=")  # b64token: allowed characters, then optional '=' padding
     if not body or body.encode("ascii").translate(None, _B64TOKEN_CHARS):
         raise InvalidRequest(
-            "the Bearer token has characters a token cannot have", code="malformed_authorization"
+            "the Bearer token has characters a token cannot have", code=ErrorCode.MALFORMED_AUTHORIZATION
         )
     return credentials
 
@@ -519,7 +509,7 @@ def _check_scopes(claims: PipelineClaims, required: Iterable[str]) -> None:
                 f"this resource needs the {scope!r} scope (a token of a deployment step)"
                 if scope == "deployment"
                 else f"this resource needs the {scope!r} scope",
-                code="insufficient_scope",
+                code=ErrorCode.INSUFFICIENT_SCOPE,
                 rule=f"scope:{scope}",
             )
 

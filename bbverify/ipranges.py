@@ -1,4 +1,4 @@
-"""IP address sets and Atlassian's published IP-range feed.
+"""The networks a client IP is checked against: address sets, configured or from Atlassian's feed.
 
 :class:`AddressSet` answers "is this address in any of these networks?" in
 O(log n): networks are merged into sorted, non-overlapping integer intervals
@@ -38,8 +38,8 @@ from typing import TypeAlias
 
 import requests
 
-from .errors import ConfigurationError
-from .fetch import FetchError, check_fetch_url, fetch_json, private_session
+from .errors import ConfigurationError, FeedError, FetchError
+from .fetch import check_fetch_url, fetch_json, private_session
 from .refresh import BackgroundLoader, settled
 
 __all__ = [
@@ -130,8 +130,12 @@ def parse_cidr(value: object, *, key: str | None = None) -> IPNetwork:
     try:
         network = ipaddress.ip_network(text, strict=True)
     except ValueError as exc:
-        if "has host bits set" in str(exc):
+        # Valid once host bits are allowed: then host bits were strict mode's only objection.
+        try:
             wide = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            wide = None
+        if wide is not None:
             host = text.split("/", 1)[0]
             raise ConfigurationError(
                 f"{text!r} has host bits set; write {str(wide)!r} for the network "
@@ -221,10 +225,6 @@ class AddressSet:
 
 
 # -- the feed -------------------------------------------------------------------
-
-
-class FeedError(ValueError):
-    """The feed could not be used (unreadable, wrong shape, nothing matching)."""
 
 
 Selector: TypeAlias = frozenset[str] | None

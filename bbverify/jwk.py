@@ -1,4 +1,4 @@
-"""Turning JWKs into verifying keys, and checking a signature with one.
+"""Verifying keys: a JWK turned into a key that checks a JWS signature.
 
 Only asymmetric algorithms exist here: an HMAC or ``none`` key cannot even be
 represented, which is what makes algorithm confusion impossible. A key is
@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from .errors import InvalidToken
+from .errors import ErrorCode, InvalidToken, UnusableKey
 from .token import b64url_decode
 
 __all__ = ["SUPPORTED_ALGORITHMS", "UnusableKey", "VerifyingKey", "parse_jwk"]
@@ -53,10 +53,6 @@ _ROCA_SUBGROUPS = {r: frozenset(pow(65537, k, r) for k in range(r)) for r in _RO
 
 def _roca_fingerprint(n: int) -> bool:
     return all(n % r in _ROCA_SUBGROUPS[r] for r in _ROCA_PRIMES)
-
-
-class UnusableKey(Exception):
-    """A JWK that bbverify will not use; the message says why (for logs)."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -97,10 +93,10 @@ class VerifyingKey:
                 ec_key: ec.EllipticCurvePublicKey = self.key  # type: ignore[assignment]
                 ec_key.verify(encode_dss_signature(r, s), signing_input, ec.ECDSA(_HASHES[alg[2:]]))
         except InvalidSignature:
-            raise InvalidToken("signature does not verify", code="bad_signature") from None
+            raise InvalidToken("signature does not verify", code=ErrorCode.BAD_SIGNATURE) from None
         except Exception:
             # Fail closed on anything cryptography raises for odd inputs.
-            raise InvalidToken("signature could not be checked", code="bad_signature") from None
+            raise InvalidToken("signature could not be checked", code=ErrorCode.BAD_SIGNATURE) from None
 
 
 def _uint(jwk: Mapping[str, Any], name: str) -> int:

@@ -40,18 +40,25 @@ from typing import Any, Protocol, TypeAlias
 import requests
 
 from . import budget as _budget
-from .errors import ConfigurationError, InvalidToken, KeysUnavailable
-from .fetch import (
+from .errors import (
+    ConfigurationError,
+    ErrorCode,
     FetchError,
+    InvalidToken,
+    KeysUnavailable,
+    StoreUnavailable,
+    UnusableKey,
+)
+from .fetch import (
     JsonResponse,
     check_fetch_url,
     fetch_json_response,
     is_loopback_host,
     private_session,
 )
-from .jwk import SUPPORTED_ALGORITHMS, UnusableKey, VerifyingKey, parse_jwk
+from .jwk import SUPPORTED_ALGORITHMS, VerifyingKey, parse_jwk
 from .refresh import BackgroundLoader, settled
-from .stores import KeyStore, StoreUnavailable
+from .stores import KeyStore
 
 __all__ = ["KeySource", "RemoteKeySet", "StaticKeySet", "check_fetch_url", "is_loopback_host"]
 
@@ -107,9 +114,11 @@ def _unknown_key(kid: str | None) -> InvalidToken:
     if kid is None:
         return InvalidToken(
             "token has no 'kid' and the key set has no single key for its algorithm",
-            code="unknown_key",
+            code=ErrorCode.UNKNOWN_KEY,
         )
-    return InvalidToken(f"no usable key with kid {kid[:64]!r} in the issuer's key set", code="unknown_key")
+    return InvalidToken(
+        f"no usable key with kid {kid[:64]!r} in the issuer's key set", code=ErrorCode.UNKNOWN_KEY
+    )
 
 
 #: Usable keys by kid, and every usable key (kid-less ones included).

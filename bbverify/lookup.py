@@ -43,7 +43,7 @@ from urllib.parse import quote, urlsplit
 import requests
 
 from .claims import try_normalize_uuid
-from .errors import ConfigurationError
+from .errors import ConfigurationError, LookupFailed
 from .fetch import check_fetch_url, private_session
 from .workspaces import bitbucket_audience, bitbucket_issuer
 
@@ -64,15 +64,6 @@ MAX_PAGES = 50
 MAX_BODY_BYTES = 1024 * 1024
 _SLUG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
-
-
-class LookupFailed(Exception):
-    """Bitbucket refused or failed a lookup; ``status`` is the HTTP status (0: no answer)."""
-
-    def __init__(self, message: str, *, status: int = 0, retry_after: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.retry_after = retry_after
 
 
 @dataclass(frozen=True, slots=True)

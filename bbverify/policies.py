@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias, cast
 
 from .claims import PipelineClaims, normalize_uuid, try_normalize_uuid
-from .errors import ConfigurationError, PolicyDenied
+from .errors import ConfigurationError, ErrorCode, PolicyDenied
 from .ipranges import DEFAULT_FEED_URL, AddressSet, AtlassianIPRanges, IPNetwork, parse_cidr, parse_client_ip
 
 __all__ = [
@@ -117,7 +117,7 @@ def _rule_failed(rule: Rule, exc: Exception) -> PolicyDenied:
     _log.exception("rule %s raised; denying", rule_name(rule))
     return PolicyDenied(
         f"rule {rule_name(rule)} failed with {type(exc).__name__}; denied to fail closed",
-        code="policy_error",
+        code=ErrorCode.POLICY_ERROR,
         rule=rule_name(rule),
     )
 
@@ -125,7 +125,7 @@ def _rule_failed(rule: Rule, exc: Exception) -> PolicyDenied:
 def _rule_returned(rule: Rule, result: object) -> PolicyDenied:
     if result is False:
         return PolicyDenied(
-            f"rule {rule_name(rule)} returned False", code="policy_denied", rule=rule_name(rule)
+            f"rule {rule_name(rule)} returned False", code=ErrorCode.POLICY_DENIED, rule=rule_name(rule)
         )
     # Only None and True admit. Anything else is a bug, most often an ``async def``
     # rule whose coroutine (truthy, never run) would otherwise have admitted.
@@ -136,7 +136,7 @@ def _rule_returned(rule: Rule, result: object) -> PolicyDenied:
     return PolicyDenied(
         f"rule {rule_name(rule)} returned a {what} (rules admit only with None or True); "
         "denied to fail closed",
-        code="policy_error",
+        code=ErrorCode.POLICY_ERROR,
         rule=rule_name(rule),
     )
 
@@ -220,7 +220,7 @@ class Workspaces(_UUIDAllowList):
     name = "workspaces"
     _key = "workspaces"
     _what = "workspace"
-    _code = "workspace_not_allowed"
+    _code = ErrorCode.WORKSPACE_NOT_ALLOWED
 
     def _claim(self, claims: PipelineClaims) -> str:
         return claims.workspace_uuid
@@ -232,7 +232,7 @@ class Repositories(_UUIDAllowList):
     name = "repositories"
     _key = "repositories"
     _what = "repository"
-    _code = "repository_not_allowed"
+    _code = ErrorCode.REPOSITORY_NOT_ALLOWED
 
     def _claim(self, claims: PipelineClaims) -> str:
         return claims.repository_uuid
@@ -248,7 +248,7 @@ class Environments(_UUIDAllowList):
     name = "environments"
     _key = "environments"
     _what = "deployment environment"
-    _code = "environment_not_allowed"
+    _code = ErrorCode.ENVIRONMENT_NOT_ALLOWED
 
     def _claim(self, claims: PipelineClaims) -> str:
         return claims.deployment_environment_uuid or ""
@@ -258,7 +258,7 @@ class Environments(_UUIDAllowList):
             raise self._deny(
                 "this rule only admits deployment steps, and the token has no deploymentEnvironmentUuid; "
                 "run the step with 'deployment: <environment>' in bitbucket-pipelines.yml",
-                "environment_required",
+                ErrorCode.ENVIRONMENT_REQUIRED,
             )
         super().__call__(claims, context)
 
@@ -302,13 +302,13 @@ class Branches(_BuiltinRule):
             raise self._deny(
                 "the token has no branchName (a tag or custom pipeline?); this rule admits only "
                 f"branches {list(self.patterns)}; pass allow_missing=True to admit such steps",
-                "branch_required",
+                ErrorCode.BRANCH_REQUIRED,
             )
         if branch in self._exact or any(fnmatch.fnmatchcase(branch, g) for g in self._globs):
             return
         raise self._deny(
             f"branch {branch[:200]!r} is not allowed; allowed branches: {list(self.patterns)}",
-            "branch_not_allowed",
+            ErrorCode.BRANCH_NOT_ALLOWED,
         )
 
     def __repr__(self) -> str:
@@ -379,12 +379,12 @@ class IPRanges(_BuiltinRule):
             raise self._deny(
                 "the client IP is unknown, so the IP rule cannot admit the request; check that the "
                 "adapter passes client_ip (and its trusted-proxy setting)",
-                "client_ip_unknown",
+                ErrorCode.CLIENT_IP_UNKNOWN,
             )
         try:
             address = parse_client_ip(raw)
         except ValueError as exc:
-            raise self._deny(str(exc), "client_ip_invalid") from None
+            raise self._deny(str(exc), ErrorCode.CLIENT_IP_INVALID) from None
         if address in self.static:
             return
         if self.feed is not None:
@@ -393,7 +393,7 @@ class IPRanges(_BuiltinRule):
                 raise self._deny(
                     f"the IP ranges from {self.feed.source} are not loaded yet "
                     f"({self.feed.last_error or 'loading'}); retry shortly",
-                    "ip_ranges_unavailable",
+                    ErrorCode.IP_RANGES_UNAVAILABLE,
                 )
             if address in ranges:
                 return
@@ -401,7 +401,7 @@ class IPRanges(_BuiltinRule):
             f"client IP {address} is not in the allowed ranges; if this pipeline runs there legitimately "
             "(a self-hosted runner, say), add its range to the IPRanges rule, or check that a proxy "
             "in front of this service is trusted so that the real client IP is used",
-            "ip_not_allowed",
+            ErrorCode.IP_NOT_ALLOWED,
         )
 
     def __repr__(self) -> str:
@@ -460,14 +460,14 @@ class StepDuration(_BuiltinRule):
             raise self._deny(
                 f"the step started {age / 60:.0f} minutes ago, longer than the {self._limit_text()}; "
                 "call this service earlier in the step, or raise max_minutes",
-                "step_too_long",
+                ErrorCode.STEP_TOO_LONG,
             )
         lifetime = claims.expires_at.timestamp() - iat
         if self.check_lifetime and lifetime > limit:
             raise self._deny(
                 f"the token is valid for {lifetime / 60:.0f} minutes, more than the {self._limit_text()}; "
                 "set the step's max-time to at most max_minutes, or raise max_minutes",
-                "token_lifetime_too_long",
+                ErrorCode.TOKEN_LIFETIME_TOO_LONG,
             )
 
     def __repr__(self) -> str:
@@ -505,7 +505,7 @@ class Issuers(_BuiltinRule):
             raise self._deny(
                 f"tokens of workspace issuer {claims.issuer[:200]!r} are not allowed here; "
                 f"allowed issuers: {list(self.issuers)}",
-                "workspace_not_allowed",
+                ErrorCode.WORKSPACE_NOT_ALLOWED,
             )
 
     def __repr__(self) -> str:
@@ -574,7 +574,7 @@ class ClaimMatches(_BuiltinRule):
         if self.claim not in raw:
             raise self._deny(
                 f"the token has no {self.claim!r} claim, which this rule requires",
-                "claim_required",
+                ErrorCode.CLAIM_REQUIRED,
             )
         value = raw[self.claim]
         items = value if isinstance(value, tuple) else (value,)  # JSON arrays are frozen to tuples
@@ -583,7 +583,7 @@ class ClaimMatches(_BuiltinRule):
         shown = repr(value)[:200]
         raise self._deny(
             f"claim {self.claim!r} is {shown}, not one of the allowed values {list(self.values)}",
-            "claim_not_allowed",
+            ErrorCode.CLAIM_NOT_ALLOWED,
         )
 
     def __repr__(self) -> str:
@@ -600,7 +600,12 @@ def _is_glob(value: object) -> bool:
 #: :func:`not_` passes these through instead of inverting them, so that a broken
 #: rule, or a request whose client IP is unknown, is never admitted by negation.
 UNDECIDED_CODES = frozenset(
-    {"policy_error", "client_ip_unknown", "client_ip_invalid", "ip_ranges_unavailable"}
+    {
+        ErrorCode.POLICY_ERROR,
+        ErrorCode.CLIENT_IP_UNKNOWN,
+        ErrorCode.CLIENT_IP_INVALID,
+        ErrorCode.IP_RANGES_UNAVAILABLE,
+    }
 )
 
 
@@ -632,7 +637,7 @@ class _AnyOf(_BuiltinRule):
 
     def __call__(self, claims: PipelineClaims, context: RequestContext) -> None:
         reasons: list[str] = []
-        code = "policy_denied"
+        code: str = ErrorCode.POLICY_DENIED
         for rule in self.rules:
             try:
                 check_rule(rule, claims, context)
@@ -665,7 +670,7 @@ class _Not(_BuiltinRule):
             return
         raise self._deny(
             self.message or f"{rule_name(self.rule)} admits this request, and this rule excludes it",
-            "policy_denied",
+            ErrorCode.POLICY_DENIED,
         )
 
     def __repr__(self) -> str:

@@ -16,6 +16,8 @@ import pytest
 
 from .testing import FakeIssuer
 
+__all__ = ["bbverify_issuer"]
+
 
 @pytest.fixture
 def bbverify_issuer() -> Iterator[FakeIssuer]:

@@ -48,7 +48,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConfigurationError, RouteDenied
+from .errors import ConfigurationError, ErrorCode, RouteDenied
 
 __all__ = [
     "Route",
@@ -71,7 +71,7 @@ _MEMO_MAX = 4096
 
 
 def _refuse(message: str) -> RouteDenied:
-    return RouteDenied(message, code="unnormalizable_request")
+    return RouteDenied(message, code=ErrorCode.UNNORMALIZABLE_REQUEST)
 
 
 def normalize_path(target: str, *, case_insensitive: bool = False) -> str:
@@ -469,11 +469,11 @@ class RouteTable:
         if not best:
             if self.unmatched == "default_policy":
                 return RouteMatch(None, None, False, norm_method, path)
-            raise RouteDenied("no route matches the original request", code="unmatched_route")
+            raise RouteDenied("no route matches the original request", code=ErrorCode.UNMATCHED_ROUTE)
         if len({r.outcome() for r in best}) > 1:
             raise RouteDenied(
                 f"routes {', '.join(r.name for r in best)} match the original request equally",
-                code="ambiguous_route",
+                code=ErrorCode.AMBIGUOUS_ROUTE,
             )
         chosen = best[0]
         return RouteMatch(chosen, chosen.policy, chosen.public, norm_method, path)

@@ -1,4 +1,4 @@
-"""Starlette helpers: an ``AuthenticationBackend`` and response conversion.
+"""Starlette integration: an ``AuthenticationBackend`` for pipeline tokens, with its error responses.
 
 Most applications should use :class:`bbverify.asgi.PipelineAuthMiddleware`,
 which refuses requests without a valid token. If you prefer Starlette's own
@@ -43,12 +43,11 @@ from starlette.websockets import WebSocket
 
 from .asgi import WS_POLICY_VIOLATION, auth_headers, peer_address, scope_path, set_scope_claims
 from .asgi import PipelineUser as _PipelineUser
-from .errors import ConfigurationError, VerificationError
+from .errors import ConfigurationError, ErrorCode, MissingToken, VerificationError
 from .http import (
     DEFAULT_REALM,
     ErrorResponse,
     Guard,
-    MissingToken,
     TrustedProxiesSpec,
     check_scope_names,
     check_scopes,
@@ -156,7 +155,7 @@ def requires(scopes: str | Iterable[str] = "pipeline", *, realm: str = DEFAULT_R
     def refusal(conn: object) -> VerificationError | None:
         claims = request_claims(conn)
         if claims is None:
-            return MissingToken("this resource needs a pipeline token", code="missing_token")
+            return MissingToken("this resource needs a pipeline token", code=ErrorCode.MISSING_TOKEN)
         scope = getattr(conn, "scope", None)
         try:
             check_scopes(claims, needed, scope if isinstance(scope, dict) else None)

@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, StoreUnavailable
 
 if TYPE_CHECKING:  # pragma: no cover
     import redis
@@ -57,10 +57,6 @@ __all__ = [
 MAX_ENTRY_BYTES = 1024 * 1024
 #: Seconds every Redis call may take (connect, read, write).
 DEFAULT_REDIS_TIMEOUT = 0.25
-
-
-class StoreUnavailable(Exception):
-    """The store could not answer (I/O error, Redis down or slow)."""
 
 
 class KeyStore(Protocol):
@@ -436,8 +432,5 @@ def key_store_from_mapping(
             raise
         # Re-spell the store's own key (key_store.url) the way the user wrote it.
         name = (exc.key or "").rsplit(".", 1)[-1]
-        message = str(exc)
-        if exc.key and message.startswith(exc.key + ": "):
-            message = message[len(exc.key) + 2 :]
-        raise ConfigurationError(message, key=spell(name)) from None
+        raise ConfigurationError(exc.detail, key=spell(name)) from None
     return MemoryKeyStore()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, NamedTuple
 
-from .errors import InvalidToken
+from .errors import ErrorCode, InvalidToken
 
 __all__ = [
     "DEFAULT_MAX_TOKEN_BYTES",
@@ -51,7 +51,7 @@ _ALPHABET_AND_DOT = _ALPHABET_BYTES + b"."
 
 
 def _malformed(message: str) -> InvalidToken:
-    return InvalidToken(message, code="malformed")
+    return InvalidToken(message, code=ErrorCode.MALFORMED)
 
 
 def b64url_decode(segment: str, what: str = "segment") -> bytes:
@@ -186,7 +186,7 @@ def split(token: object, max_bytes: int = DEFAULT_MAX_TOKEN_BYTES) -> ParsedToke
     if type(token) is not str:  # the common case skips both isinstance checks
         if isinstance(token, bytes | bytearray):
             if len(token) > max_bytes:
-                raise InvalidToken("token is larger than the size cap", code="token_too_large")
+                raise InvalidToken("token is larger than the size cap", code=ErrorCode.TOKEN_TOO_LARGE)
             try:
                 token = bytes(token).decode("ascii")
             except UnicodeDecodeError:
@@ -194,7 +194,7 @@ def split(token: object, max_bytes: int = DEFAULT_MAX_TOKEN_BYTES) -> ParsedToke
         if not isinstance(token, str):
             raise _malformed("token must be a string")
     if len(token) > max_bytes:
-        raise InvalidToken("token is larger than the size cap", code="token_too_large")
+        raise InvalidToken("token is larger than the size cap", code=ErrorCode.TOKEN_TOO_LARGE)
     if not token.isascii():
         raise _malformed("token is not ASCII")
     raw = token.encode("ascii")
@@ -264,24 +264,26 @@ def parse_header(segment: str, allowed_algorithms: frozenset[str]) -> Header:
     header = parse_json_object(b64url_decode(segment, "header"), "header")
     alg = header.get("alg")
     if not isinstance(alg, str):
-        raise InvalidToken("header has no algorithm", code="malformed")
+        raise InvalidToken("header has no algorithm", code=ErrorCode.MALFORMED)
     if alg.strip().upper().startswith(_HMAC_OR_NONE) or alg not in allowed_algorithms:
         # 'none' in any spelling and every HMAC algorithm are refused whatever
         # the allowlist says: with a public key they are forgeable.
         raise InvalidToken(
             f"algorithm {alg[:20]!r} is not accepted (allowed: {', '.join(sorted(allowed_algorithms))})",
-            code="unsupported_algorithm",
+            code=ErrorCode.UNSUPPORTED_ALGORITHM,
         )
     for name in _REFUSED_HEADERS:
         if name in header:
-            raise InvalidToken(f"header parameter {name!r} is not accepted", code="unsupported_header")
+            raise InvalidToken(
+                f"header parameter {name!r} is not accepted", code=ErrorCode.UNSUPPORTED_HEADER
+            )
     typ = header.get("typ")
     if typ is not None and (not isinstance(typ, str) or typ.lower() not in ("jwt", "application/jwt")):
-        raise InvalidToken("header 'typ' must be JWT when present", code="unsupported_header")
+        raise InvalidToken("header 'typ' must be JWT when present", code=ErrorCode.UNSUPPORTED_HEADER)
     kid = header.get("kid")
     # "kid": null is not "no kid": it would let a token opt into the single-key fallback.
     if "kid" in header and (
         not isinstance(kid, str) or not kid or len(kid) > MAX_KID_LENGTH or not kid.isprintable()
     ):
-        raise InvalidToken("header 'kid' must be a short printable string", code="malformed")
+        raise InvalidToken("header 'kid' must be a short printable string", code=ErrorCode.MALFORMED)
     return Header(alg=alg, kid=kid)

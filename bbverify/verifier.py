@@ -25,7 +25,7 @@ import requests
 from . import keys as _keys
 from .audit import Decision, DecisionHook, emit, wanted
 from .claims import PipelineClaims
-from .errors import ConfigurationError, InvalidToken, VerificationError
+from .errors import ConfigurationError, ErrorCode, InvalidToken, VerificationError
 from .jwk import SUPPORTED_ALGORITHMS, VerifyingKey
 from .policies import RequestContext, Rule, apply_rules, as_rules
 from .stores import KeyStore
@@ -67,12 +67,12 @@ _MAX_TIMESTAMP = 253402300799
 def _timestamp(payload: Mapping[str, Any], name: str, required: bool) -> float | None:
     if name not in payload:
         if required:
-            raise InvalidToken(f"claim {name!r} is required", code="missing_claim")
+            raise InvalidToken(f"claim {name!r} is required", code=ErrorCode.MISSING_CLAIM)
         return None
     value = payload[name]
     # bool is an int subclass; 'true' is not a time.
     if type(value) not in (int, float) or not (0 <= value <= _MAX_TIMESTAMP):
-        raise InvalidToken(f"claim {name!r} must be a NumericDate", code="malformed")
+        raise InvalidToken(f"claim {name!r} must be a NumericDate", code=ErrorCode.MALFORMED)
     return float(value)
 
 
@@ -89,15 +89,15 @@ def _require_bitbucket_claims(payload: Mapping[str, Any]) -> None:
         if type(value) is str and value:
             continue
         if value is None:
-            raise InvalidToken(f"claim {name!r} is required", code="missing_claim")
+            raise InvalidToken(f"claim {name!r} is required", code=ErrorCode.MISSING_CLAIM)
         if not isinstance(value, str) or not value:
-            raise InvalidToken(f"claim {name!r} must be a non-empty string", code="malformed")
+            raise InvalidToken(f"claim {name!r} must be a non-empty string", code=ErrorCode.MALFORMED)
 
 
 def _check_bitbucket_claims(payload: Mapping[str, Any]) -> None:
     for name in ("deploymentEnvironmentUuid", "branchName"):
         if name in payload and not isinstance(payload[name], str):
-            raise InvalidToken(f"claim {name!r} must be a string", code="malformed")
+            raise InvalidToken(f"claim {name!r} must be a string", code=ErrorCode.MALFORMED)
     env = payload.get("deploymentEnvironmentUuid")
     repo, step = payload["repositoryUuid"], payload["stepUuid"]
     expected = f"{repo}:{env}:{step}" if env is not None else f"{repo}:{step}"
@@ -106,7 +106,7 @@ def _check_bitbucket_claims(payload: Mapping[str, Any]) -> None:
         # was not made by Bitbucket the way rules expect.
         raise InvalidToken(
             "claim 'sub' does not agree with repositoryUuid, deploymentEnvironmentUuid and stepUuid",
-            code="subject_mismatch",
+            code=ErrorCode.SUBJECT_MISMATCH,
         )
 
 
@@ -379,10 +379,7 @@ class Verifier:
             except ConfigurationError as exc:
                 if exc.key in fetch_options:
                     raise
-                message = str(exc)
-                if exc.key and message.startswith(exc.key + ": "):
-                    message = message[len(exc.key) + 2 :]
-                raise ConfigurationError(message, key=f"{key}.{exc.key}") from None
+                raise ConfigurationError(exc.detail, key=f"{key}.{exc.key}") from None
             for j, other in enumerate(trusts):
                 if other.keys is source:
                     # One key set behind two issuers would let either workspace's keys
@@ -660,12 +657,12 @@ class Verifier:
         """The trusted workspace whose issuer is exactly the payload's ``iss``."""
         iss = payload.get("iss")
         if iss is None:
-            raise InvalidToken("claim 'iss' is required", code="missing_claim")
+            raise InvalidToken("claim 'iss' is required", code=ErrorCode.MISSING_CLAIM)
         # Exact match among the configured issuers only; type() first, since a
         # list is unhashable and a str subclass could compare in odd ways.
         trust = self._by_issuer.get(iss) if type(iss) is str else None
         if trust is None:
-            raise InvalidToken("token was issued by another issuer", code="issuer_mismatch")
+            raise InvalidToken("token was issued by another issuer", code=ErrorCode.ISSUER_MISMATCH)
         return trust
 
     def _plausible(self, payload: Mapping[str, Any], now: float) -> _Trust:
@@ -680,31 +677,31 @@ class Verifier:
 
         aud = payload.get("aud")
         if aud is None:
-            raise InvalidToken("claim 'aud' is required", code="missing_claim")
+            raise InvalidToken("claim 'aud' is required", code=ErrorCode.MISSING_CLAIM)
         audiences = trust.audiences
         if type(aud) is str:
             ok = aud in audiences
         elif isinstance(aud, list) and aud and all(type(a) is str for a in aud):
             ok = not audiences.isdisjoint(aud)
         else:
-            raise InvalidToken("claim 'aud' must be a string or a list of strings", code="malformed")
+            raise InvalidToken("claim 'aud' must be a string or a list of strings", code=ErrorCode.MALFORMED)
         if not ok:
-            raise InvalidToken("token is not meant for this audience", code="audience_mismatch")
+            raise InvalidToken("token is not meant for this audience", code=ErrorCode.AUDIENCE_MISMATCH)
 
         exp = _timestamp(payload, "exp", required=True)
         iat = _timestamp(payload, "iat", required=True)
         assert exp is not None and iat is not None
         if exp < iat:
-            raise InvalidToken("claim 'exp' is before 'iat'", code="invalid_claim")
+            raise InvalidToken("claim 'exp' is before 'iat'", code=ErrorCode.INVALID_CLAIM)
         leeway = self.leeway
         if now >= exp + leeway:
-            raise InvalidToken("token has expired", code="expired")
+            raise InvalidToken("token has expired", code=ErrorCode.EXPIRED)
         if iat > now + leeway:
-            raise InvalidToken("token was issued in the future", code="not_yet_valid")
+            raise InvalidToken("token was issued in the future", code=ErrorCode.NOT_YET_VALID)
         if "nbf" in payload:  # Bitbucket sends none; checked when present
             nbf = _timestamp(payload, "nbf", required=False)
             if nbf is not None and nbf > now + leeway:
-                raise InvalidToken("token is not valid yet (nbf)", code="not_yet_valid")
+                raise InvalidToken("token is not valid yet (nbf)", code=ErrorCode.NOT_YET_VALID)
         # Everything else a genuine token must satisfy is checkable unsigned too: claim
         # types, 'sub' agreement and the workspace pin. A token failing any of them is
         # refused for that reason before it can cost a key fetch (finding f01).
@@ -712,7 +709,7 @@ class Verifier:
         _check_bitbucket_claims(payload)
         pin = trust.workspace_uuid
         if pin is not None and payload["workspaceUuid"].lower() != pin:
-            raise InvalidToken("token belongs to another workspace", code="workspace_mismatch")
+            raise InvalidToken("token belongs to another workspace", code=ErrorCode.WORKSPACE_MISMATCH)
         return trust
 
     def _finish(
@@ -802,7 +799,7 @@ class Verifier:
         # Should not happen; if it does, refuse the token rather than leak the error.
         _log.exception("unexpected error while verifying a token; refusing it")
         error = InvalidToken(
-            f"token could not be verified ({type(exc).__name__})", code="verification_failed"
+            f"token could not be verified ({type(exc).__name__})", code=ErrorCode.VERIFICATION_FAILED
         )
         self._denied(error, claims, client_ip, trust, policy, method, path)
         return error

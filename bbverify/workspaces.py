@@ -198,10 +198,7 @@ class WorkspaceSpec:
         try:
             return cls(**value)
         except ConfigurationError as exc:
-            message = str(exc)
-            if exc.key and message.startswith(exc.key + ": "):
-                message = message[len(exc.key) + 2 :]
-            raise ConfigurationError(message, key=f"{key}.{exc.key}" if exc.key else key) from None
+            raise ConfigurationError(exc.detail, key=f"{key}.{exc.key}" if exc.key else key) from None
 
     def __repr__(self) -> str:
         pin = f", workspace_uuid={self.workspace_uuid!r}" if self.workspace_uuid else ""

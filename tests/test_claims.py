@@ -155,3 +155,37 @@ def test_claims_are_hashable_and_compare_by_value() -> None:
     assert a == b and hash(a) == hash(b)
     assert len({a, b}) == 1
     assert a != PipelineClaims.from_payload(payload(pipelineRunUuid="{other}"))
+
+
+def test_every_claim_lands_in_its_own_field() -> None:
+    # Every string claim distinct, so that a swap of any two fields shows.
+    p = payload(
+        workspaceUuid="w", repositoryUuid="r", pipelineUuid="p", stepUuid="s",
+        deploymentEnvironmentUuid="e", branchName="b", sub="sub", iss="iss", aud=["a1", "a2"],
+        iat=1_700_000_001, exp=1_700_000_002,
+    )
+    c = PipelineClaims.from_payload(p)
+    assert (
+        c.workspace_uuid, c.repository_uuid, c.pipeline_uuid, c.step_uuid,
+        c.deployment_environment_uuid, c.branch_name, c.subject, c.issuer, c.audience,
+    ) == ("w", "r", "p", "s", "e", "b", "sub", "iss", ("a1", "a2"))
+    assert c.issued_at == datetime.fromtimestamp(1_700_000_001, UTC)
+    assert c.expires_at == datetime.fromtimestamp(1_700_000_002, UTC)
+    assert set(c.raw) == set(p)
+    assert c.raw["aud"] == ("a1", "a2")  # frozen: lists become tuples
+
+
+def test_from_payload_builds_claims_by_keyword() -> None:
+    # By keyword, reordering the dataclass's fields cannot swap claims.
+    import ast
+    import inspect
+    import textwrap
+
+    source = textwrap.dedent(inspect.getsource(PipelineClaims.from_payload))
+    calls = [
+        n for n in ast.walk(ast.parse(source))
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "cls"
+    ]
+    assert len(calls) == 1
+    assert calls[0].args == []
+    assert {k.arg for k in calls[0].keywords} == {f.name for f in dataclasses.fields(PipelineClaims)}

@@ -1,5 +1,8 @@
-"""The Django app config: add ``"bbverify.django"`` to ``INSTALLED_APPS`` for the system checks
-and a configuration built at start-up."""
+"""The Django app config: add ``"bbverify.django"`` to ``INSTALLED_APPS`` (checks, start-up build).
+
+With the app installed, the system checks run and the configuration is built
+at start-up.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,8 @@ import contextlib
 
 from django.apps import AppConfig
 from django.core import checks
+
+__all__ = ["BBVerifyConfig"]
 
 
 class BBVerifyConfig(AppConfig):

@@ -68,7 +68,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         except ConfigurationError as exc:
             errors.append(
                 Error(
-                    f"{where} uses policy {name!r}: {str(exc).split(': ', 1)[-1]}",
+                    f"{where} uses policy {name!r}: {exc.detail}",
                     hint=f"define it under {SETTING}['policies']",
                     obj=where,
                     id="bbverify.E004",

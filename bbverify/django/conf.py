@@ -90,10 +90,7 @@ def setting_path(setting: str, key: str | None) -> str:
 
 
 def _rekeyed(exc: ConfigurationError, setting: str) -> ConfigurationError:
-    message = str(exc)
-    if exc.key and message.startswith(exc.key + ": "):
-        message = message[len(exc.key) + 2 :]
-    return ConfigurationError(message, key=setting_path(setting, exc.key))
+    return ConfigurationError(exc.detail, key=setting_path(setting, exc.key))
 
 
 def check_policy(verifier: Verifier, name: str | None) -> None:
@@ -224,10 +221,7 @@ def _routes(raw: object, verifier: Verifier) -> tuple[Route, ...]:
         try:
             check_policy(verifier, policy)
         except ConfigurationError as exc:
-            message = str(exc)
-            if exc.key and message.startswith(exc.key + ": "):
-                message = message[len(exc.key) + 2 :]
-            raise ConfigurationError(message, key=f"{where}['policy']") from None
+            raise ConfigurationError(exc.detail, key=f"{where}['policy']") from None
         routes.append(Route(url_name, policy))
     return tuple(routes)
 

@@ -22,7 +22,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.views.decorators.debug import sensitive_variables
 
 from ..claims import PipelineClaims
-from ..errors import VerificationError
+from ..errors import MissingToken, VerificationError
 from ..http import (
     CLAIMS_KEY,
     CLIENT_IP_KEY,
@@ -30,7 +30,6 @@ from ..http import (
     VERIFIER_KEY,
     ErrorResponse,
     Guard,
-    MissingToken,
     bearer_token,
 )
 from ..wsgi import environ_request

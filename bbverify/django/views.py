@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["UrlIndex", "url_index"]
+__all__ = ["UrlIndex", "reset", "url_index"]
 
 _MAX_URL_DEPTH = 32
 
