@@ -50,6 +50,7 @@ __all__ = [
     "FeedError",
     "IPAddress",
     "IPNetwork",
+    "catch_all_versions",
     "load_cidrs",
     "parse_cidr",
     "parse_client_ip",

@@ -27,6 +27,7 @@ __all__ = [
     "ParsedToken",
     "b64url_decode",
     "decode_payload",
+    "loads_strict",
     "parse_header",
     "parse_json_object",
     "split",
