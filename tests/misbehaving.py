@@ -1,0 +1,166 @@
+"""One small misbehaving HTTP server for deadline tests: plain sockets and threads on 127.0.0.1.
+
+Each accepted connection reads the request head and then acts out the
+server's current *mode*:
+
+* ``"ok"``: answers 200 with ``body()`` (JSON) and closes,
+* ``"silent"``: accepts and never answers,
+* ``"trickle_status"``: sends ``HTTP/1.1 200 OK`` one byte per ``interval``,
+* ``"trickle_headers"``: a status line, then one header byte per ``interval``,
+* ``"trickle_body"``: status and ``Transfer-Encoding: chunked`` headers, then
+  one 1-byte chunk per ``interval``, never the last chunk,
+* ``"endless_headers"``: a status line, then header lines forever
+  (``interval`` apart), never the blank line.
+
+``mode`` may be changed at any time; a connection keeps the mode it started
+with. ``first_modes`` lists modes for the first connections, before ``mode``
+applies. Every stalling mode stops at ``stop()`` or after ``max_stall``
+seconds, so no thread outlives the test by more than that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+MODES = ("ok", "silent", "trickle_status", "trickle_headers", "trickle_body", "endless_headers")
+
+
+class MisbehavingServer:
+    def __init__(
+        self,
+        mode: str = "ok",
+        *,
+        body: Callable[[], Any] = lambda: {},
+        interval: float = 0.25,
+        max_stall: float = 20.0,
+        first_modes: tuple[str, ...] = (),
+    ) -> None:
+        for m in (mode, *first_modes):
+            if m not in MODES:
+                raise ValueError(f"unknown mode {m!r}")
+        self.mode = mode
+        self.body = body
+        self.interval = interval
+        self.max_stall = max_stall
+        self._first = list(first_modes)
+        self.connections = 0
+        #: Connections currently stalling (a stalling mode that has not ended).
+        self.stalling = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._conns: list[socket.socket] = []
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(64)
+        self._sock.settimeout(0.1)
+        self.port = self._sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._acceptor = threading.Thread(target=self._accept, daemon=True)
+        self._acceptor.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                mode = self._first.pop(0) if self._first else self.mode
+                self.connections += 1
+                self._conns.append(conn)
+                thread = threading.Thread(target=self._serve, args=(conn, mode), daemon=True)
+                self._threads.append(thread)
+            thread.start()
+
+    def queue(self, *modes: str) -> None:
+        """Use ``modes`` for the next connections, then ``mode`` again."""
+        with self._lock:
+            self._first.extend(modes)
+
+    def _stalled(self, started: float) -> bool:
+        """Wait one interval; True when the connection must stop stalling."""
+        return self._stop.wait(self.interval) or time.monotonic() - started > self.max_stall
+
+    def _serve(self, conn: socket.socket, mode: str) -> None:
+        started = time.monotonic()
+        if mode != "ok":
+            with self._lock:
+                self.stalling += 1
+        try:
+            conn.settimeout(self.max_stall)
+            head = b""
+            while b"\r\n\r\n" not in head and len(head) < 65536:
+                data = conn.recv(4096)
+                if not data:
+                    return
+                head += data
+            if mode == "ok":
+                payload = json.dumps(self.body()).encode()
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    + f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
+                    + payload
+                )
+                return
+            if mode == "silent":
+                while not self._stalled(started):
+                    pass
+                return
+            if mode == "trickle_status":
+                for byte in b"HTTP/1.1 200 OK\r\n" * 1000:
+                    if self._stalled(started):
+                        return
+                    conn.sendall(bytes([byte]))
+                return
+            conn.sendall(b"HTTP/1.1 200 OK\r\n")
+            if mode == "trickle_headers":
+                conn.sendall(b"X-Slow: ")
+                while not self._stalled(started):
+                    conn.sendall(b"a")
+            elif mode == "endless_headers":
+                n = 0
+                while not self._stalled(started):
+                    conn.sendall(f"X-Header-{n}: {n}\r\n".encode())
+                    n += 1
+            elif mode == "trickle_body":
+                conn.sendall(b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+                while not self._stalled(started):
+                    conn.sendall(b"1\r\n \r\n")
+        except OSError:
+            pass  # the client gave up, as it should
+        finally:
+            conn.close()
+            if mode != "ok":
+                with self._lock:
+                    self.stalling -= 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._sock.close()
+        with self._lock:
+            conns, threads = list(self._conns), list(self._threads)
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        self._acceptor.join(timeout=5)
+        for thread in threads:
+            thread.join(timeout=5)
+
+
+@contextmanager
+def misbehaving(mode: str = "ok", **options: Any) -> Iterator[MisbehavingServer]:
+    server = MisbehavingServer(mode, **options)
+    try:
+        yield server
+    finally:
+        server.stop()

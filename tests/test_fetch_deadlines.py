@@ -1,0 +1,169 @@
+"""Issue 10, item 2: every fetch ends at its deadline, whatever the server does.
+
+Servers here are real sockets on 127.0.0.1 (tests/misbehaving.py) that stall
+for far longer than the deadline; a fetch that only had per-read timeouts
+would last as long as the stall. "Before the stall ends" is checked against
+the server's own count of connections still stalling, not against a timer.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import requests
+from misbehaving import MisbehavingServer, misbehaving
+
+from bbverify import InvalidToken, KeysUnavailable, RemoteKeySet, Verifier, verify
+from bbverify.fetch import FetchError, fetch_json, private_session
+from bbverify.policies import Repositories
+from bbverify.refresh import MAX_ABANDONED
+from bbverify.testing import FakeIssuer
+
+STALLS = ("silent", "trickle_status", "trickle_headers", "trickle_body", "endless_headers")
+
+
+def _loader_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name in ("bbverify-jwks", "bbverify-ipranges")]
+
+
+def _wait_threads_gone(limit: float = 10.0) -> None:
+    end = time.monotonic() + limit
+    while _loader_threads() and time.monotonic() < end:
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def stalled_issuer(issuer: FakeIssuer) -> Iterator[MisbehavingServer]:
+    with misbehaving("ok", body=issuer.jwks, max_stall=12.0) as server:
+        yield server
+
+
+@pytest.mark.parametrize("mode", STALLS)
+def test_fetch_ends_at_its_deadline(mode: str) -> None:
+    with misbehaving(mode, max_stall=10.0) as server:
+        started = time.monotonic()
+        with pytest.raises((FetchError, requests.RequestException)):
+            fetch_json(private_session(), server.url, deadline=started + 1.0, max_bytes=65536)
+        elapsed = time.monotonic() - started
+        # The stall lasts 10 s; per-read timeouts alone would last as long.
+        assert elapsed < 3.0, f"{mode}: fetch lasted {elapsed:.1f}s past a 1s deadline"
+        assert server.stalling == 1  # and the server was still stalling when it ended
+
+
+def test_fetch_ends_at_its_deadline_on_a_reused_connection(issuer: FakeIssuer) -> None:
+    session = private_session()
+    with misbehaving("ok", body=issuer.jwks, max_stall=10.0) as server:
+        assert fetch_json(session, server.url, deadline=time.monotonic() + 2, max_bytes=65536)
+        server.mode = "trickle_headers"
+        with pytest.raises((FetchError, requests.RequestException)):
+            fetch_json(session, server.url, deadline=time.monotonic() + 1.0, max_bytes=65536)
+        assert server.stalling == 1
+
+
+def test_cold_start_recovers_while_the_first_fetch_still_trickles(
+    issuer: FakeIssuer, stalled_issuer: MisbehavingServer
+) -> None:
+    stalled_issuer.queue("trickle_headers")  # the first fetch trickles for 12 s; later ones answer
+    verifier = Verifier(
+        issuer=issuer.issuer, audience=issuer.audience, jwks_url=stalled_issuer.url,
+        timeout=1.0, failure_backoff=0.2,
+    )
+    token = issuer.mint()
+    accepted = False
+    for _ in range(100):
+        try:
+            verifier.verify(token)
+        except KeysUnavailable:
+            time.sleep(0.1)
+            continue
+        accepted = True
+        break
+    assert accepted
+    assert stalled_issuer.stalling == 1, "accepted only after the trickle ended"
+
+
+def test_rotation_is_followed_while_a_refresh_trickles(issuer: FakeIssuer) -> None:
+    with FakeIssuer() as own, misbehaving("ok", body=own.jwks, max_stall=12.0) as server:
+        verifier = Verifier(
+            issuer=own.issuer, audience=own.audience, jwks_url=server.url,
+            timeout=1.0, cache_ttl=0.5, cooldown=0.0, failure_backoff=0.2,
+        )
+        verifier.warm_up()
+        verifier.verify(own.mint())
+        own.rotate(keep_old=False)
+        server.queue("trickle_headers")
+        time.sleep(0.6)  # past the TTL: the next use refreshes in the background
+        token = own.mint()
+        accepted = False
+        for _ in range(100):
+            try:
+                verifier.verify(token)
+            except (KeysUnavailable, InvalidToken):  # 503, or an unknown kid until the refetch lands
+                time.sleep(0.1)
+                continue
+            accepted = True
+            break
+        assert accepted
+        assert server.stalling == 1, "the new key was used only after the trickle ended"
+
+
+def test_a_load_past_its_deadline_frees_the_slot_even_with_a_plain_session(issuer: FakeIssuer) -> None:
+    """A caller's own session has no watchdog: the loader gives up on the load instead."""
+    with misbehaving("trickle_headers", body=issuer.jwks, max_stall=3.0, interval=0.1) as server:
+        keys = RemoteKeySet(jwks_url=server.url, timeout=0.2, failure_backoff=0.0, session=requests.Session())
+        for _ in range(8):
+            with pytest.raises(KeysUnavailable):
+                keys.get_key("nope", "RS256")
+            assert len(_loader_threads()) <= MAX_ABANDONED + 1
+        server.mode = "ok"
+        # Stuck threads are bounded; once one ends, a fresh load gets the keys.
+        key = None
+        for _ in range(200):
+            key = keys.cached_key(issuer.signing_key.kid, "RS256")
+            if key is not None:
+                break
+            try:
+                key = keys.get_key(issuer.signing_key.kid, "RS256")
+                break
+            except KeysUnavailable:
+                time.sleep(0.1)
+        assert key is not None
+    _wait_threads_gone()
+
+
+def test_one_call_verify_leaves_a_bounded_number_of_fetch_threads(issuer: FakeIssuer) -> None:
+    _wait_threads_gone()
+    with misbehaving("trickle_headers", max_stall=10.0, interval=0.05) as server:
+        options = {
+            "issuer": issuer.issuer, "audience": issuer.audience, "jwks_url": server.url,
+            "timeout": 0.1, "failure_backoff": 0.0,
+        }
+        most = 0
+        for _ in range(30):
+            with pytest.raises(KeysUnavailable):
+                verify(issuer.mint(), policies=[Repositories(issuer.repository_uuid)], **options)
+            most = max(most, len(_loader_threads()))
+        assert most <= 2
+    _wait_threads_gone()
+
+
+class _UnhashableRule:
+    __hash__ = None  # type: ignore[assignment]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _UnhashableRule)
+
+    def __call__(self, claims: object, context: object) -> None:
+        return None
+
+
+def test_one_call_verify_fetches_once_whatever_the_rules() -> None:
+    with FakeIssuer() as own:
+        before = (own.discovery_requests, own.jwks_requests)
+        for i in range(20):
+            rules = [Repositories(own.repository_uuid)] if i % 2 else [_UnhashableRule()]
+            verify(own.mint(), issuer=own.issuer, audience=own.audience, policies=rules)
+        assert (own.discovery_requests - before[0], own.jwks_requests - before[1]) == (1, 1)
