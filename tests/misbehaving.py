@@ -3,7 +3,8 @@
 Each accepted connection reads the request head and then acts out the
 server's current *mode*:
 
-* ``"ok"``: answers 200 with ``body()`` (JSON) and closes,
+* ``"ok"``: answers 200 with ``body()`` (JSON) and keeps the connection
+  open for the next request, which gets the mode current then,
 * ``"silent"``: accepts and never answers,
 * ``"trickle_status"``: sends ``HTTP/1.1 200 OK`` one byte per ``interval``,
 * ``"trickle_headers"``: a status line, then one header byte per ``interval``,
@@ -51,6 +52,7 @@ class MisbehavingServer:
         self.max_stall = max_stall
         self._first = list(first_modes)
         self.connections = 0
+        self.requests = 0
         #: Connections currently stalling (a stalling mode that has not ended).
         self.stalling = 0
         self._stop = threading.Event()
@@ -75,10 +77,9 @@ class MisbehavingServer:
             except OSError:
                 return
             with self._lock:
-                mode = self._first.pop(0) if self._first else self.mode
                 self.connections += 1
                 self._conns.append(conn)
-                thread = threading.Thread(target=self._serve, args=(conn, mode), daemon=True)
+                thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
                 self._threads.append(thread)
             thread.start()
 
@@ -91,27 +92,37 @@ class MisbehavingServer:
         """Wait one interval; True when the connection must stop stalling."""
         return self._stop.wait(self.interval) or time.monotonic() - started > self.max_stall
 
-    def _serve(self, conn: socket.socket, mode: str) -> None:
-        started = time.monotonic()
-        if mode != "ok":
-            with self._lock:
-                self.stalling += 1
+    def _next_mode(self) -> str:
+        with self._lock:
+            self.requests += 1
+            return self._first.pop(0) if self._first else self.mode
+
+    def _serve(self, conn: socket.socket) -> None:
+        stalling = False
         try:
             conn.settimeout(self.max_stall)
-            head = b""
-            while b"\r\n\r\n" not in head and len(head) < 65536:
-                data = conn.recv(4096)
-                if not data:
-                    return
-                head += data
-            if mode == "ok":
+            for _ in range(1000):  # requests on this keep-alive connection
+                head = b""
+                while b"\r\n\r\n" not in head and len(head) < 65536:
+                    data = conn.recv(4096)
+                    if not data:
+                        return
+                    head += data
+                mode = self._next_mode()  # the mode when this request arrived
+                if mode != "ok":
+                    break
                 payload = json.dumps(self.body()).encode()
                 conn.sendall(
                     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                    + f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
+                    + f"Content-Length: {len(payload)}\r\n\r\n".encode()
                     + payload
                 )
+            else:
                 return
+            stalling = True
+            with self._lock:
+                self.stalling += 1
+            started = time.monotonic()
             if mode == "silent":
                 while not self._stalled(started):
                     pass
@@ -140,7 +151,7 @@ class MisbehavingServer:
             pass  # the client gave up, as it should
         finally:
             conn.close()
-            if mode != "ok":
+            if stalling:
                 with self._lock:
                     self.stalling -= 1
 

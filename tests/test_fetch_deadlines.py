@@ -57,9 +57,12 @@ def test_fetch_ends_at_its_deadline_on_a_reused_connection(issuer: FakeIssuer) -
     with misbehaving("ok", body=issuer.jwks, max_stall=10.0) as server:
         assert fetch_json(session, server.url, deadline=time.monotonic() + 2, max_bytes=65536)
         server.mode = "trickle_headers"
+        started = time.monotonic()
         with pytest.raises((FetchError, requests.RequestException)):
-            fetch_json(session, server.url, deadline=time.monotonic() + 1.0, max_bytes=65536)
+            fetch_json(session, server.url, deadline=started + 1.0, max_bytes=65536)
+        assert time.monotonic() - started < 3.0
         assert server.stalling == 1
+        assert server.connections == 1  # the stalled request came on the kept-alive connection
 
 
 def test_cold_start_recovers_while_the_first_fetch_still_trickles(
@@ -111,25 +114,32 @@ def test_rotation_is_followed_while_a_refresh_trickles(issuer: FakeIssuer) -> No
 
 def test_a_load_past_its_deadline_frees_the_slot_even_with_a_plain_session(issuer: FakeIssuer) -> None:
     """A caller's own session has no watchdog: the loader gives up on the load instead."""
-    with misbehaving("trickle_headers", body=issuer.jwks, max_stall=3.0, interval=0.1) as server:
-        keys = RemoteKeySet(jwks_url=server.url, timeout=0.2, failure_backoff=0.0, session=requests.Session())
-        for _ in range(8):
-            with pytest.raises(KeysUnavailable):
-                keys.get_key("nope", "RS256")
-            assert len(_loader_threads()) <= 3  # refresh.MAX_ABANDONED stuck + one live load
-        server.mode = "ok"
-        # Stuck threads are bounded; once one ends, a fresh load gets the keys.
+    with misbehaving("ok", body=issuer.jwks, max_stall=8.0, interval=0.1) as server:
+        server.queue("trickle_headers")  # the first load stalls for 8 s; later ones answer
+        keys = RemoteKeySet(jwks_url=server.url, timeout=0.3, failure_backoff=0.0, session=requests.Session())
         key = None
-        for _ in range(200):
-            key = keys.cached_key(issuer.signing_key.kid, "RS256")
-            if key is not None:
-                break
+        for _ in range(100):
             try:
                 key = keys.get_key(issuer.signing_key.kid, "RS256")
                 break
             except KeysUnavailable:
-                time.sleep(0.1)
+                time.sleep(0.05)
         assert key is not None
+        assert server.stalling == 1, "keys arrived only after the stalled load ended"
+    _wait_threads_gone()
+
+
+def test_stuck_loads_are_bounded(issuer: FakeIssuer) -> None:
+    with misbehaving("trickle_headers", max_stall=8.0, interval=0.1) as server:
+        keys = RemoteKeySet(jwks_url=server.url, timeout=0.2, failure_backoff=0.0, session=requests.Session())
+        most = 0
+        for _ in range(20):
+            with pytest.raises(KeysUnavailable):
+                keys.get_key("nope", "RS256")
+            most = max(most, len(_loader_threads()))
+            time.sleep(0.05)
+        assert keys.fetch_count >= 2  # a stuck load did not block new ones
+        assert most <= 3  # refresh.MAX_ABANDONED stuck, and one live load
     _wait_threads_gone()
 
 
