@@ -13,6 +13,10 @@ server's current *mode*:
 * ``"endless_headers"``: a status line, then header lines forever
   (``interval`` apart), never the blank line.
 
+With ``tls=True`` the server speaks HTTPS with a self-signed certificate
+for 127.0.0.1 (``cert_path`` is what a client should trust); in ``"silent"``
+mode it then never even completes the TLS handshake.
+
 ``mode`` may be changed at any time; a connection keeps the mode it started
 with. ``first_modes`` lists modes for the first connections, before ``mode``
 applies. Every stalling mode stops at ``stop()`` or after ``max_stall``
@@ -22,13 +26,23 @@ seconds, so no thread outlives the test by more than that.
 from __future__ import annotations
 
 import contextlib
+import datetime
+import ipaddress
 import json
 import socket
+import ssl
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 MODES = ("ok", "silent", "trickle_status", "trickle_headers", "trickle_body", "endless_headers")
 
@@ -42,6 +56,7 @@ class MisbehavingServer:
         interval: float = 0.25,
         max_stall: float = 20.0,
         first_modes: tuple[str, ...] = (),
+        tls: bool = False,
     ) -> None:
         for m in (mode, *first_modes):
             if m not in MODES:
@@ -64,7 +79,15 @@ class MisbehavingServer:
         self._sock.listen(64)
         self._sock.settimeout(0.1)
         self.port = self._sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self._tls: ssl.SSLContext | None = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self.cert_path = ""
+        if tls:
+            self._tmp = tempfile.TemporaryDirectory()
+            self.cert_path, key_path = _self_signed(Path(self._tmp.name))
+            self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self._tls.load_cert_chain(self.cert_path, key_path)
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self._acceptor = threading.Thread(target=self._accept, daemon=True)
         self._acceptor.start()
 
@@ -101,6 +124,16 @@ class MisbehavingServer:
         stalling = False
         try:
             conn.settimeout(self.max_stall)
+            if self._tls is not None:
+                if self.mode == "silent" and not self._first:
+                    stalling = True
+                    with self._lock:
+                        self.stalling += 1
+                    started = time.monotonic()
+                    while not self._stalled(started):
+                        pass  # never answer the ClientHello
+                    return
+                conn = self._tls.wrap_socket(conn, server_side=True)
             for _ in range(1000):  # requests on this keep-alive connection
                 head = b""
                 while b"\r\n\r\n" not in head and len(head) < 65536:
@@ -166,6 +199,37 @@ class MisbehavingServer:
         self._acceptor.join(timeout=5)
         for thread in threads:
             thread.join(timeout=5)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+def _self_signed(directory: Path) -> tuple[str, str]:
+    """A throwaway certificate and key for 127.0.0.1; returns their paths."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return str(cert_path), str(key_path)
 
 
 @contextmanager

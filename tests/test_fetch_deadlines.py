@@ -52,6 +52,30 @@ def test_fetch_ends_at_its_deadline(mode: str) -> None:
         assert server.stalling == 1  # and the server was still stalling when it ended
 
 
+@pytest.mark.parametrize("mode", ["silent", "trickle_headers", "trickle_body"])
+def test_https_fetch_ends_at_its_deadline(mode: str) -> None:
+    """Over TLS too: the handshake ("silent" never answers the ClientHello), headers and body."""
+    with misbehaving(mode, max_stall=10.0, tls=True) as server:
+        session = private_session()
+        session.verify = server.cert_path
+        started = time.monotonic()
+        with pytest.raises((FetchError, requests.RequestException)):
+            fetch_json(session, server.url, deadline=started + 1.0, max_bytes=65536)
+        assert time.monotonic() - started < 3.0
+        assert server.stalling == 1
+
+
+def test_https_fetch_works(issuer: FakeIssuer) -> None:
+    with misbehaving("ok", body=issuer.jwks, tls=True) as server:
+        session = private_session()
+        session.verify = server.cert_path
+        document = fetch_json(session, server.url, deadline=time.monotonic() + 5, max_bytes=65536)
+        assert document == issuer.jwks()
+        # and again on the kept-alive connection
+        assert fetch_json(session, server.url, deadline=time.monotonic() + 5, max_bytes=65536) == document
+        assert server.connections == 1
+
+
 def test_fetch_ends_at_its_deadline_on_a_reused_connection(issuer: FakeIssuer) -> None:
     session = private_session()
     with misbehaving("ok", body=issuer.jwks, max_stall=10.0) as server:
