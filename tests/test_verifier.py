@@ -640,3 +640,16 @@ def test_one_call_verify_without_audience() -> None:
 
 def test_base64_helper_matches_stdlib() -> None:
     assert b64url(b"\xff\xfe") == base64.urlsafe_b64encode(b"\xff\xfe").rstrip(b"=").decode()
+
+
+def test_one_call_key_sources_are_bounded_and_keep_the_busy_caller() -> None:
+    from bbverify.verifier import _KEY_SOURCES, _MAX_KEY_SOURCES
+
+    busy = "http://127.0.0.1:9/busy"
+    for n in range(_MAX_KEY_SOURCES + 20):
+        for issuer_url in (busy, f"http://127.0.0.1:9/other-{n}"):
+            with pytest.raises(InvalidToken):
+                verify("not.a.token", issuer=issuer_url, audience="aud")
+        assert len(_KEY_SOURCES) <= _MAX_KEY_SOURCES
+    assert len(_shared_sources(busy)) == 1  # used all along, so never the one evicted
+    assert not _shared_sources("http://127.0.0.1:9/other-0")  # the least recently used went
