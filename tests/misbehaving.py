@@ -120,6 +120,47 @@ class MisbehavingServer:
             self.requests += 1
             return self._first.pop(0) if self._first else self.mode
 
+    def _stall(self, conn: socket.socket, mode: str) -> None:
+        """Act out a stalling mode for its whole window (``max_stall``, or until ``stop()``).
+
+        A client that hangs up (at its deadline, as it should) does not end
+        the window early, so ``stalling`` counts windows still open: "the
+        client recovered while the server was still stalling" means the
+        client did not wait for the stall to end.
+        """
+        started = time.monotonic()
+        alive = True
+
+        def send(data: bytes) -> None:
+            nonlocal alive
+            if alive:
+                try:
+                    conn.sendall(data)
+                except OSError:
+                    alive = False
+
+        if mode == "trickle_status":
+            for byte in b"HTTP/1.1 200 OK\r\n" * 1000:
+                if self._stalled(started):
+                    return
+                send(bytes([byte]))
+            return
+        if mode != "silent":
+            send(b"HTTP/1.1 200 OK\r\n")
+        if mode == "trickle_headers":
+            send(b"X-Slow: ")
+        elif mode == "trickle_body":
+            send(b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+        n = 0
+        while not self._stalled(started):
+            if mode == "trickle_headers":
+                send(b"a")
+            elif mode == "endless_headers":
+                send(f"X-Header-{n}: {n}\r\n".encode())
+            elif mode == "trickle_body":
+                send(b"1\r\n \r\n")
+            n += 1
+
     def _serve(self, conn: socket.socket) -> None:
         stalling = False
         try:
@@ -134,6 +175,8 @@ class MisbehavingServer:
                         pass  # never answer the ClientHello
                     return
                 conn = self._tls.wrap_socket(conn, server_side=True)
+                with self._lock:
+                    self._conns.append(conn)  # the plain socket object is detached now
             for _ in range(1000):  # requests on this keep-alive connection
                 head = b""
                 while b"\r\n\r\n" not in head and len(head) < 65536:
@@ -155,31 +198,7 @@ class MisbehavingServer:
             stalling = True
             with self._lock:
                 self.stalling += 1
-            started = time.monotonic()
-            if mode == "silent":
-                while not self._stalled(started):
-                    pass
-                return
-            if mode == "trickle_status":
-                for byte in b"HTTP/1.1 200 OK\r\n" * 1000:
-                    if self._stalled(started):
-                        return
-                    conn.sendall(bytes([byte]))
-                return
-            conn.sendall(b"HTTP/1.1 200 OK\r\n")
-            if mode == "trickle_headers":
-                conn.sendall(b"X-Slow: ")
-                while not self._stalled(started):
-                    conn.sendall(b"a")
-            elif mode == "endless_headers":
-                n = 0
-                while not self._stalled(started):
-                    conn.sendall(f"X-Header-{n}: {n}\r\n".encode())
-                    n += 1
-            elif mode == "trickle_body":
-                conn.sendall(b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
-                while not self._stalled(started):
-                    conn.sendall(b"1\r\n \r\n")
+            self._stall(conn, mode)
         except OSError:
             pass  # the client gave up, as it should
         finally:
