@@ -67,7 +67,10 @@ def _report(pid: int, read: int, limit: float) -> tuple[str, float]:
 def test_child_forked_during_a_key_fetch_fetches_for_itself() -> None:
     with FakeIssuer() as issuer:
         issuer.fail("slow", 3.0)
-        verifier = issuer.verifier(timeout=1.0, failure_backoff=0.3)
+        # A generous fetch budget: this test is about the fork, not the budget.
+        verifier = issuer.verifier(
+            timeout=1.0, failure_backoff=0.3, max_backoff=0.3, fetch_interval=0.1, fetch_burst=100
+        )
         token = issuer.mint()
         warm = threading.Thread(target=lambda: _swallow(verifier.warm_up), daemon=True)
         warm.start()

@@ -46,6 +46,10 @@ def _env(issuer: FakeIssuer, server: str) -> dict[str, str]:
         BBVERIFY_TIMEOUT="1",
         BBVERIFY_FAILURE_BACKOFF="0.3",
         BBVERIFY_COOLDOWN="0.3",
+        # A generous fetch budget: this suite is about processes, not the budget.
+        BBVERIFY_MAX_BACKOFF="0.3",
+        BBVERIFY_FETCH_INTERVAL="0.1",
+        BBVERIFY_FETCH_BURST="100",
     )
     return env
 
