@@ -38,8 +38,10 @@ a request without an ``Authorization`` header gets ``None`` instead of a
 rules saw is ``bbverify.http.request_client_ip(request)``.
 """
 
-from __future__ import annotations
-
+# No "from __future__ import annotations" here: FastAPI reads the dependency's
+# signature at run time, and older releases (0.110, our floor) cannot resolve
+# string annotations on a callable instance: ``request`` became a required
+# query parameter and every request got 422.
 import json
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager

@@ -14,8 +14,11 @@ cached or not.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
@@ -132,6 +135,9 @@ class _Trust:
 _CacheEntry = tuple[PipelineClaims, float, Header, VerifyingKey, _Trust]
 
 
+_TOKEN_CACHES: weakref.WeakSet[_TokenCache] = weakref.WeakSet()
+
+
 class _TokenCache:
     """Bounded map of verified tokens, each kept no longer than its ``exp``.
 
@@ -139,7 +145,7 @@ class _TokenCache:
     entry when full, so memory stays bounded whatever the traffic.
     """
 
-    __slots__ = ("_data", "_lock", "get", "maxsize")
+    __slots__ = ("__weakref__", "_data", "_lock", "get", "maxsize")
 
     def __init__(self, maxsize: int) -> None:
         self.maxsize = maxsize
@@ -149,6 +155,7 @@ class _TokenCache:
         # dict is never replaced (clear() empties it), so the binding stays valid.
         self.get: Callable[[str], _CacheEntry | None]
         self.get = self._data.get
+        _TOKEN_CACHES.add(self)  # for the lock's reset after a fork
 
     def put(self, token: str, entry: _CacheEntry) -> None:
         if self.maxsize <= 0:
@@ -807,19 +814,43 @@ class Verifier:
 
 # -- one-call form -------------------------------------------------------------
 
-_VERIFIERS: dict[Hashable, Verifier] = {}
-_VERIFIERS_LOCK = threading.Lock()
-_MAX_VERIFIERS = 32
+# Key sources shared by one-call verify(), keyed by what decides which keys
+# are fetched and how: issuer, key-set URL, algorithms, fetch settings and the
+# session's identity (the entry holds the session, so its id is not reused).
+# Rules, hooks and named policies are not part of the key: a fresh Verifier is
+# built per call around the shared key sources, so rule objects (hashable or
+# not) never cause a refetch. Least recently used entries go past the cap.
+_KeySourceKey = tuple[Hashable, ...]
+_KEY_SOURCES: OrderedDict[_KeySourceKey, tuple[_keys.RemoteKeySet, object]] = OrderedDict()
+_KEY_SOURCES_LOCK = threading.Lock()
+_MAX_KEY_SOURCES = 64
+_FETCH_OPTIONS = ("timeout", "cache_ttl", "cooldown", "max_stale", "failure_backoff")
 
 
-def _freeze_option(value: Any) -> Hashable:
-    if isinstance(value, list | tuple):
-        return tuple(_freeze_option(v) for v in value)
-    if isinstance(value, set | frozenset):
-        return frozenset(value)
-    if isinstance(value, dict):
-        return tuple(sorted((k, _freeze_option(v)) for k, v in value.items()))
-    return value  # type: ignore[no-any-return]
+def _shared_keys(verifier: Verifier, options: Mapping[str, Any]) -> None:
+    """Give each of ``verifier``'s workspaces the shared key source for its issuer and settings."""
+    session = options.get("session")
+    settings = tuple(repr(options.get(name)) for name in _FETCH_OPTIONS)
+    for trust in verifier._trusts:
+        built = trust.keys
+        if not isinstance(built, _keys.RemoteKeySet) or trust.spec.keys is not None:
+            continue  # a key source the caller gave is used as given
+        key: _KeySourceKey = (
+            trust.issuer,
+            trust.spec.jwks_url,
+            verifier.algorithms,
+            settings,
+            id(session) if session is not None else None,
+        )
+        with _KEY_SOURCES_LOCK:
+            entry = _KEY_SOURCES.get(key)
+            if entry is not None:
+                _KEY_SOURCES.move_to_end(key)
+            else:
+                while len(_KEY_SOURCES) >= _MAX_KEY_SOURCES:
+                    _KEY_SOURCES.popitem(last=False)
+                entry = _KEY_SOURCES[key] = (built, session)
+        trust.keys = entry[0]
 
 
 def verify(
@@ -830,22 +861,28 @@ def verify(
 ) -> PipelineClaims:
     """Verify one token in one call (for scripts).
 
-    ``options`` are :class:`Verifier` arguments. The Verifier built for a
-    given set of options is kept and reused, so its key cache survives
-    between calls.
+    ``options`` are :class:`Verifier` arguments. The issuer's key set is
+    fetched once and shared by every call with the same issuer, key-set URL,
+    algorithms, fetch settings (``timeout``, ``cache_ttl``, ``cooldown``,
+    ``max_stale``, ``failure_backoff``) and ``session`` object, whatever the
+    rules, hooks and policies; up to 64 such key sets are kept, least
+    recently used evicted first. A ``keys=`` source you pass is used as given.
+
+    Raises ``ConfigurationError`` for bad options, and otherwise only
+    :class:`~bbverify.errors.VerificationError` subclasses.
     """
-    try:
-        cache_key: Hashable = _freeze_option(options)
-        hash(cache_key)
-    except TypeError:
-        return Verifier(**options).verify(token, client_ip=client_ip)
-    verifier = _VERIFIERS.get(cache_key)
-    if verifier is None:
-        built = Verifier(**options)
-        with _VERIFIERS_LOCK:
-            verifier = _VERIFIERS.get(cache_key)
-            if verifier is None:
-                if len(_VERIFIERS) >= _MAX_VERIFIERS:
-                    _VERIFIERS.pop(next(iter(_VERIFIERS)))
-                verifier = _VERIFIERS[cache_key] = built
+    verifier = Verifier(**options)
+    _shared_keys(verifier, options)
     return verifier.verify(token, client_ip=client_ip)
+
+
+def _after_fork_in_child() -> None:
+    # Locks held by a parent thread at fork time would stay held forever.
+    global _KEY_SOURCES_LOCK
+    _KEY_SOURCES_LOCK = threading.Lock()
+    for cache in list(_TOKEN_CACHES):
+        cache._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

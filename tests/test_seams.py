@@ -438,4 +438,9 @@ def test_routing_path_agrees_with_starlettes_router() -> None:
     for path in paths:
         for root in roots:
             expected = get_route_path({"path": path, "root_path": root}) or "/"
+            if not expected.startswith("/"):
+                # Starlette 0.37 (our floor) strips a root_path with a trailing
+                # slash, leaving "x" for "/v1/x": no route can match that, so
+                # the request is a 404 whatever bbverify decides.
+                continue
             assert routing_path(path, root) == expected, (path, root)
