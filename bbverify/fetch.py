@@ -84,7 +84,22 @@ def check_fetch_url(url: str, what: str = "url") -> str:
     """Accept HTTPS URLs, and plain HTTP only on loopback (tests, the demo)."""
     if not isinstance(url, str) or not url:
         raise ConfigurationError("must be a non-empty URL", key=what)
+    # Refuse what parsers read differently (urlsplit vs urllib3, which requests uses to
+    # connect): backslashes, userinfo, whitespace and control or non-ASCII characters.
+    # The host judged here must be the host connected to (finding f11).
+    if not url.isascii() or not url.isprintable() or any(c in url for c in "\\ \t"):
+        raise ConfigurationError(f"{url!r}: backslashes, spaces and non-ASCII are not allowed", key=what)
     parts = urlsplit(url)
+    if "@" in parts.netloc:
+        raise ConfigurationError(f"{url!r}: user information (user@host) is not allowed", key=what)
+    try:
+        from urllib3.util import parse_url
+
+        connect_host = parse_url(url).host
+    except ValueError:
+        raise ConfigurationError(f"{url!r} is not a URL requests can fetch", key=what) from None
+    if connect_host is None or connect_host.lower().strip("[]") != (parts.hostname or "").strip("[]"):
+        raise ConfigurationError(f"{url!r}: its host is ambiguous", key=what)
     if parts.scheme == "https" and parts.hostname:
         return url
     if parts.scheme == "http" and is_loopback_host(parts.hostname):

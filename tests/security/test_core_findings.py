@@ -539,3 +539,26 @@ def test_f16_unknown_scope_types_are_refused(issuer: FakeIssuer, kind: str | Non
     assert reached == []
     asyncio.run(middleware({"type": "lifespan"}, receive, send))
     assert reached == ["lifespan"]
+
+
+# -- f11: the host judged is the host connected to ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://evil.example\\@127.0.0.1/keys.json",
+        "http://evil.example@127.0.0.1/keys.json",
+        "http://user:pw@127.0.0.1/keys.json",
+        "http://127.0.0.1\\.evil.example/keys.json",
+        "http://127.0.0.1 /keys.json",
+        "https://ex\u00e4mple.org/keys.json",
+    ],
+)
+def test_f11_ambiguous_fetch_urls_refused(url: str) -> None:
+    from bbverify.fetch import check_fetch_url
+
+    with pytest.raises(ConfigurationError) as caught:
+        check_fetch_url(url, "jwks_url")
+    assert caught.value.key == "jwks_url"
+    assert check_fetch_url("http://127.0.0.1:8080/keys.json") and check_fetch_url("https://[::1]/k")
