@@ -770,12 +770,9 @@ class RemoteKeySet(BackgroundLoader[_Outcome]):
         if data.get("source") != name:
             raise ValueError(f"entry of another key source ({str(data.get('source'))[:200]!r})")
         wall = self._wall()
-        try:
-            budget = self.budget.clamp(_budget.BudgetState.from_dict(data.get("budget")), wall)
-        except ValueError as exc:
-            # A broken record must not refill the fleet's bucket.
-            _log.warning("the key store's budget for %s is unreadable (%s); counting it as spent", name, exc)
-            budget = self.budget.spent_state(wall)
+        # A malformed budget makes the whole entry ignored; _read_entry then
+        # counts the fleet's budget as spent (never a full bucket).
+        budget = self.budget.clamp(_budget.BudgetState.from_dict(data.get("budget")), wall)
         kept = {k: data[k] for k in ("jwks", "fetched_at", "ttl", "etag", "last_modified") if k in data}
         jwks_url = data.get("jwks_url")
         try:
@@ -788,7 +785,7 @@ class RemoteKeySet(BackgroundLoader[_Outcome]):
                     raise ValueError("entry names a plain-http key-set URL for an https issuer")
             return self._parse_keys(raw, data, name, jwks_url, budget, wall)
         except (ValueError, FetchError, ConfigurationError, RecursionError, TypeError) as exc:
-            _log.warning("cannot use the keys of the key store's entry for %s: %s", name, exc)
+            _log.warning("ignoring the key store's entry for %s (its budget still counts): %s", name, exc)
             return _Entry(
                 raw=raw,
                 index=None,
@@ -913,7 +910,7 @@ class RemoteKeySet(BackgroundLoader[_Outcome]):
             # reach clients in a 503 description.
             message = f"{type(exc).__name__} while fetching {exc.request.url if exc.request else 'keys'}"
             _log.warning("fetching the issuer's key set failed: %s (%s)", message, exc)
-        elif isinstance(exc, FetchError | KeysUnavailable):
+        elif isinstance(exc, FetchError | KeysUnavailable | OSError):
             message = str(exc) or type(exc).__name__
             _log.warning("fetching the issuer's key set failed: %s", message)
         else:
