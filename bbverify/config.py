@@ -791,9 +791,8 @@ def verifier_from_mapping(mapping: Mapping[str, Any], **overrides: Any) -> Verif
             if not isinstance(raw, Mapping):
                 raise ConfigurationError("must be a table with a 'kind'", key="key_store")
             if isinstance(raw, _LayeredStore):
-                variables = raw.variables
                 verifier_values["key_store"] = key_store_from_mapping(
-                    raw, spell=lambda key: variables.get(key, f"key_store.{key}")
+                    raw, spell=lambda key, names=raw.variables: names.get(key, f"key_store.{key}")
                 )
             else:
                 verifier_values["key_store"] = key_store_from_mapping(raw)

@@ -49,7 +49,9 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
-def source(fake: FakeIssuer, store: Any, now: list[float], skew: list[float] | None = None, **kw: Any) -> RemoteKeySet:
+def source(
+    fake: FakeIssuer, store: Any, now: list[float], skew: list[float] | None = None, **kw: Any
+) -> RemoteKeySet:
     offset = skew if skew is not None else [0.0]
     kw.setdefault("timeout", 2.0)
     return RemoteKeySet(
