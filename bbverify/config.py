@@ -160,6 +160,10 @@ class _LayeredStore(dict[str, Any]):
         super().__init__(*args)
         self.variables: dict[str, str] = {}
 
+    def spell(self, key: str) -> str:
+        """The variable that set ``key``, else its TOML path (``key_store.timeout``)."""
+        return self.variables.get(key, f"key_store.{key}")
+
 
 _STORE_ENV = sorted({f"key_store_{key}" for keys in STORE_SETTINGS.values() for key in keys})
 _RULES = {s.name: s for s in RULE_SETTINGS}
@@ -791,9 +795,7 @@ def verifier_from_mapping(mapping: Mapping[str, Any], **overrides: Any) -> Verif
             if not isinstance(raw, Mapping):
                 raise ConfigurationError("must be a table with a 'kind'", key="key_store")
             if isinstance(raw, _LayeredStore):
-                verifier_values["key_store"] = key_store_from_mapping(
-                    raw, spell=lambda key, names=raw.variables: names.get(key, f"key_store.{key}")
-                )
+                verifier_values["key_store"] = key_store_from_mapping(raw, spell=raw.spell)
             else:
                 verifier_values["key_store"] = key_store_from_mapping(raw)
             continue
