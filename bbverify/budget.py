@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from dataclasses import asdict, dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -39,6 +40,7 @@ __all__ = [
     "DEFAULT_INTERVAL",
     "DEFAULT_MAX_BACKOFF",
     "DEFAULT_MAX_RETRY_AFTER",
+    "MAX_CLOCK_SKEW",
     "BudgetState",
     "FetchBudget",
     "parse_max_age",
@@ -59,6 +61,12 @@ DEFAULT_MAX_BACKOFF = 600.0
 #: A ``Retry-After`` further out than this (seconds) is capped and logged;
 #: a hostile or broken answer must not stop fetching for days.
 DEFAULT_MAX_RETRY_AFTER = 3600.0
+#: Seconds another host's clock may run ahead of ours before the times it
+#: wrote into a shared store are clamped (see :meth:`FetchBudget.clamp`).
+MAX_CLOCK_SKEW = 60.0
+
+# ASCII digits only: str.isdigit() also accepts "²" and other digits int() rejects.
+_DIGITS = re.compile(r"[0-9]+")
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
@@ -74,7 +82,7 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     text = value.strip()
     if not text:
         return None
-    if text.isdigit():
+    if _DIGITS.fullmatch(text):
         return float(int(text[:12]))
     try:
         when = parsedate_to_datetime(text)
@@ -104,7 +112,7 @@ def parse_max_age(value: str | None) -> float | None:
             return 0.0
         if name == "max-age":
             arg = arg.strip().strip('"')
-            if arg.isdigit():
+            if _DIGITS.fullmatch(arg):
                 result = float(int(arg[:12]))
             else:
                 return None  # malformed: RFC 9111 says treat as stale; we use our own TTL
@@ -211,6 +219,39 @@ class FetchBudget:
     def new_state(self) -> BudgetState:
         """A full bucket."""
         return BudgetState(tokens=float(self.burst))
+
+    def clamp(self, state: BudgetState, now: float, *, skew: float = MAX_CLOCK_SKEW) -> BudgetState:
+        """Bound a state written by another host's clock to what ``now`` allows; return it.
+
+        A shared store holds times from every host's wall clock, and a host
+        whose clock is ahead (skew, or a jump) must not stop the fleet or
+        refill its bucket: ``updated`` and ``last_attempt`` later than ``now``
+        become ``now`` (the spending stays; nothing is credited for the
+        future); ``not_before`` is capped at ``last_attempt`` plus the backoff
+        this policy sets for ``failures`` (at most ``max_backoff``) plus
+        ``skew``, and ``retry_until`` at ``last_attempt + max_retry_after``
+        plus its jitter and ``skew`` (seconds; ``now`` when there was no
+        attempt). ``tokens`` stays within ``[-burst, burst]``.
+        """
+        state.tokens = min(float(self.burst), max(-float(self.burst), state.tokens))
+        if state.updated is not None and state.updated > now:
+            state.updated = now
+        if state.last_attempt is not None and state.last_attempt > now:
+            state.last_attempt = now
+        # Waits are measured from the attempt that caused them, and are never
+        # longer than this policy would have set for the recorded failures.
+        anchor = now if state.last_attempt is None else state.last_attempt
+        step = 0.0
+        if state.failures:
+            step = min(self.max_backoff, self.failure_backoff * float(2 ** min(state.failures - 1, 30)))
+        state.not_before = min(state.not_before, anchor + step + skew)
+        jitter = min(1.0 + 0.1 * self.max_retry_after, 60.0)
+        state.retry_until = min(state.retry_until, anchor + self.max_retry_after + jitter + skew)
+        return state
+
+    def spent_state(self, now: float) -> BudgetState:
+        """A state for an unreadable fleet record: one token, as of ``now`` (never a full bucket)."""
+        return BudgetState(tokens=min(1.0, float(self.burst)), updated=now)
 
     def _refill(self, state: BudgetState, now: float) -> None:
         if state.updated is not None and now < state.updated:

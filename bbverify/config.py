@@ -149,6 +149,22 @@ RULE_SETTINGS: tuple[Setting, ...] = (
 )
 
 _VERIFIER = {s.name: s for s in VERIFIER_SETTINGS}
+class _LayeredStore(dict[str, Any]):
+    """A ``[bbverify.key_store]`` table with values from ``BBVERIFY_KEY_STORE_*`` variables.
+
+    ``variables`` maps a key (``timeout``) to the variable that set it
+    (``BBVERIFY_KEY_STORE_TIMEOUT``), so that errors name what the user wrote.
+    """
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.variables: dict[str, str] = {}
+
+    def spell(self, key: str) -> str:
+        """The variable that set ``key``, else its TOML path (``key_store.timeout``)."""
+        return self.variables.get(key, f"key_store.{key}")
+
+
 _STORE_ENV = sorted({f"key_store_{key}" for keys in STORE_SETTINGS.values() for key in keys})
 _RULES = {s.name: s for s in RULE_SETTINGS}
 _VERIFIER_PARAMS = frozenset(inspect.signature(Verifier.__init__).parameters) - {"self"}
@@ -780,7 +796,10 @@ def verifier_from_mapping(mapping: Mapping[str, Any], **overrides: Any) -> Verif
         if name == "key_store":
             if not isinstance(raw, Mapping):
                 raise ConfigurationError("must be a table with a 'kind'", key="key_store")
-            verifier_values["key_store"] = key_store_from_mapping(raw)
+            if isinstance(raw, _LayeredStore):
+                verifier_values["key_store"] = key_store_from_mapping(raw, spell=raw.spell)
+            else:
+                verifier_values["key_store"] = key_store_from_mapping(raw)
             continue
         if name == "workspaces":
             workspaces = (_structured(raw, "workspaces", list, False), "workspaces")
@@ -860,9 +879,13 @@ def verifier_from_layers(
         elif name in _STORE_ENV:
             # BBVERIFY_KEY_STORE_URL replaces url of [bbverify.key_store], and so on.
             store = table.get("key_store")
-            store = dict(store) if isinstance(store, Mapping) else {}
-            store[name[len("key_store_") :]] = raw
-            table["key_store"] = store
+            layered = _LayeredStore(store if isinstance(store, Mapping) else {})
+            if isinstance(store, _LayeredStore):
+                layered.variables.update(store.variables)
+            layered[name[len("key_store_") :]] = raw
+            # Errors about this value name the variable the user set.
+            layered.variables[name[len("key_store_") :]] = full
+            table["key_store"] = layered
         elif name in _RULES:
             rules = table.get("rules")
             rules = dict(rules) if isinstance(rules, Mapping) else {}

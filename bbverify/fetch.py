@@ -391,7 +391,7 @@ def _get(
         if encoding not in ("", "identity"):
             raise FetchError(f"{url} answered with Content-Encoding {encoding[:40]!r}, not identity")
         declared = resp.headers.get("Content-Length")
-        if declared and declared.isdigit() and int(declared) > max_bytes:
+        if declared and declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
             raise FetchError(f"{url} body of {declared} bytes exceeds the cap of {max_bytes}")
         # read1 (urllib3 >= 2.2) returns whatever has arrived, so the deadline
         # is also checked between small reads; older urllib3 has only read(),

@@ -259,12 +259,12 @@ def _normalize_ip(value: str | bytes | None) -> str | None:
         if end < 0:
             return None
         rest = text[end + 1 :]
-        if rest and not (rest.startswith(":") and rest[1:].isdigit()):
+        if rest and not (rest.startswith(":") and rest[1:].isascii() and rest[1:].isdigit()):
             return None
         text = text[1:end]
     elif text.count(":") == 1:
         host, _, port = text.partition(":")
-        if not port.isdigit():
+        if not (port.isascii() and port.isdigit()):
             return None
         text = host
     if "%" in text:

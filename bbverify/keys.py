@@ -234,6 +234,10 @@ class _Entry:
     etag: str | None
     last_modified: str | None
     budget: _budget.BudgetState
+    #: The entry's key fields as stored, kept when this process cannot use
+    #: them (other settings, a clock ahead) so that it never drops another
+    #: process's good keys when it writes its budget.
+    kept: Mapping[str, Any] | None = None
 
 
 class RemoteKeySet(BackgroundLoader[_Outcome]):
@@ -331,6 +335,14 @@ class RemoteKeySet(BackgroundLoader[_Outcome]):
             callable(getattr(key_store, m, None)) for m in ("read", "write", "lock")
         ):
             raise ConfigurationError("is not a key store (read, write, lock)", key="key_store")
+        lock_ttl = getattr(key_store, "lock_ttl", None)
+        if isinstance(lock_ttl, int | float) and not isinstance(lock_ttl, bool) and lock_ttl <= timeout:
+            # The holder's fetch must end before its lock expires, or two
+            # processes fetch at once and the fleet's budget is spent twice.
+            raise ConfigurationError(
+                f"the key store's lock_ttl ({lock_ttl:g}s) must exceed the fetch timeout ({timeout:g}s)",
+                key="key_store.lock_ttl",
+            )
         self.allowed_algorithms = frozenset(allowed_algorithms)
         self.timeout = float(timeout)
         self.cache_ttl = float(cache_ttl)
@@ -586,16 +598,27 @@ class RemoteKeySet(BackgroundLoader[_Outcome]):
         # Without usable keys, wait for another process's fetch (or for the
         # lock); with keys, do not queue behind it: its result is read on the
         # next poll, and the keys we have keep answering meanwhile.
-        wait = max(0.0, deadline - time.monotonic()) if reason in ("required", "warm_up") else 0.0
+        # The wait is at most half the fetch deadline, so that a process left
+        # without keys by a lock held too long still has time to fetch alone.
+        needed = reason in ("required", "warm_up")
+        wait = max(0.0, (deadline - time.monotonic()) / 2) if needed else 0.0
         with store.lock(name, wait) as held:
             entry = self._read_entry(store, name)
             if entry is not None and self._serves(entry, reason):
                 return self._from_entry(entry)
             if not held:
+                with self._lock:
+                    usable = self._usable(self._now())
+                if needed and not usable:
+                    # A wedged or foreign lock holder must not fail every
+                    # request: fetch on our own, within our own budget.
+                    raise StoreUnavailable("the store's fetch lock stayed held")
                 return _Outcome()
-            state = entry.budget if entry is not None else self.budget.new_state()
-            unknown_kid = reason == "unknown_kid"
             wall = self._wall()
+            state = (
+                self.budget.clamp(entry.budget, wall) if entry is not None else self.budget.new_state()
+            )
+            unknown_kid = reason == "unknown_kid"
             if not self.budget.allows(state, wall, unknown_kid=unknown_kid, forced=reason == "warm_up"):
                 return self._from_entry(entry) if entry is not None and entry.index else _Outcome()
             if entry is not None and entry.jwks_url and self._jwks_url is None:
@@ -716,27 +739,75 @@ class RemoteKeySet(BackgroundLoader[_Outcome]):
             entry = self._parse_entry(raw, name)
         except (ValueError, FetchError, ConfigurationError, RecursionError) as exc:
             # The store is trusted no more than the network: a bad entry is
-            # ignored (and overwritten by the next fetch).
+            # ignored (and overwritten by the next fetch), but its budget
+            # counts as spent, so garbage never refills the fleet's bucket.
             _log.warning("ignoring the key store's entry for %s: %s", name, exc)
-            return None
+            return _Entry(
+                raw=raw,
+                index=None,
+                document=None,
+                jwks_url=None,
+                fetched_wall=None,
+                ttl=self.cache_ttl,
+                etag=None,
+                last_modified=None,
+                budget=self.budget.spent_state(self._wall()),
+            )
         self._store_entry = entry
         return entry
 
     def _parse_entry(self, raw: bytes, name: str) -> _Entry:
+        """Parse an entry; raise ``ValueError`` only when it is not ours at all.
+
+        The fleet's budget is kept even when the keys are unusable here (other
+        ``allowed_algorithms``/``min_rsa_bits``/``max_keys``, a ``fetched_at``
+        from a clock too far ahead): losing it would hand this process a full
+        bucket, and writing without the keys would drop them for the others.
+        """
         data = json.loads(raw.decode("utf-8"))
         if not isinstance(data, dict) or data.get("format") != ENTRY_FORMAT:
             raise ValueError("not a bbverify key store entry")
         if data.get("source") != name:
             raise ValueError(f"entry of another key source ({str(data.get('source'))[:200]!r})")
-        budget = _budget.BudgetState.from_dict(data.get("budget"))
+        wall = self._wall()
+        # A malformed budget makes the whole entry ignored; _read_entry then
+        # counts the fleet's budget as spent (never a full bucket).
+        budget = self.budget.clamp(_budget.BudgetState.from_dict(data.get("budget")), wall)
+        kept = {k: data[k] for k in ("jwks", "fetched_at", "ttl", "etag", "last_modified") if k in data}
         jwks_url = data.get("jwks_url")
-        if jwks_url is not None:
-            # Checked like discovery's answer.
-            jwks_url = check_fetch_url(jwks_url, "jwks_url")
-            if self._jwks_url is not None and jwks_url != self._jwks_url:
-                raise ValueError("entry names another key-set URL")
-            if self.issuer and self.issuer.startswith("https://") and not jwks_url.startswith("https://"):
-                raise ValueError("entry names a plain-http key-set URL for an https issuer")
+        try:
+            if jwks_url is not None:
+                # Checked like discovery's answer.
+                jwks_url = check_fetch_url(jwks_url, "jwks_url")
+                if self._jwks_url is not None and jwks_url != self._jwks_url:
+                    raise ValueError("entry names another key-set URL")
+                if self.issuer and self.issuer.startswith("https://") and not jwks_url.startswith("https://"):
+                    raise ValueError("entry names a plain-http key-set URL for an https issuer")
+            return self._parse_keys(raw, data, name, jwks_url, budget, wall)
+        except (ValueError, FetchError, ConfigurationError, RecursionError, TypeError) as exc:
+            _log.warning("ignoring the key store's entry for %s (its budget still counts): %s", name, exc)
+            return _Entry(
+                raw=raw,
+                index=None,
+                document=None,
+                jwks_url=None,
+                fetched_wall=None,
+                ttl=self.cache_ttl,
+                etag=None,
+                last_modified=None,
+                budget=budget,
+                kept=kept if "jwks" in kept and data.get("jwks_url") is not None else None,
+            )
+
+    def _parse_keys(
+        self,
+        raw: bytes,
+        data: Mapping[str, Any],
+        name: str,
+        jwks_url: str | None,
+        budget: _budget.BudgetState,
+        wall: float,
+    ) -> _Entry:
         document = data.get("jwks")
         fetched = data.get("fetched_at")
         index: KeyIndex | None = None
@@ -749,8 +820,11 @@ class RemoteKeySet(BackgroundLoader[_Outcome]):
                 or not math.isfinite(fetched)
             ):
                 raise ValueError("fetched_at is not a number")
-            if fetched > self._wall() + 60:
+            if fetched > wall + _budget.MAX_CLOCK_SKEW:
+                # Written by a clock far ahead: how old the keys are is unknown.
                 raise ValueError("fetched_at is in the future")
+            # A clock a little ahead: the keys count as fetched now, not later.
+            fetched = min(float(fetched), wall)
             index = build_key_index(
                 document,
                 self.allowed_algorithms,
@@ -801,6 +875,11 @@ class RemoteKeySet(BackgroundLoader[_Outcome]):
                 etag=entry.etag,
                 last_modified=entry.last_modified,
             )
+        elif entry is not None and entry.kept is not None:
+            # Keys this process cannot use may serve the others: keep them as
+            # they were (with their key-set URL), only the budget changes.
+            data.update(entry.kept)
+            data["jwks_url"] = json.loads(entry.raw.decode("utf-8")).get("jwks_url")
         data["budget"] = state.to_dict()
         store.write(name, json.dumps(data, separators=(",", ":")).encode("utf-8"))
 
@@ -831,9 +910,14 @@ class RemoteKeySet(BackgroundLoader[_Outcome]):
             # reach clients in a 503 description.
             message = f"{type(exc).__name__} while fetching {exc.request.url if exc.request else 'keys'}"
             _log.warning("fetching the issuer's key set failed: %s (%s)", message, exc)
-        else:
+        elif isinstance(exc, FetchError | KeysUnavailable | OSError):
             message = str(exc) or type(exc).__name__
             _log.warning("fetching the issuer's key set failed: %s", message)
+        else:
+            # Anything else (a store client's surprise, a bug) is for the log
+            # only: a 503 description never carries Python internals.
+            message = "an internal error while loading the key set"
+            _log.warning("fetching the issuer's key set failed: %s", message, exc_info=exc)
         return message
 
     # -- fetching -------------------------------------------------------------

@@ -135,7 +135,7 @@ def _retry_after(value: str | None) -> int | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return int(value)
     try:
         return max(0, int(parsedate_to_datetime(value).timestamp() - time.time()))

@@ -163,7 +163,7 @@ def normalize_host(value: str | None) -> tuple[str | None, int | None]:
             raise _refuse("the original host is malformed")
         host, rest = text[: end + 1], text[end + 1 :]
         if rest:
-            if not rest.startswith(":") or not rest[1:].isdigit():
+            if not rest.startswith(":") or not (rest[1:].isascii() and rest[1:].isdigit()):
                 raise _refuse("the original host has a malformed port")
             port = int(rest[1:])
         if not re.fullmatch(r"\[[0-9a-f:.]+\]", host):

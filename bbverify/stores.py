@@ -153,7 +153,9 @@ class FileKeyStore:
                 "(whoever can write there can offer signing keys)",
                 key="key_store.directory",
             )
-        self._held: set[int] = set()
+        # Every descriptor opened for locking, held or still waiting: a fork
+        # must close all of them in the child (an open copy keeps a flock).
+        self._lock_fds: set[int] = set()
         self._last: dict[str, tuple[tuple[int, int, int], bytes]] = {}
         os.register_at_fork(after_in_child=self._forget_locks)
 
@@ -161,10 +163,12 @@ class FileKeyStore:
         # The child inherited the descriptors of locks the parent holds; it
         # must close its copies (closing a copy does not release the parent's
         # lock) so that the lock is freed when the parent is done.
-        for fd in self._held:
+        # The same goes for a descriptor a thread was polling with: that thread
+        # does not exist in the child, so nothing else would ever close it.
+        for fd in self._lock_fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
-        self._held = set()
+        self._lock_fds = set()
 
     def path(self, name: str) -> str:
         """The entry file for key source ``name``."""
@@ -224,6 +228,7 @@ class FileKeyStore:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise StoreUnavailable(f"cannot open {path}: {exc.strerror}") from None
+        self._lock_fds.add(fd)
         held = False
         try:
             # A real-time deadline: the lock waits on other processes, not on a test clock.
@@ -239,13 +244,14 @@ class FileKeyStore:
                 if time.monotonic() >= deadline:
                     break
                 time.sleep(self._poll)
-            if held:
-                self._held.add(fd)
             yield held
         finally:
-            self._held.discard(fd)
-            # Closing the descriptor releases the flock.
-            os.close(fd)
+            # Closing the descriptor releases the flock. After a fork inside
+            # this block the child already closed it (and the number may be
+            # reused): close only what is still ours.
+            if fd in self._lock_fds:
+                self._lock_fds.discard(fd)
+                os.close(fd)
 
 
 class RedisKeyStore:
@@ -286,7 +292,10 @@ class RedisKeyStore:
             raise ConfigurationError(
                 "the Redis key store needs redis-py: pip install 'bbverify[redis]'", key="key_store.kind"
             ) from None
-        self._errors: tuple[type[BaseException], ...] = (redis_module.RedisError, OSError)
+        # Any exception at all: redis-py raises AttributeError, TypeError or
+        # ValueError on replies it did not expect, and every one of them must
+        # become StoreUnavailable (a per-process fallback), never a 503.
+        self._errors: tuple[type[BaseException], ...] = (Exception,)
         if not isinstance(timeout, int | float) or isinstance(timeout, bool) or not 0 < timeout <= 1:
             raise ConfigurationError("must be more than 0 and at most 1 second", key="key_store.timeout")
         if (url is None) == (client is None):
@@ -314,6 +323,19 @@ class RedisKeyStore:
         self.prefix = str(prefix)
         self._lock_ttl = float(lock_ttl)
         self._entry_ttl = int(entry_ttl)
+
+    @property
+    def lock_ttl(self) -> float:
+        """Seconds after which an abandoned fetch lock expires."""
+        return self._lock_ttl
+
+    def _expire_if_persistent(self, key: str) -> None:
+        # Our locks always expire (SET NX PX); a lock key without a TTL was
+        # left by a restore, a PERSIST or a foreign writer and would block
+        # the fleet forever. Give it our TTL, so it goes stale like ours.
+        with contextlib.suppress(*self._errors):
+            if self._client.pttl(key) == -1:
+                self._client.pexpire(key, int(self._lock_ttl * 1000))
 
     def _key(self, kind: str, name: str) -> str:
         return f"{self.prefix}{kind}:{_digest(name)}"
@@ -351,6 +373,8 @@ class RedisKeyStore:
             held = bool(lock.acquire())
         except self._errors as exc:
             raise StoreUnavailable(f"Redis lock failed: {type(exc).__name__}: {exc}") from None
+        if not held:
+            self._expire_if_persistent(self._key("lock", name))
         try:
             yield held
         finally:
