@@ -128,7 +128,19 @@ _SERVE_KEYS = frozenset(
         "port",
         "workers",
         "access_log",
+        "allow_override_headers",
     }
+)
+#: Headers some upstream frameworks read as the request's method or path
+#: (Rack/Express method-override, Symfony, IIS URL rewrite). The gateway routes
+#: on the proxy's method and path, so a check that carries one is refused
+#: unless ``allow_override_headers`` says the upstream ignores them.
+OVERRIDE_HEADERS = (
+    b"x-http-method-override",
+    b"x-http-method",
+    b"x-method-override",
+    b"x-original-url",
+    b"x-rewrite-url",
 )
 
 
@@ -146,6 +158,7 @@ class GatewaySettings:
     port: int = 9180
     workers: int = 1
     access_log: bool = True
+    allow_override_headers: bool = False
 
 
 def _expect(value: Any, kind: type, key: str, what: str) -> Any:
@@ -223,6 +236,9 @@ def serve_settings(table: Mapping[str, Any], *, key: str = "serve") -> GatewaySe
         raise ConfigurationError("must be between 1 and 64", key=f"{key}.workers")
     realm = _expect(table.get("realm", DEFAULT_REALM), str, f"{key}.realm", "a string")
     access_log = _expect(table.get("access_log", True), bool, f"{key}.access_log", "true or false")
+    allow_override = _expect(
+        table.get("allow_override_headers", False), bool, f"{key}.allow_override_headers", "true or false"
+    )
     return GatewaySettings(
         protocol=protocol,
         routes=route_table,
@@ -234,6 +250,7 @@ def serve_settings(table: Mapping[str, Any], *, key: str = "serve") -> GatewaySe
         port=port,
         workers=workers,
         access_log=access_log,
+        allow_override_headers=allow_override,
     )
 
 
@@ -442,6 +459,14 @@ class Gateway:
         method = host = target = None
         try:
             method, host, target = self._original(scope, headers)
+            if not self.settings.allow_override_headers:
+                for name in OVERRIDE_HEADERS:
+                    if name in headers:
+                        raise RouteDenied(
+                            f"the original request carries {name.decode()}, which the upstream may "
+                            "act on instead of the routed method or path",
+                            code="unnormalizable_request",
+                        )
             match = self.settings.routes.match(method, host, target)
             if not match.public:
                 token = guard.token(headers.get(b"authorization", []), client, match.method, match.path)
