@@ -2,35 +2,40 @@
 
 A reverse proxy asks ``bbverify serve`` about a request it is about to
 forward; the gateway picks a route from the ORIGINAL request's method, host
-and path. Those arrive as text the client chose, so they are first put in the
-one form the proxy and a typical upstream agree on (:func:`normalize_path`,
-:func:`normalize_host`, :func:`normalize_method`). Anything that form cannot
-express without guessing (an encoded ``/``, a backslash, a ``..`` above the
-root, bad percent-encoding, control characters) is refused, never matched:
-otherwise ``/public/..%2Fadmin`` could select the laxer ``/public/`` route
-while the upstream serves ``/admin``.
+and path. Those arrive as text the client chose, and the proxy forwards the
+RAW path to the upstream, which may read it differently from any
+normalisation the gateway could do (Starlette mounts, Express and werkzeug
+keep ``..`` segments; Tomcat, Jetty and Spring drop ``;params``; nginx
+merges ``//``). So nothing is resolved: a path whose meaning depends on such
+a normalisation is refused, never matched, and routing happens on a path
+every upstream reads the same way (:func:`normalize_path`,
+:func:`normalize_host`, :func:`normalize_method`).
 
-Normalisation of the path (RFC 3986 section 6.2.2, plus what nginx does when it
-matches ``location`` blocks):
+Refused with ``unnormalizable_request`` (403):
 
-* the query (after ``?``) is dropped; a ``#`` is refused (clients never send one);
-* percent-encoded unreserved characters (``A-Z a-z 0-9 - . _ ~``, RFC 3986
-  section 2.3) are decoded, other escapes are upper-cased (``%2f`` is ``%2F``);
-* ``%2F`` and ``%5C`` (an encoded ``/`` or ``\\``), ``%00`` and any escape of a
-  control character are refused: proxies and upstreams disagree on them;
-* runs of ``/`` are merged (nginx ``merge_slashes on``, the default);
-* ``.`` and ``..`` segments are removed (RFC 3986 section 5.2.4); a ``..``
-  above the root is refused (nginx answers 400 to it too), and so is a path
-  where merging slashes before or after removing dot segments gives
-  different results (``/public//../admin``: ``/admin`` for nginx and Go,
-  ``/public/admin`` for RFC 3986 alone);
-* with ``case_insensitive_paths`` the result is lower-cased, for upstreams
-  that serve ``/Admin`` as ``/admin``.
+* dot segments in any spelling (``.``, ``..``, ``%2e``, ``.%2E``; with
+  ``;params`` too, since ``;`` is refused), whether they climb or not;
+* ``;`` anywhere in the path, raw or ``%3B`` (servlet path parameters);
+* empty segments (``//``);
+* escapes of unreserved characters (``%61``, ``%2e``, ``%7E``; RFC 3986
+  section 2.3 says producers should not make them, and upstreams disagree on
+  decoding them);
+* an escaped ``/`` or ``\\``, a literal ``\\``, controls, spaces, ``#``,
+  non-ASCII, bad escapes, targets not starting with ``/``, over 8192
+  characters;
+* hosts that are not a DNS name or IP literal with an ASCII port, over 261
+  characters; no host at all while some route names a host.
+
+What remains is canonicalised only harmlessly: the query (after ``?``) is
+dropped, other escapes are upper-cased (``%c3`` is ``%C3``), and with
+``case_insensitive_paths`` the path is lower-cased. A trailing ``/`` never
+changes the route: ``/admin/`` takes the route of ``/admin`` and the other
+way round (Express and Starlette serve one as the other).
 
 The host is lower-cased, a trailing dot and a port are removed (a route may
-name a port), and anything that is not a DNS name or IP literal is refused.
-The method must be an RFC 9110 token; it is upper-cased, and a ``HEAD`` is
-routed like a ``GET`` (servers answer one with the other's handler).
+name a port). The method must be an RFC 9110 token; it is upper-cased, and a
+``HEAD`` is routed like a ``GET`` (servers answer one with the other's
+handler).
 
 Choosing among routes: every route whose host, method and path match is a
 candidate; the most specific wins (exact host over ``*.`` wildcard over any

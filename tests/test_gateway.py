@@ -49,7 +49,8 @@ def nginx_gw(issuer: FakeIssuer) -> Iterator[tuple[str, Gateway]]:
     gw = make_gateway(
         issuer,
         {"protocol": "nginx", "routes": ROUTES, "trusted_proxies": ["127.0.0.1/32"]},
-        named=named(issuer), default_policy="build",
+        named=named(issuer),
+        default_policy="build",
     )
     with serve_asgi(gw) as url:
         yield url, gw
@@ -60,7 +61,8 @@ def forwarded_gw(issuer: FakeIssuer) -> Iterator[str]:
     gw = make_gateway(
         issuer,
         {"protocol": "forwarded", "routes": ROUTES, "trusted_proxies": ["127.0.0.1/32"]},
-        named=named(issuer), default_policy="build",
+        named=named(issuer),
+        default_policy="build",
     )
     with serve_asgi(gw) as url:
         yield url
@@ -69,7 +71,10 @@ def forwarded_gw(issuer: FakeIssuer) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def envoy_gw(issuer: FakeIssuer) -> Iterator[str]:
     gw = make_gateway(
-        issuer, {"protocol": "envoy", "envoy_path_prefix": "/check", "routes": ROUTES}, named=named(issuer), default_policy="build"
+        issuer,
+        {"protocol": "envoy", "envoy_path_prefix": "/check", "routes": ROUTES},
+        named=named(issuer),
+        default_policy="build",
     )
     with serve_asgi(gw) as url:
         yield url
@@ -261,7 +266,9 @@ def test_forwarded_protocol(forwarded_gw: str, issuer: FakeIssuer, http: httpx.C
 
 
 def test_forwarded_for_ignored_without_trusted_proxies(issuer: FakeIssuer, http: httpx.Client) -> None:
-    gw = make_gateway(issuer, {"protocol": "forwarded", "routes": ROUTES}, named=named(issuer), default_policy="build")
+    gw = make_gateway(
+        issuer, {"protocol": "forwarded", "routes": ROUTES}, named=named(issuer), default_policy="build"
+    )
     with serve_asgi(gw) as url:
         r = http.get(
             url + "/auth",
@@ -308,7 +315,9 @@ def test_keys_unavailable_never_admits(protocol: str, http: httpx.Client) -> Non
         serve: dict[str, Any] = {"protocol": protocol, "routes": ROUTES}
         if protocol == "envoy":
             serve["envoy_path_prefix"] = "/check"
-        gw = make_gateway(fake, serve, named=named(fake), default_policy="build", timeout=1.0, failure_backoff=0.0)
+        gw = make_gateway(
+            fake, serve, named=named(fake), default_policy="build", timeout=1.0, failure_backoff=0.0
+        )
         token = fake.mint()
         fake.fail("500")
         with serve_asgi(gw) as url:
@@ -335,7 +344,9 @@ def test_keys_unavailable_never_admits(protocol: str, http: httpx.Client) -> Non
 
 
 def test_health_ready_and_metrics(issuer: FakeIssuer, http: httpx.Client) -> None:
-    gw = make_gateway(issuer, {"protocol": "nginx", "routes": ROUTES}, named=named(issuer), default_policy="build")
+    gw = make_gateway(
+        issuer, {"protocol": "nginx", "routes": ROUTES}, named=named(issuer), default_policy="build"
+    )
     with serve_asgi(gw) as url:
         assert http.get(url + "/healthz").status_code == 200
         # The lifespan start-up warms the key set in the background; /readyz turns 200 once loaded.
@@ -467,7 +478,11 @@ def test_no_default_policy_is_a_start_up_error(issuer: FakeIssuer, serve: dict[s
         make_gateway(issuer, serve, named=named(issuer))
     assert info.value.key == key
     # Spelled out on purpose (a policy admitting the workspace), it starts.
-    make_gateway(issuer, {"protocol": "nginx", "routes": [{"path_prefix": "/a", "policy": "build"}]}, named=named(issuer))
+    make_gateway(
+        issuer,
+        {"protocol": "nginx", "routes": [{"path_prefix": "/a", "policy": "build"}]},
+        named=named(issuer),
+    )
 
 
 def test_gateway_from_mapping_uses_the_library_schema(issuer: FakeIssuer) -> None:
@@ -496,7 +511,9 @@ def test_gateway_from_mapping_uses_the_library_schema(issuer: FakeIssuer) -> Non
 def test_an_internal_error_refuses_and_is_not_a_500(
     issuer: FakeIssuer, http: httpx.Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    gw = make_gateway(issuer, {"protocol": "nginx", "routes": ROUTES}, named=named(issuer), default_policy="build")
+    gw = make_gateway(
+        issuer, {"protocol": "nginx", "routes": ROUTES}, named=named(issuer), default_policy="build"
+    )
 
     def broken(*args: object) -> None:
         raise RuntimeError("bug")
@@ -581,7 +598,10 @@ def test_access_log_can_be_turned_off(
     issuer: FakeIssuer, http: httpx.Client, caplog: pytest.LogCaptureFixture
 ) -> None:
     gw = make_gateway(
-        issuer, {"protocol": "nginx", "routes": ROUTES, "access_log": False}, named=named(issuer), default_policy="build"
+        issuer,
+        {"protocol": "nginx", "routes": ROUTES, "access_log": False},
+        named=named(issuer),
+        default_policy="build",
     )
     with serve_asgi(gw) as url, caplog.at_level(logging.INFO, logger="bbverify.gateway.access"):
         assert http.get(url + "/auth", headers=nginx("GET", "/public/x")).status_code == 200

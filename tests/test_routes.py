@@ -321,7 +321,8 @@ def test_missing_host_is_refused_when_routes_depend_on_it(host: str | None) -> N
 
 
 @pytest.mark.parametrize(
-    "host", ["[::1]:\u00b2", "a.com:\u00b2", "[::1]:\u0661", "a.com:" + "9" * 5000, "a" * 300, "[::1]:" + "1" * 5000]
+    "host",
+    ["[::1]:\u00b2", "a.com:\u00b2", "[::1]:\u0661", "a.com:" + "9" * 5000, "a" * 300, "[::1]:" + "1" * 5000],
 )
 def test_malformed_host_is_refused_never_an_exception(host: str) -> None:
     # F06: non-ASCII digits, huge ports: 403 unnormalizable_request, never ValueError.
