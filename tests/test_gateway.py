@@ -655,3 +655,72 @@ def test_envoy_and_forwarded_refuse_paths_upstreams_read_differently(
         conn.close()
     r = http.get(forwarded_gw + "/auth", headers=traefik("GET", path))
     assert_refusal(r, 403, "unnormalizable_request")
+
+
+def test_readyz_does_not_bypass_the_backoff(http: httpx.Client) -> None:
+    # F09: while the issuer fails, /readyz reports and starts at most the fetch a
+    # check would start; 30 probes inside the backoff make no more fetches than 30 checks.
+    with FakeIssuer() as fake:
+        fake.fail("500")
+        gw = make_gateway(
+            fake,
+            {"protocol": "nginx", "routes": ROUTES},
+            named=named(fake),
+            default_policy="build",
+            timeout=1.0,
+            failure_backoff=300.0,
+        )
+        with serve_asgi(gw) as url:
+            # The start-up warm-up makes the first (failing) fetch.
+            for _ in range(200):
+                if fake.jwks_requests >= 1 and (gw._warming is None or gw._warming.done()):
+                    break
+                threading_wait(0.02)
+            after_start = fake.jwks_requests
+            for _ in range(30):
+                r = http.get(url + "/readyz")
+                assert r.status_code == 503
+                assert r.json()["ready"] is False
+            threading_wait(0.2)
+            assert fake.jwks_requests == after_start
+
+
+@pytest.mark.parametrize("protocol", ["nginx", "forwarded"])
+@pytest.mark.parametrize(
+    "name",
+    ["X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override", "X-Original-URL", "X-Rewrite-URL"],
+)
+def test_override_headers_are_refused_unless_allowed(
+    issuer: FakeIssuer, http: httpx.Client, protocol: str, name: str
+) -> None:
+    # F05: the upstream may act on these instead of the routed method or path.
+    for allowed in (False, True):
+        gw = make_gateway(
+            issuer,
+            {"protocol": protocol, "routes": ROUTES, "allow_override_headers": allowed},
+            named=named(issuer),
+            default_policy="build",
+        )
+        with serve_asgi(gw) as url:
+            shape = nginx if protocol == "nginx" else traefik
+            r = http.get(url + "/auth", headers={**shape("GET", "/public/x"), name: "DELETE"})
+        if allowed:
+            assert r.status_code == 200
+        else:
+            assert_refusal(r, 403, "unnormalizable_request")
+
+
+def test_error_header_is_valid_json_and_bounded(issuer: FakeIssuer) -> None:
+    # F07: a long message is shortened before serialising, never the JSON cut mid-escape.
+    from bbverify.errors import InvalidToken
+
+    gw = make_gateway(
+        issuer, {"protocol": "nginx", "routes": ROUTES}, named=named(issuer), default_policy="build"
+    )
+    for message in ("\u00e9" * 400, "x" * 5000, "\U0001f600" * 300, "short"):
+        response = gw._refusal(InvalidToken(message, code="verification_failed"))
+        value = dict(response.headers)["X-Bbverify-Error"]
+        assert len(value) <= 1024 and value.isascii()
+        document = json.loads(value)
+        assert document["code"] == "verification_failed"
+        assert message.startswith(document["message"].removesuffix("..."))
