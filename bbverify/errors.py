@@ -164,8 +164,9 @@ class RouteDenied(VerificationError):
     disagree), ``unnormalizable_request`` (the original method, host or path
     may mean something else to the upstream: dot segments, ``;`` parameters,
     ``//``, ``%2F``, bad escapes, a missing host while routes name hosts, a
-    method or URL override header; see docs/gateway.md "Which route"), ``missing_original_request`` (the proxy did not send the
-    headers naming the original request).
+    method or URL override header; see docs/gateway.md "Which route"),
+    ``missing_original_request`` (the proxy did not send the headers naming
+    the original request).
     """
 
     default_code = ErrorCode.UNMATCHED_ROUTE
