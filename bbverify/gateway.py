@@ -465,7 +465,7 @@ class Gateway:
                         raise RouteDenied(
                             f"the original request carries {name.decode()}, which the upstream may "
                             "act on instead of the routed method or path",
-                            code="unnormalizable_request",
+                            code=ErrorCode.UNNORMALIZABLE_REQUEST,
                         )
             match = self.settings.routes.match(method, host, target)
             if not match.public:
