@@ -7,7 +7,9 @@
     app = PipelineAuthMiddleware(app, verifier=verifier, exclude_paths=["/healthz"])
 
 Every HTTP request and WebSocket handshake needs a valid token, except on
-excluded paths; lifespan events pass straight through. On success the claims
+excluded paths; lifespan events pass straight through; any other scope type
+(a newer protocol the middleware cannot verify) is refused with an exception,
+as the ASGI specification asks, so it never reaches the app. On success the claims
 are in ``scope["bbverify.claims"]``, and ``scope["user"]`` / ``scope["auth"]``
 are set the way Starlette's ``AuthenticationMiddleware`` sets them, so
 ``request.user``, ``request.auth`` and ``@requires("pipeline")`` work.
@@ -244,8 +246,17 @@ class PipelineAuthMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope.get("type")
         if kind not in ("http", "websocket"):
-            await self.app(scope, receive, send)  # lifespan and anything newer
-            return
+            if kind == "lifespan":  # start-up and shutdown carry no request to verify
+                await self.app(scope, receive, send)
+                return
+            # A connection type this middleware does not know (a server's newer
+            # protocol, e.g. "webtransport") would reach the app with no token checked.
+            # The ASGI spec asks applications to reject such scopes with an exception;
+            # the server then closes the connection without the app seeing it.
+            raise RuntimeError(
+                f"bbverify refuses ASGI scope type {str(kind)[:40]!r}: only 'http' and "
+                "'websocket' are verified, and only 'lifespan' passes through"
+            )
         path = scope_path(scope)
         if self.guard.is_excluded(path):
             await self.app(scope, receive, send)

@@ -8,7 +8,9 @@ names the pipeline, never the token.
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
@@ -106,12 +108,23 @@ def wanted(allowed: bool, hook: DecisionHook | None) -> bool:
     return hook is not None or AUDIT_LOGGER.isEnabledFor(logging.INFO if allowed else logging.WARNING)
 
 
-def _printable(value: str | None) -> str | None:
-    # Claim values come from the token: a CR/LF in one must not forge a second
-    # audit line. isprintable() is one C pass, so clean values cost next to nothing.
-    if value is None or value.isprintable():
+# A value made only of these is written bare; anything else (a space, '=', a quote,
+# non-ASCII, a control character) is written as a JSON string literal, the logfmt
+# convention, so a client-chosen path or a claim cannot add or fake fields.
+_BARE = re.compile(r"[A-Za-z0-9_.:/{}@+,~%*!()\[\]-]+")
+
+
+def _field(value: str | None) -> str:
+    """One logfmt value: ``None`` bare, safe text bare, everything else quoted and escaped."""
+    if value is None:
+        return "None"
+    if value != "None" and _BARE.fullmatch(value):
         return value
-    return value.encode("unicode_escape").decode("ascii")
+    # ensure_ascii escapes every non-ASCII character too (U+2028, U+0085, bidi controls),
+    # so the line stays one line whatever the log handler does with Unicode. Spaces and
+    # '=' are escaped as well (still one valid JSON string): grep-based alerting that looks
+    # for " allow " or "client_ip=" then never matches text a client chose.
+    return json.dumps(value, ensure_ascii=True).replace(" ", "\\u0020").replace("=", "\\u003d")
 
 
 def emit(decision: Decision, hook: DecisionHook | None) -> None:
@@ -123,17 +136,17 @@ def emit(decision: Decision, hook: DecisionHook | None) -> None:
             "%s code=%s rule=%s repository=%s environment=%s pipeline=%s step=%s client_ip=%s"
             " method=%s path=%s workspace=%s policy=%s",
             "allow" if decision.allowed else "deny",
-            _printable(decision.code),
-            _printable(decision.rule),
-            _printable(decision.repository),
-            _printable(decision.environment),
-            _printable(decision.pipeline),
-            _printable(decision.step),
-            _printable(decision.client_ip),
-            _printable(decision.method),
-            _printable(decision.path),
-            _printable(decision.workspace_name),
-            _printable(decision.policy),
+            _field(decision.code),
+            _field(decision.rule),
+            _field(decision.repository),
+            _field(decision.environment),
+            _field(decision.pipeline),
+            _field(decision.step),
+            _field(decision.client_ip),
+            _field(decision.method),
+            _field(decision.path),
+            _field(decision.workspace_name),
+            _field(decision.policy),
             extra={"bbverify": decision.as_dict()},
         )
     if hook is not None:

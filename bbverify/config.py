@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import difflib
 import inspect
-import json
 import logging
 import math
 import os
@@ -55,6 +54,7 @@ from .policies import (
     as_rules,
 )
 from .stores import STORE_SETTINGS, key_store_from_mapping
+from .token import loads_strict
 from .verifier import Verifier
 from .workspaces import WorkspaceSpec, bitbucket_issuer, check_name
 
@@ -492,7 +492,9 @@ def _structured(raw: object, key: str, kind: type, parse_strings: bool) -> Any:
     value = raw
     if parse_strings and isinstance(raw, str):
         try:
-            value = json.loads(raw)
+            # The token module's strict parser: plain json.loads would keep the last of two
+            # "deploy" members, silently replacing a policy (TOML refuses the same duplicate).
+            value = loads_strict(raw)
         except ValueError as exc:
             raise ConfigurationError(f"is not valid JSON ({exc})", key=key) from None
     if kind is list:

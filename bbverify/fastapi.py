@@ -25,8 +25,12 @@ Scopes are honoured: ``Security(pipeline, scopes=["deployment"])`` admits
 only tokens of deployment steps (403, code ``insufficient_scope``,
 otherwise); ``"pipeline"`` is every verified token. The names are those of
 the Starlette adapter (:data:`bbverify.http.KNOWN_SCOPES`); an unknown name
-is a configuration mistake, raised as
-:class:`~bbverify.errors.ConfigurationError` on the route's first request.
+is a configuration mistake: :func:`check_routes` raises
+:class:`~bbverify.errors.ConfigurationError` for it at start-up (FastAPI
+gives a dependency no hook when ``Security(...)`` is built or a route is
+added, so the check runs when the app starts: :func:`install_error_handler`
+installs it in the app's lifespan). An app served without lifespan still
+gets the error on the route's first request.
 
 ``PipelineAuth(verifier, auto_error=False)`` makes authentication optional:
 a request without an ``Authorization`` header gets ``None`` instead of a
@@ -34,9 +38,14 @@ a request without an ``Authorization`` header gets ``None`` instead of a
 rules saw is ``bbverify.http.request_client_ip(request)``.
 """
 
-from __future__ import annotations
-
+# No "from __future__ import annotations" here: FastAPI reads the dependency's
+# signature at run time, and older releases (0.110, our floor) cannot resolve
+# string annotations on a callable instance: ``request`` became a required
+# query parameter and every request got 422.
 import json
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, HTTPException
 from fastapi.security import HTTPBearer, SecurityScopes
@@ -62,7 +71,7 @@ from .policies import Rule
 from .starlette import to_response
 from .verifier import Verifier
 
-__all__ = ["PipelineAuth", "PipelineAuthError", "install_error_handler"]
+__all__ = ["PipelineAuth", "PipelineAuthError", "check_routes", "install_error_handler"]
 
 
 class PipelineAuthError(HTTPException):
@@ -179,6 +188,62 @@ async def _handle(request: Request, exc: Exception) -> Response:
     return to_response(exc.response)
 
 
+def _oauth_scopes(dependant: Any) -> list[str]:
+    # FastAPI < 0.120 keeps the accumulated list in security_scopes; newer
+    # versions split it into parent_oauth_scopes and own_oauth_scopes.
+    scopes = getattr(dependant, "security_scopes", None)
+    if scopes is not None:
+        return list(scopes)
+    return [*(getattr(dependant, "parent_oauth_scopes", None) or []),
+            *(getattr(dependant, "own_oauth_scopes", None) or [])]
+
+
+def _walk(dependant: Any, where: str, depth: int = 0) -> None:
+    if depth > 64:  # bounded: FastAPI forbids cycles, but stay bounded whatever is given
+        return
+    if isinstance(getattr(dependant, "call", None), PipelineAuth):
+        check_scope_names(_oauth_scopes(dependant), f"{where}: Security.scopes")
+    for sub in getattr(dependant, "dependencies", None) or ():
+        _walk(sub, where, depth + 1)
+
+
+def _routes(routes: Iterable[Any], depth: int = 0) -> Iterable[Any]:
+    for route in routes:
+        yield route
+        inner = getattr(getattr(route, "app", None), "routes", None) if depth < 16 else None
+        if inner is not None and getattr(route, "dependant", None) is None:  # a Mount
+            yield from _routes(inner, depth + 1)
+
+
+def check_routes(app: FastAPI) -> None:
+    """Check every route's ``Security(PipelineAuth(...), scopes=[...])`` names now.
+
+    Walks the app's routes (mounted apps included) and their dependencies;
+    raises :class:`~bbverify.errors.ConfigurationError` (``key`` like
+    ``route '/release': Security.scopes[0]``) for a scope name bbverify does
+    not grant (:data:`bbverify.http.KNOWN_SCOPES`). :func:`install_error_handler`
+    runs it when the app starts; call it yourself after adding routes to fail
+    even earlier (tests, app factories).
+    """
+    for route in _routes(app.router.routes):
+        dependant = getattr(route, "dependant", None)
+        if dependant is not None:
+            _walk(dependant, f"route {getattr(route, 'path', '?')!r}")
+
+
 def install_error_handler(app: FastAPI) -> None:
-    """Answer :class:`PipelineAuthError` with bbverify's own body (not ``{"detail": ...}``)."""
+    """Answer :class:`PipelineAuthError` with bbverify's own body (not ``{"detail": ...}``).
+
+    Also runs :func:`check_routes` when the app starts (its lifespan), so a
+    misspelt scope stops the server from starting instead of answering 500.
+    """
     app.add_exception_handler(PipelineAuthError, _handle)
+    inner: Callable[[Any], AbstractAsyncContextManager[Any]] = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(target: Any) -> AsyncIterator[Any]:
+        check_routes(app)  # routes are complete once the server starts the app
+        async with inner(target) as state:
+            yield state
+
+    app.router.lifespan_context = lifespan

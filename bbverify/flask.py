@@ -81,8 +81,9 @@ class BBVerify:
         policy: the named policy for views whose decorator names none
             (``None``: the verifier's default policy, if any).
 
-    Configuration errors surface in :meth:`init_app`, at start-up, including
-    unknown policy names on views already registered with the app.
+    Configuration errors surface at start-up: in :meth:`init_app`, including
+    unknown policy names on views already registered with the app, and when
+    a view (or a blueprint's) is registered after it, whatever the order.
     """
 
     def __init__(
@@ -115,15 +116,44 @@ class BBVerify:
             trusted = app.config.get("BBVERIFY_TRUSTED_PROXIES")
         realm = self._realm or app.config.get("BBVERIFY_REALM") or DEFAULT_REALM
         app.extensions[EXTENSION_KEY] = _State(verifier, trusted, realm, self._on_error, self._policy)
-        for endpoint, view in app.view_functions.items():
-            named = getattr(view, _POLICY_ATTR, None)
-            if named is not None:
-                verifier.check_policy(named, key=f"view {endpoint!r}: policy")
+        # Views registered already are checked now; views registered later (the usual
+        # order: BBVerify(app) first, routes below, blueprints after) are checked as
+        # Flask stores them, so a misspelt policy fails at start-up, never per request.
+        app.view_functions = _CheckedViews(app.view_functions, verifier)
 
     @staticmethod
     def verifier_for(app: Flask) -> Verifier:
         """The verifier the extension built for ``app``."""
         return _state(app).verifier
+
+
+class _CheckedViews(dict[str, Any]):
+    """``app.view_functions`` that checks a decorated view's policy name when it is stored.
+
+    Flask stores every view with ``view_functions[endpoint] = view`` (in
+    ``add_url_rule``, for app routes and blueprints alike), which is the one
+    moment the view, its endpoint and the app are all known.
+    """
+
+    def __init__(self, views: Mapping[str, Any], verifier: Verifier) -> None:
+        super().__init__()
+        self.verifier = verifier
+        self.update(views)
+
+    def __setitem__(self, endpoint: str, view: Any) -> None:
+        named = getattr(view, _POLICY_ATTR, None)
+        if named is not None:
+            self.verifier.check_policy(named, key=f"view {endpoint!r}: policy")
+        super().__setitem__(endpoint, view)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        for endpoint, view in dict(*args, **kwargs).items():
+            self[endpoint] = view
+
+    def setdefault(self, endpoint: str, view: Any = None) -> Any:
+        if endpoint not in self:
+            self[endpoint] = view
+        return self[endpoint]
 
 
 class _State:
@@ -218,7 +248,7 @@ def require_pipeline(
     of the verifier's named policies; an unknown name raises
     ``ConfigurationError`` here (with an explicit verifier, or inside an app
     context), else in :meth:`BBVerify.init_app` for views registered before
-    it, else when the view's first request builds its guard. With
+    it, else when the view is registered on an app that has the extension. With
     ``optional=True`` a request without an ``Authorization`` header reaches
     the view with no claims (``flask.g.pipeline_claims`` is ``None``); a
     request with a bad token is refused as usual.

@@ -40,7 +40,7 @@ from .errors import (
     PolicyDenied,
     VerificationError,
 )
-from .ipranges import parse_cidr
+from .ipranges import catch_all_versions, parse_cidr
 from .policies import Rule, as_rules
 from .verifier import Verifier
 
@@ -72,6 +72,8 @@ __all__ = [
     "rfc6750_error",
     "routing_path",
     "scopes_for",
+    "wsgi_path",
+    "wsgi_peer",
 ]
 
 _log = logging.getLogger("bbverify")
@@ -88,6 +90,28 @@ DEFAULT_REALM = "bbverify"
 #: The peer adapters report for a connection over a Unix socket (no address).
 #: Only a ``trusted_proxies`` list naming ``"unix"`` trusts it as a proxy.
 UNIX_SOCKET_PEER = "unix"
+
+
+def wsgi_peer(remote_addr: object) -> str | None:
+    """The socket peer from a WSGI ``REMOTE_ADDR``: an address, :data:`UNIX_SOCKET_PEER`, or ``None``.
+
+    WSGI servers listening on a Unix socket spell the peer several ways, all
+    meaning "a local process on the socket", never an IP address:
+
+    * ``""``: gunicorn (``--bind unix:...``; ``accept()`` gives an unnamed peer),
+    * ``"<local>"``: Werkzeug's server (``run_simple("unix://...")``,
+      ``flask run --host unix://...``),
+    * a path (``/run/nginx.sock``) or an abstract name (``@name``, or a
+      leading NUL): gunicorn when the connecting process bound its socket.
+
+    Each is the one Unix-socket peer that only ``trusted_proxies=["unix",
+    ...]`` trusts. Anything else is returned as it is (parsed later as an IP).
+    """
+    if not isinstance(remote_addr, str):
+        return None
+    if not remote_addr or remote_addr == "<local>" or remote_addr[0] in "/@\x00":
+        return UNIX_SOCKET_PEER
+    return remote_addr
 
 # Cap on X-Forwarded-For entries considered; a longer chain is hostile or broken.
 MAX_FORWARDED_ENTRIES = 64
@@ -297,8 +321,14 @@ class TrustedProxies:
             text = value.strip()
             if not text:
                 return None
-            if text.isdigit():
+            # Only ASCII digits are a hop count: str.isdigit() also takes "²" (int() fails)
+            # and "٣" (int() reads 3), neither of which an operator means as a count.
+            if text.isascii() and text.isdigit():
                 value = int(text)
+            elif text.isdigit():
+                raise ConfigurationError(
+                    f"hop count {text!r} must be written in ASCII digits 0-9", key="trusted_proxies"
+                )
             else:
                 value = [part.strip() for part in text.split(",") if part.strip()]
         if isinstance(value, int):
@@ -317,16 +347,14 @@ class TrustedProxies:
                 continue
             # The same strict parser as IPRanges: host bits, zone ids and junk are refused.
             networks.append(parse_cidr(cidr, key=f"trusted_proxies[{i}]"))
-        for version in (4, 6):
-            # Covering everything is refused whatever its shape (0.0.0.0/1 + 128.0.0.0/1):
-            # trusting every address as a proxy lets any caller choose its own IP.
-            same = [n for n in networks if n.version == version]
-            if same and any(n.prefixlen == 0 for n in ipaddress.collapse_addresses(same)):  # type: ignore[type-var]
-                raise ConfigurationError(
-                    f"these ranges together trust every IPv{version} address as a proxy, so any "
-                    "caller could set its own IP; list your proxies' addresses, or give a hop count",
-                    key="trusted_proxies",
-                )
+        # Covering everything is refused whatever its shape (0.0.0.0/1 + 128.0.0.0/1):
+        # trusting every address as a proxy lets any caller choose its own IP.
+        for version in catch_all_versions(networks):
+            raise ConfigurationError(
+                f"these ranges together trust every IPv{version} address as a proxy, so any "
+                "caller could set its own IP; list your proxies' addresses, or give a hop count",
+                key="trusted_proxies",
+            )
         if not networks and not unix:
             return None
         return cls(networks=tuple(networks), unix=unix)
@@ -458,7 +486,7 @@ def check_scopes(
         verifier = carrier.get(VERIFIER_KEY) if carrier is not None else None
         if carrier is not None and isinstance(verifier, Verifier):
             method = carrier.get("method", carrier.get("REQUEST_METHOD"))
-            path = carrier.get("path", carrier.get("PATH_INFO"))
+            path = carrier.get("path") if "path" in carrier else wsgi_path(carrier.get("PATH_INFO"))
             root = carrier.get("root_path")
             decision = Decision.build(
                 claims,
@@ -492,8 +520,8 @@ def _check_scopes(claims: PipelineClaims, required: Iterable[str]) -> None:
 def routing_path(path: str | None, root_path: str | None = None) -> str:
     """The path the wrapped application routes on.
 
-    WSGI: ``PATH_INFO`` as it is (a dispatcher moves its prefix to
-    ``SCRIPT_NAME``), so call it with ``root_path=None``. ASGI: ``path`` holds
+    WSGI: ``PATH_INFO`` decoded by :func:`wsgi_path` (a dispatcher moves
+    its prefix to ``SCRIPT_NAME``), so call it with ``root_path=None``. ASGI: ``path`` holds
     the full path and ``root_path`` the part consumed by mounts and the
     server's ``--root-path`` (ASGI HTTP scope spec; Starlette's ``Mount``
     since 0.35 extends ``root_path`` and leaves ``path`` whole), so the
@@ -509,6 +537,28 @@ def routing_path(path: str | None, root_path: str | None = None) -> str:
         if not rest or rest.startswith("/"):
             text = rest or "/"
     return text
+
+
+def wsgi_path(path_info: object) -> str:
+    """``PATH_INFO`` decoded the PEP 3333 way: the server's bytes as latin-1, read as UTF-8.
+
+    A WSGI server passes the URL-decoded path bytes as a latin-1 "native
+    string" (PEP 3333, "Unicode Issues"), so ``/café`` arrives as ``/cafÃ©``.
+    ASGI servers hand over the decoded text (uvicorn decodes UTF-8, invalid
+    bytes become U+FFFD), and Werkzeug's ``request.path`` does the same as
+    here, so exclusions and audit paths agree across ASGI, WSGI and Flask.
+    A value that is not a latin-1 string (a server that already decoded it)
+    is used as it is. Returns the path for :func:`routing_path`.
+    """
+    if not isinstance(path_info, str) or not path_info:
+        return "/"
+    if path_info.isascii():
+        return path_info
+    try:
+        raw = path_info.encode("latin-1")
+    except UnicodeEncodeError:
+        return path_info
+    return raw.decode("utf-8", errors="replace")
 
 
 def request_claims(carrier: object) -> PipelineClaims | None:

@@ -23,6 +23,7 @@ optionally region, and refreshes them in the background:
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import logging
@@ -50,6 +51,7 @@ __all__ = [
     "FeedError",
     "IPAddress",
     "IPNetwork",
+    "catch_all_versions",
     "load_cidrs",
     "parse_cidr",
     "parse_client_ip",
@@ -162,6 +164,25 @@ def _merge(intervals: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
             starts.append(start)
             ends.append(end)
     return starts, ends
+
+
+def catch_all_versions(networks: Iterable[IPNetwork]) -> tuple[int, ...]:
+    """The IP versions (4, 6) of which ``networks`` together cover every address.
+
+    ``0.0.0.0/0`` does, and so do ``0.0.0.0/1`` + ``128.0.0.0/1`` or any other
+    split: the one coverage check behind the IP-range feed and ``trusted_proxies``.
+    Returns ``()`` when neither version is covered.
+    """
+    by_version: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
+    for n in networks:
+        by_version[n.version].append((int(n.network_address), int(n.broadcast_address)))
+    full = {4: (1 << 32) - 1, 6: (1 << 128) - 1}
+    covered: list[int] = []
+    for version, intervals in by_version.items():
+        starts, ends = _merge(intervals)
+        if starts == [0] and ends == [full[version]]:
+            covered.append(version)
+    return tuple(covered)
 
 
 class AddressSet:
@@ -288,6 +309,15 @@ def parse_feed(
             skipped += 1
             continue
         networks.append(network)
+    covered = catch_all_versions(networks)
+    if covered:
+        # Split catch-alls (0.0.0.0/1 + 128.0.0.0/1) admit every caller just as 0.0.0.0/0
+        # does; the selection is then broken or tampered as a whole, so none of it is used.
+        raise FeedError(
+            "feed items together cover every "
+            + " and every ".join(f"IPv{v}" for v in covered)
+            + " address; refused as broken or tampered"
+        )
     if not networks:
         raise FeedError(
             "feed lists no usable range for "
@@ -298,6 +328,15 @@ def parse_feed(
 
 
 _FILTERS = ("product", "direction", "region", "perimeter")
+
+
+def _on_event_loop() -> bool:
+    """True on a thread that runs an asyncio event loop (rules are sync code called from it)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _number(value: object, key: str, *, positive: bool = False) -> float:
@@ -362,6 +401,7 @@ class AtlassianIPRanges(BackgroundLoader[FeedSnapshot]):
             raise ConfigurationError("must be an integer of at least 1024", key="max_body_bytes")
         self.max_body_bytes = max_body_bytes
         self._session = session
+        self._own_session = session is None
         self._clock = clock
 
         self._init_loader(clock)
@@ -400,9 +440,12 @@ class AtlassianIPRanges(BackgroundLoader[FeedSnapshot]):
         """The current ranges, starting a background refresh when one is due.
 
         Never waits for a refresh when ranges are loaded. Before the first
-        good load (``lazy=True``) it waits up to :data:`FIRST_USE_WAIT`
-        seconds (or ``timeout``, if shorter) and returns ``None`` if there is
-        still nothing.
+        good load (``lazy=True``) it starts one; on a thread without a running
+        event loop it waits up to :data:`FIRST_USE_WAIT` seconds (or
+        ``timeout``, if shorter), while on an event loop's thread it never
+        waits (that would stall every request the loop serves). It returns
+        ``None`` while there is still nothing, and the IP rule then denies
+        with ``ip_ranges_unavailable``.
         """
         snap = self._snapshot
         if snap is not None:
@@ -414,8 +457,9 @@ class AtlassianIPRanges(BackgroundLoader[FeedSnapshot]):
             return snap.ranges
         with self._lock:
             future = self._start_locked(self._clock(), force=False)
-        # Rules also run inside event loops: wait briefly, then let the request be denied.
-        self._wait(future, min(self.timeout, FIRST_USE_WAIT))
+        if not _on_event_loop():
+            # A worker thread may wait briefly; then the request is denied.
+            self._wait(future, min(self.timeout, FIRST_USE_WAIT))
         snap = self._snapshot
         return snap.ranges if snap is not None else None
 
@@ -475,6 +519,11 @@ class AtlassianIPRanges(BackgroundLoader[FeedSnapshot]):
         kept = "keeping the last good ranges" if self._snapshot is not None else "no ranges loaded yet"
         _log.warning("loading IP ranges from %s failed (%s): %s", self.source, kept, message)
         return message
+
+    def _after_fork(self) -> None:
+        # Pooled connections are shared with the parent after a fork.
+        if self._own_session:
+            self._session = None
 
     def _read_file(self) -> object:
         assert self._path is not None

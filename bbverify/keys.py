@@ -352,6 +352,7 @@ class RemoteKeySet(BackgroundLoader[_Outcome]):
         self.max_keys = int(max_keys)
         self.min_rsa_bits = int(min_rsa_bits)
         self._session = session
+        self._own_session = session is None
         self._now = monotonic
         self._wall = clock
         self._store_name: str = self._jwks_url or str(issuer)
@@ -845,6 +846,12 @@ class RemoteKeySet(BackgroundLoader[_Outcome]):
         return message
 
     # -- fetching -------------------------------------------------------------
+
+    def _after_fork(self) -> None:
+        # Pooled connections are shared with the parent after a fork: a
+        # session we made is replaced; a caller's session is the caller's.
+        if self._own_session:
+            self._session = None
 
     def _http(self) -> requests.Session:
         if self._session is None:

@@ -177,7 +177,10 @@ class _Client:
                     raise _refusal(status, what, _retry_after(resp.headers.get("Retry-After")))
                 chunks: list[bytes] = []
                 size = 0
-                while chunk := resp.raw.read1(65536):
+                # read1 exists only from urllib3 2.2; older releases (which the
+                # declared floors allow) have read(), bounded by the timeout.
+                read = getattr(resp.raw, "read1", None) or resp.raw.read
+                while chunk := read(65536):
                     size += len(chunk)
                     if size > MAX_BODY_BYTES:
                         raise LookupFailed(f"Bitbucket's answer for {what} exceeds {MAX_BODY_BYTES} bytes")

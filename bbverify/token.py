@@ -27,6 +27,7 @@ __all__ = [
     "ParsedToken",
     "b64url_decode",
     "decode_payload",
+    "loads_strict",
     "parse_header",
     "parse_json_object",
     "split",
@@ -116,6 +117,24 @@ _DECODER = json.JSONDecoder(
 # The decoder's own scanner (C when available): parses one value at an index
 # and returns it with the index after it. Set by JSONDecoder.__init__; typeshed omits it.
 _SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
+
+
+def loads_strict(text: str) -> Any:
+    """Parse JSON text by the rules tokens are held to; used for JSON in configuration.
+
+    Duplicate member names, ``NaN``/``Infinity`` and out-of-range numbers are
+    refused (RFC 8259 section 4 leaves duplicates undefined; JSON has no
+    ``NaN``), so one definition can never silently replace another.
+
+    Raises:
+        ValueError: the text is not strict JSON; the message says why.
+    """
+    try:
+        return _DECODER.decode(text)
+    except InvalidToken as exc:
+        raise ValueError(exc.message) from None
+    except RecursionError:
+        raise ValueError("JSON is nested too deeply") from None
 
 
 def parse_json_object(data: bytes, what: str = "segment") -> dict[str, Any]:

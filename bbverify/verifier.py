@@ -2,11 +2,11 @@
 
 A token travels: size cap and split (:mod:`bbverify.token`), header and
 algorithm allowlist, payload parse, plausibility on the unverified payload
-(the workspace picked by exact ``iss``, ``aud``, ``exp``, ``iat``, Bitbucket
-claims present: no key fetch for a token that cannot be genuine), key lookup
+(the workspace picked by exact ``iss``, ``aud``, ``exp``, ``iat``, ``nbf``,
+Bitbucket claims present and of the right types, ``sub`` agreement, the
+workspace pin: no key fetch for a token that cannot be genuine), key lookup
 in that workspace's key source (:mod:`bbverify.keys`), signature
-(:mod:`bbverify.jwk`), every claim check again plus ``nbf``, ``sub``
-agreement and the workspace pin, then the rules (:mod:`bbverify.policies`):
+(:mod:`bbverify.jwk`), every claim check again, then the rules (:mod:`bbverify.policies`):
 base, the workspace's own, the named policy, per-route, on every call,
 cached or not.
 """
@@ -14,9 +14,13 @@ cached or not.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import requests
@@ -131,6 +135,9 @@ class _Trust:
 _CacheEntry = tuple[PipelineClaims, float, Header, VerifyingKey, _Trust]
 
 
+_TOKEN_CACHES: weakref.WeakSet[_TokenCache] = weakref.WeakSet()
+
+
 class _TokenCache:
     """Bounded map of verified tokens, each kept no longer than its ``exp``.
 
@@ -138,7 +145,7 @@ class _TokenCache:
     entry when full, so memory stays bounded whatever the traffic.
     """
 
-    __slots__ = ("_data", "_lock", "get", "maxsize")
+    __slots__ = ("__weakref__", "_data", "_lock", "get", "maxsize")
 
     def __init__(self, maxsize: int) -> None:
         self.maxsize = maxsize
@@ -148,6 +155,7 @@ class _TokenCache:
         # dict is never replaced (clear() empties it), so the binding stays valid.
         self.get: Callable[[str], _CacheEntry | None]
         self.get = self._data.get
+        _TOKEN_CACHES.add(self)  # for the lock's reset after a fork
 
     def put(self, token: str, entry: _CacheEntry) -> None:
         if self.maxsize <= 0:
@@ -189,9 +197,10 @@ class Verifier:
 
     Before any key lookup that may fetch, the unverified payload must be
     plausible for this verifier: a configured ``iss``, an accepted ``aud``,
-    ``exp`` not past, ``iat`` not in the future, the Bitbucket claims present.
-    So a token for another workspace is ``issuer_mismatch`` and costs no
-    fetch. All checks run again after the signature.
+    ``exp`` not past, ``iat`` and ``nbf`` not in the future, the Bitbucket
+    claims present and strings, ``sub`` agreeing with them, ``workspaceUuid``
+    the pinned one. So a token for another workspace is ``issuer_mismatch``
+    (or ``workspace_mismatch``) and costs no fetch. All checks run again after the signature.
 
     Args:
         workspace: the workspace slug; the issuer is derived from it.
@@ -200,7 +209,8 @@ class Verifier:
             Defaults to Bitbucket's own when ``workspace_uuid`` is given.
         workspace_uuid: the workspace UUID; when given, ``workspaceUuid`` in
             the token must match it.
-        jwks_url: skip discovery and fetch keys here.
+        jwks_url: skip discovery and fetch keys here (excludes ``keys``; validated
+            like every fetch URL: https, plain http only on loopback).
         keys: a ready key source (for example :class:`~bbverify.keys.StaticKeySet`).
         workspaces: several workspaces (see above); excludes the six
             arguments before it.
@@ -267,7 +277,7 @@ class Verifier:
                 f"{sorted(SUPPORTED_ALGORITHMS)} (HS* and none are never accepted)",
                 key="algorithms",
             )
-        self.algorithms = algs
+        self._algorithms = algs
         if not isinstance(leeway, int | float) or not 0 <= leeway <= MAX_LEEWAY:
             raise ConfigurationError(f"must be between 0 and {MAX_LEEWAY:g} seconds", key="leeway")
         self.leeway = float(leeway)
@@ -275,14 +285,16 @@ class Verifier:
             raise ConfigurationError("must be between 512 and 65536", key="max_token_bytes")
         self.max_token_bytes = max_token_bytes
         self._clock = clock
-        self.policies: tuple[Rule, ...] = as_rules(policies)
-        for i, rule in enumerate(self.policies):
+        # Read-only after construction (properties below): the base rules are joined into
+        # each workspace here, so a later assignment would be silently ignored (f12).
+        self._policies: tuple[Rule, ...] = as_rules(policies)
+        for i, rule in enumerate(self._policies):
             if not callable(rule):
                 raise ConfigurationError(f"{rule!r} is not a rule (a callable)", key=f"policies[{i}]")
         self._named = self._check_named(named_policies)
         if default_policy is not None:
             self.check_policy(default_policy, key="default_policy")
-        self.default_policy: str | None = default_policy
+        self._default_policy: str | None = default_policy
         self.on_decision = on_decision
         self._cache = _TokenCache(int(cache_size))
         self._headers: dict[str, Header] = {}
@@ -311,7 +323,7 @@ class Verifier:
                 jwks_url=jwks_url,
                 keys=keys,
             )
-            trusts = [_Trust(spec, self._key_source(spec, fetch_options), self.policies)]
+            trusts = [_Trust(spec, self._key_source(spec, fetch_options), self._policies)]
         else:
             given = {
                 "workspace": workspace,
@@ -324,8 +336,20 @@ class Verifier:
             trusts = self._check_workspaces(workspaces, given, fetch_options)
         self._trusts: tuple[_Trust, ...] = tuple(trusts)
         self._by_issuer: dict[str, _Trust] = {t.issuer: t for t in trusts}
-        #: The trusted workspaces, in the order given.
-        self.workspaces: tuple[WorkspaceSpec, ...] = tuple(t.spec for t in trusts)
+        self._workspaces: tuple[WorkspaceSpec, ...] = tuple(t.spec for t in trusts)
+
+    # Settings fixed at construction are read-only: each is built into the workspaces'
+    # key sources and rules, so assigning one later would be silently ignored (f12).
+
+    @property
+    def workspaces(self) -> tuple[WorkspaceSpec, ...]:
+        """The trusted workspaces, in the order given (read-only)."""
+        return self._workspaces
+
+    @property
+    def algorithms(self) -> frozenset[str]:
+        """The accepted signature algorithms (read-only)."""
+        return self._algorithms
 
     def _check_workspaces(
         self,
@@ -371,7 +395,19 @@ class Verifier:
                         f"is the same key source as workspaces[{j}]; each workspace needs its own",
                         key=f"{key}.keys",
                     )
-            trusts.append(_Trust(spec, source, self.policies))
+            trusts.append(_Trust(spec, source, self._policies))
+        # A name must not be another workspace's slug or issuer: names default to the slug
+        # (else the issuer), so a condition `workspace = ["acme"]` would otherwise silently
+        # mean whichever item is *named* acme, not the workspace whose slug is acme (f10).
+        aliases = {alias: j for j, t in enumerate(trusts) for alias in (t.spec.slug, t.issuer) if alias}
+        for i, t in enumerate(trusts):
+            shadowed = aliases.get(t.name)
+            if shadowed is not None and shadowed != i:
+                raise ConfigurationError(
+                    f"{t.name!r} is the slug or issuer of workspaces[{shadowed}]; name each workspace so "
+                    "that no name stands for another workspace",
+                    key=f"workspaces[{i}].name",
+                )
         return trusts
 
     def _key_source(self, spec: WorkspaceSpec, options: dict[str, Any]) -> _keys.KeySource:
@@ -382,7 +418,7 @@ class Verifier:
         source = _keys.RemoteKeySet(
             issuer=spec.issuer if spec.jwks_url is None else None,
             jwks_url=spec.jwks_url,
-            allowed_algorithms=self.algorithms,
+            allowed_algorithms=self._algorithms,
             **options,
         )
         if spec.jwks_url is not None:
@@ -457,6 +493,21 @@ class Verifier:
     # -- named policies ---------------------------------------------------------
 
     @property
+    def policies(self) -> tuple[Rule, ...]:
+        """The base rules (read-only: they are fixed when the verifier is built)."""
+        return self._policies
+
+    @property
+    def named_policies(self) -> Mapping[str, tuple[Rule, ...]]:
+        """``{name: rules}`` of the named policies, as a read-only mapping."""
+        return MappingProxyType(self._named)
+
+    @property
+    def default_policy(self) -> str | None:
+        """The named policy applied when a call names none (read-only)."""
+        return self._default_policy
+
+    @property
     def policy_names(self) -> tuple[str, ...]:
         """The names of the named policies, in the order configured."""
         return tuple(self._named)
@@ -475,7 +526,7 @@ class Verifier:
 
     def _policy_rules(self, name: str | None) -> tuple[Rule, ...]:
         if name is None:
-            name = self.default_policy
+            name = self._default_policy
             if name is None:
                 return ()
         rules = self._named.get(name) if type(name) is str else None
@@ -602,7 +653,7 @@ class Verifier:
         parsed = split(token, self.max_token_bytes)
         header = self._headers.get(parsed.header_segment)
         if header is None:
-            header = parse_header(parsed.header_segment, self.algorithms)
+            header = parse_header(parsed.header_segment, self._algorithms)
             # Bitbucket reuses one header per key, so this stays tiny; the cap
             # keeps hostile traffic from growing it.
             if len(self._headers) < 64:
@@ -654,7 +705,18 @@ class Verifier:
             raise InvalidToken("token has expired", code=ErrorCode.EXPIRED)
         if iat > now + leeway:
             raise InvalidToken("token was issued in the future", code=ErrorCode.NOT_YET_VALID)
+        if "nbf" in payload:  # Bitbucket sends none; checked when present
+            nbf = _timestamp(payload, "nbf", required=False)
+            if nbf is not None and nbf > now + leeway:
+                raise InvalidToken("token is not valid yet (nbf)", code=ErrorCode.NOT_YET_VALID)
+        # Everything else a genuine token must satisfy is checkable unsigned too: claim
+        # types, 'sub' agreement and the workspace pin. A token failing any of them is
+        # refused for that reason before it can cost a key fetch (finding f01).
         _require_bitbucket_claims(payload)
+        _check_bitbucket_claims(payload)
+        pin = trust.workspace_uuid
+        if pin is not None and payload["workspaceUuid"].lower() != pin:
+            raise InvalidToken("token belongs to another workspace", code=ErrorCode.WORKSPACE_MISMATCH)
         return trust
 
     def _finish(
@@ -668,22 +730,10 @@ class Verifier:
     ) -> PipelineClaims:
         key.verify(header.alg, parsed.signature, parsed.signing_input)
         # Every check again, now on signed claims and at the time after any fetch.
-        now = self._clock()
-        self._plausible(payload, now)
-        leeway = self.leeway
-        exp = float(payload["exp"])
-        nbf = _timestamp(payload, "nbf", required=False) if "nbf" in payload else None  # Bitbucket sends none
-        if nbf is not None and nbf > now + leeway:
-            raise InvalidToken("token is not valid yet (nbf)", code=ErrorCode.NOT_YET_VALID)
-
-        _check_bitbucket_claims(payload)
-        pin = trust.workspace_uuid
-        if pin is not None and payload["workspaceUuid"].lower() != pin:
-            raise InvalidToken("token belongs to another workspace", code=ErrorCode.WORKSPACE_MISMATCH)
-
+        self._plausible(payload, self._clock())
         claims = PipelineClaims.from_payload(payload)
         if type(token) is str:
-            self._cache.put(token, (claims, exp + leeway, header, key, trust))
+            self._cache.put(token, (claims, float(payload["exp"]) + self.leeway, header, key, trust))
         return claims
 
     def _authorize(
@@ -764,19 +814,43 @@ class Verifier:
 
 # -- one-call form -------------------------------------------------------------
 
-_VERIFIERS: dict[Hashable, Verifier] = {}
-_VERIFIERS_LOCK = threading.Lock()
-_MAX_VERIFIERS = 32
+# Key sources shared by one-call verify(), keyed by what decides which keys
+# are fetched and how: issuer, key-set URL, algorithms, fetch settings and the
+# session's identity (the entry holds the session, so its id is not reused).
+# Rules, hooks and named policies are not part of the key: a fresh Verifier is
+# built per call around the shared key sources, so rule objects (hashable or
+# not) never cause a refetch. Least recently used entries go past the cap.
+_KeySourceKey = tuple[Hashable, ...]
+_KEY_SOURCES: OrderedDict[_KeySourceKey, tuple[_keys.RemoteKeySet, object]] = OrderedDict()
+_KEY_SOURCES_LOCK = threading.Lock()
+_MAX_KEY_SOURCES = 64
+_FETCH_OPTIONS = ("timeout", "cache_ttl", "cooldown", "max_stale", "failure_backoff")
 
 
-def _freeze_option(value: Any) -> Hashable:
-    if isinstance(value, list | tuple):
-        return tuple(_freeze_option(v) for v in value)
-    if isinstance(value, set | frozenset):
-        return frozenset(value)
-    if isinstance(value, dict):
-        return tuple(sorted((k, _freeze_option(v)) for k, v in value.items()))
-    return value  # type: ignore[no-any-return]
+def _shared_keys(verifier: Verifier, options: Mapping[str, Any]) -> None:
+    """Give each of ``verifier``'s workspaces the shared key source for its issuer and settings."""
+    session = options.get("session")
+    settings = tuple(repr(options.get(name)) for name in _FETCH_OPTIONS)
+    for trust in verifier._trusts:
+        built = trust.keys
+        if not isinstance(built, _keys.RemoteKeySet) or trust.spec.keys is not None:
+            continue  # a key source the caller gave is used as given
+        key: _KeySourceKey = (
+            trust.issuer,
+            trust.spec.jwks_url,
+            verifier.algorithms,
+            settings,
+            id(session) if session is not None else None,
+        )
+        with _KEY_SOURCES_LOCK:
+            entry = _KEY_SOURCES.get(key)
+            if entry is not None:
+                _KEY_SOURCES.move_to_end(key)
+            else:
+                while len(_KEY_SOURCES) >= _MAX_KEY_SOURCES:
+                    _KEY_SOURCES.popitem(last=False)
+                entry = _KEY_SOURCES[key] = (built, session)
+        trust.keys = entry[0]
 
 
 def verify(
@@ -787,22 +861,28 @@ def verify(
 ) -> PipelineClaims:
     """Verify one token in one call (for scripts).
 
-    ``options`` are :class:`Verifier` arguments. The Verifier built for a
-    given set of options is kept and reused, so its key cache survives
-    between calls.
+    ``options`` are :class:`Verifier` arguments. The issuer's key set is
+    fetched once and shared by every call with the same issuer, key-set URL,
+    algorithms, fetch settings (``timeout``, ``cache_ttl``, ``cooldown``,
+    ``max_stale``, ``failure_backoff``) and ``session`` object, whatever the
+    rules, hooks and policies; up to 64 such key sets are kept, least
+    recently used evicted first. A ``keys=`` source you pass is used as given.
+
+    Raises ``ConfigurationError`` for bad options, and otherwise only
+    :class:`~bbverify.errors.VerificationError` subclasses.
     """
-    try:
-        cache_key: Hashable = _freeze_option(options)
-        hash(cache_key)
-    except TypeError:
-        return Verifier(**options).verify(token, client_ip=client_ip)
-    verifier = _VERIFIERS.get(cache_key)
-    if verifier is None:
-        built = Verifier(**options)
-        with _VERIFIERS_LOCK:
-            verifier = _VERIFIERS.get(cache_key)
-            if verifier is None:
-                if len(_VERIFIERS) >= _MAX_VERIFIERS:
-                    _VERIFIERS.pop(next(iter(_VERIFIERS)))
-                verifier = _VERIFIERS[cache_key] = built
+    verifier = Verifier(**options)
+    _shared_keys(verifier, options)
     return verifier.verify(token, client_ip=client_ip)
+
+
+def _after_fork_in_child() -> None:
+    # Locks held by a parent thread at fork time would stay held forever.
+    global _KEY_SOURCES_LOCK
+    _KEY_SOURCES_LOCK = threading.Lock()
+    for cache in list(_TOKEN_CACHES):
+        cache._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

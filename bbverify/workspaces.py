@@ -24,6 +24,7 @@ from typing import Any
 from . import keys as _keys
 from .claims import normalize_uuid
 from .errors import ConfigurationError
+from .fetch import check_fetch_url
 from .policies import Rule, as_rules
 
 __all__ = [
@@ -38,6 +39,7 @@ BITBUCKET_ISSUER_TEMPLATE = (
     "https://api.bitbucket.org/2.0/workspaces/{workspace}/pipelines-config/identity/oidc"
 )
 _SLUG_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,99}")
+_PREFIX, _, _SUFFIX = BITBUCKET_ISSUER_TEMPLATE.partition("{workspace}")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,199}")
 
 
@@ -51,6 +53,15 @@ def bitbucket_issuer(workspace: str) -> str:
     if not _SLUG_RE.fullmatch(slug):
         raise ConfigurationError(f"{workspace!r} is not a Bitbucket workspace slug", key="workspace")
     return BITBUCKET_ISSUER_TEMPLATE.format(workspace=slug)
+
+
+def slug_of(issuer: str) -> str | None:
+    """The workspace slug of a Bitbucket issuer URL, or ``None`` for any other issuer."""
+    if issuer.startswith(_PREFIX) and issuer.endswith(_SUFFIX):
+        slug = issuer[len(_PREFIX) : len(issuer) - len(_SUFFIX)]
+        if _SLUG_RE.fullmatch(slug):
+            return slug
+    return None
 
 
 def bitbucket_audience(workspace_uuid: str) -> str:
@@ -97,19 +108,23 @@ class WorkspaceSpec:
             audience when ``workspace_uuid`` is given.
         workspace_uuid: when given, the token's ``workspaceUuid`` must be
             this UUID (braces optional, any case).
-        jwks_url: fetch this workspace's keys here instead of discovery.
+        jwks_url: fetch this workspace's keys here instead of discovery
+            (``https://``; plain ``http://`` only on loopback).
         keys: a ready :class:`~bbverify.keys.KeySource` for this workspace
-            (for example a :class:`~bbverify.keys.StaticKeySet`).
+            (for example a :class:`~bbverify.keys.StaticKeySet`); excludes
+            ``jwks_url``.
         policies: rules applied to this workspace's tokens only, after the
             verifier's own base rules.
         name: how decisions, logs and the ``workspace`` policy condition name
-            it; defaults to the slug, else the issuer.
+            it; defaults to the slug, else the issuer. In a verifier over
+            several workspaces, a name may not be another workspace's slug or
+            issuer (a condition naming it would be ambiguous).
 
     Raises :class:`ConfigurationError` (``key`` names the argument) on any
     mistake. Building one makes no network call.
     """
 
-    __slots__ = ("audiences", "issuer", "jwks_url", "keys", "name", "policies", "workspace_uuid")
+    __slots__ = ("audiences", "issuer", "jwks_url", "keys", "name", "policies", "slug", "workspace_uuid")
 
     def __init__(
         self,
@@ -135,6 +150,8 @@ class WorkspaceSpec:
         if not isinstance(issuer, str) or not issuer:
             raise ConfigurationError("must be a non-empty string", key="issuer")
         self.issuer: str = issuer
+        #: The workspace slug when the issuer is a Bitbucket workspace's, else ``None``.
+        self.slug: str | None = slug_of(issuer)
         # "" is refused, not read as "unset": it would drop the workspace pin silently.
         self.workspace_uuid: str | None = (
             normalize_uuid(workspace_uuid, key="workspace_uuid") if workspace_uuid is not None else None
@@ -142,8 +159,15 @@ class WorkspaceSpec:
         if audience is None and self.workspace_uuid is not None:
             audience = bitbucket_audience(self.workspace_uuid)
         self.audiences: frozenset[str] = check_audience(audience)
-        if jwks_url is not None and (not isinstance(jwks_url, str) or not jwks_url):
-            raise ConfigurationError("must be a non-empty string", key="jwks_url")
+        if jwks_url is not None:
+            if keys is not None:
+                # Two key sources would be a contradiction: one of them would be ignored.
+                raise ConfigurationError(
+                    "give keys= (a ready key source) or jwks_url= (fetch the keys there), not both",
+                    key="jwks_url",
+                )
+            # Validated here, whatever else is given: https://, plain http only on loopback.
+            check_fetch_url(jwks_url, "jwks_url")
         self.jwks_url = jwks_url
         self.keys = keys
         self.policies: tuple[Rule, ...] = as_rules(policies)

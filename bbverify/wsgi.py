@@ -7,7 +7,9 @@
     app.wsgi_app = PipelineAuthMiddleware(app.wsgi_app, verifier=verifier, exclude_paths=["/healthz"])
 
 Every request needs a valid token except on excluded paths (matched against
-``PATH_INFO``). On success the claims are in ``environ["bbverify.claims"]``.
+``PATH_INFO`` decoded as PEP 3333 says: latin-1 bytes read as UTF-8, so
+``exclude_paths=["/café"]`` matches as it does under ASGI). On success the
+claims are in ``environ["bbverify.claims"]``.
 The verifier is thread-safe, so the middleware works under threaded servers.
 This module imports no framework.
 """
@@ -23,7 +25,6 @@ from .http import (
     CLIENT_IP_KEY,
     DEFAULT_REALM,
     POLICY_KEY,
-    UNIX_SOCKET_PEER,
     VERIFIER_KEY,
     ErrorHandler,
     ErrorResponse,
@@ -31,6 +32,8 @@ from .http import (
     TrustedProxiesSpec,
     reason_phrase,
     routing_path,
+    wsgi_path,
+    wsgi_peer,
 )
 from .policies import Rule
 from .verifier import Verifier
@@ -48,17 +51,16 @@ def environ_request(environ: Mapping[str, Any]) -> tuple[list[str], str | None, 
 
     WSGI servers join repeated headers with commas into one value, so several
     ``Authorization`` lines arrive as one malformed value (refused with 400).
-    An empty ``REMOTE_ADDR`` is what servers listening on a Unix socket set
-    (gunicorn ``--bind unix:...``); the peer is then
-    :data:`~bbverify.http.UNIX_SOCKET_PEER`, which only
-    ``trusted_proxies=["unix", ...]`` trusts.
+    Servers listening on a Unix socket spell ``REMOTE_ADDR`` as ``""``
+    (gunicorn), ``"<local>"`` (Werkzeug) or a socket path; the peer is then
+    :data:`~bbverify.http.UNIX_SOCKET_PEER` (see :func:`bbverify.http.wsgi_peer`),
+    which only ``trusted_proxies=["unix", ...]`` trusts.
     """
     auth = environ.get("HTTP_AUTHORIZATION")
     xff = environ.get("HTTP_X_FORWARDED_FOR")
-    peer = environ.get("REMOTE_ADDR")
     return (
         [auth] if isinstance(auth, str) else [],
-        (peer or UNIX_SOCKET_PEER) if isinstance(peer, str) else None,
+        wsgi_peer(environ.get("REMOTE_ADDR")),
         [xff] if isinstance(xff, str) else [],
     )
 
@@ -104,7 +106,8 @@ class PipelineAuthMiddleware:
         )
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        path = routing_path(environ.get("PATH_INFO"))
+        # PEP 3333 latin-1 -> UTF-8, as ASGI servers and Werkzeug decode it (f14).
+        path = routing_path(wsgi_path(environ.get("PATH_INFO")))
         if self.guard.is_excluded(path):
             return self.app(environ, start_response)
         guard = self.guard

@@ -273,7 +273,10 @@ def fastapi_app(verifier: Any) -> Iterator[str]:
     async def optional(claims: PipelineClaims | None = Security(maybe)) -> dict[str, Any]:
         return {"repository": claims.repository_uuid if claims else None}
 
-    with serve_asgi(app) as url:
+    # Lifespan off: with it, install_error_handler's start-up check refuses the /typo route
+    # and the server does not start (tests/security/test_core_findings.py, f08); without
+    # it the per-request fallback below is what remains.
+    with serve_asgi(app, lifespan="off") as url:
         yield url
 
 
@@ -435,4 +438,9 @@ def test_routing_path_agrees_with_starlettes_router() -> None:
     for path in paths:
         for root in roots:
             expected = get_route_path({"path": path, "root_path": root}) or "/"
+            if not expected.startswith("/"):
+                # Starlette 0.37 (our floor) strips a root_path with a trailing
+                # slash, leaving "x" for "/v1/x": no route can match that, so
+                # the request is a 404 whatever bbverify decides.
+                continue
             assert routing_path(path, root) == expected, (path, root)

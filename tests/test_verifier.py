@@ -605,29 +605,31 @@ def test_averify(issuer: FakeIssuer) -> None:
 # -- one-call form --------------------------------------------------------------------------------------
 
 
-def test_one_call_verify_reuses_a_verifier(issuer: FakeIssuer) -> None:
-    from bbverify.verifier import _VERIFIERS
+def _shared_sources(issuer_url: str) -> list[object]:
+    from bbverify.verifier import _KEY_SOURCES
 
+    return [keys for keys, _ in _KEY_SOURCES.values() if keys.issuer == issuer_url]
+
+
+def test_one_call_verify_shares_one_key_set(issuer: FakeIssuer) -> None:
     options = {"issuer": issuer.issuer, "audience": [issuer.audience], "timeout": 1.0, "cooldown": 0.5}
     before = issuer.jwks_requests
     a = verify(issuer.mint(), **options)
-    built = [vv for vv in _VERIFIERS.values() if vv.issuer == issuer.issuer]
+    built = _shared_sources(issuer.issuer)
     b = verify(issuer.mint(), **dict(options, audience=[issuer.audience]))  # an equal, not the same, list
-    again = [vv for vv in _VERIFIERS.values() if vv.issuer == issuer.issuer]
+    again = _shared_sources(issuer.issuer)
     assert a.workspace_uuid == b.workspace_uuid == issuer.workspace_uuid
     assert len(built) == 1 and again == built and again[0] is built[0]
     assert issuer.jwks_requests == before + 1
 
 
 def test_one_call_verify_by_workspace_makes_no_request_for_garbage() -> None:
-    from bbverify.verifier import _VERIFIERS
-
     with pytest.raises(InvalidToken):
         verify("not.a.token", workspace="acme-one-call", audience="aud")
-    first = [vv for vv in _VERIFIERS.values() if vv.issuer == bitbucket_issuer("acme-one-call")]
+    first = _shared_sources(bitbucket_issuer("acme-one-call"))
     with pytest.raises(InvalidToken):
         verify("not.a.token", workspace="acme-one-call", audience="aud")
-    second = [vv for vv in _VERIFIERS.values() if vv.issuer == bitbucket_issuer("acme-one-call")]
+    second = _shared_sources(bitbucket_issuer("acme-one-call"))
     assert len(first) == 1 and second[0] is first[0]
 
 
@@ -638,3 +640,16 @@ def test_one_call_verify_without_audience() -> None:
 
 def test_base64_helper_matches_stdlib() -> None:
     assert b64url(b"\xff\xfe") == base64.urlsafe_b64encode(b"\xff\xfe").rstrip(b"=").decode()
+
+
+def test_one_call_key_sources_are_bounded_and_keep_the_busy_caller() -> None:
+    from bbverify.verifier import _KEY_SOURCES, _MAX_KEY_SOURCES
+
+    busy = "http://127.0.0.1:9/busy"
+    for n in range(_MAX_KEY_SOURCES + 20):
+        for issuer_url in (busy, f"http://127.0.0.1:9/other-{n}"):
+            with pytest.raises(InvalidToken):
+                verify("not.a.token", issuer=issuer_url, audience="aud")
+        assert len(_KEY_SOURCES) <= _MAX_KEY_SOURCES
+    assert len(_shared_sources(busy)) == 1  # used all along, so never the one evicted
+    assert not _shared_sources("http://127.0.0.1:9/other-0")  # the least recently used went
