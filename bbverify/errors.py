@@ -162,9 +162,11 @@ class RouteDenied(VerificationError):
     Codes: ``unmatched_route`` (no route matches and the configuration does
     not open unmatched requests), ``ambiguous_route`` (equally specific routes
     disagree), ``unnormalizable_request`` (the original method, host or path
-    cannot be normalised without guessing: ``%2F``, ``..`` above the root,
-    bad escapes), ``missing_original_request`` (the proxy did not send the
-    headers naming the original request).
+    may mean something else to the upstream: dot segments, ``;`` parameters,
+    ``//``, ``%2F``, bad escapes, a missing host while routes name hosts, a
+    method or URL override header; see docs/gateway.md "Which route"),
+    ``missing_original_request`` (the proxy did not send the headers naming
+    the original request).
     """
 
     default_code = ErrorCode.UNMATCHED_ROUTE

@@ -128,7 +128,19 @@ _SERVE_KEYS = frozenset(
         "port",
         "workers",
         "access_log",
+        "allow_override_headers",
     }
+)
+#: Headers some upstream frameworks read as the request's method or path
+#: (Rack/Express method-override, Symfony, IIS URL rewrite). The gateway routes
+#: on the proxy's method and path, so a check that carries one is refused
+#: unless ``allow_override_headers`` says the upstream ignores them.
+OVERRIDE_HEADERS = (
+    b"x-http-method-override",
+    b"x-http-method",
+    b"x-method-override",
+    b"x-original-url",
+    b"x-rewrite-url",
 )
 
 
@@ -146,6 +158,7 @@ class GatewaySettings:
     port: int = 9180
     workers: int = 1
     access_log: bool = True
+    allow_override_headers: bool = False
 
 
 def _expect(value: Any, kind: type, key: str, what: str) -> Any:
@@ -223,6 +236,9 @@ def serve_settings(table: Mapping[str, Any], *, key: str = "serve") -> GatewaySe
         raise ConfigurationError("must be between 1 and 64", key=f"{key}.workers")
     realm = _expect(table.get("realm", DEFAULT_REALM), str, f"{key}.realm", "a string")
     access_log = _expect(table.get("access_log", True), bool, f"{key}.access_log", "true or false")
+    allow_override = _expect(
+        table.get("allow_override_headers", False), bool, f"{key}.allow_override_headers", "true or false"
+    )
     return GatewaySettings(
         protocol=protocol,
         routes=route_table,
@@ -234,6 +250,7 @@ def serve_settings(table: Mapping[str, Any], *, key: str = "serve") -> GatewaySe
         port=port,
         workers=workers,
         access_log=access_log,
+        allow_override_headers=allow_override,
     )
 
 
@@ -274,6 +291,19 @@ class Gateway:
         for route in settings.routes.routes:
             # A misspelt policy name stops the start, naming the route.
             verifier.check_policy(route.policy, key=f"serve.{route.name}.policy")
+            if route.policy is None and not route.public and verifier.default_policy is None:
+                # Fail closed: without a default policy the base rules alone would
+                # admit every genuine token of the workspace. A route that means
+                # that must say so with a policy written for it.
+                raise ConfigurationError(
+                    "names no policy and no default_policy is configured; name a policy "
+                    "(or set default_policy)",
+                    key=f"serve.{route.name}.policy",
+                )
+        if settings.routes.unmatched == "default_policy" and verifier.default_policy is None:
+            raise ConfigurationError(
+                "is 'default_policy' but no default_policy is configured", key="serve.unmatched"
+            )
         self.metrics = metrics if metrics is not None else VerifierMetrics()
         self.metrics.watch(verifier)
         self._identity = tuple(
@@ -348,7 +378,16 @@ class Gateway:
     async def _readyz(self, send: Send) -> None:
         ok, per = self.ready()
         if not ok:
-            self._warm()
+            # Report, and start at most the fetch a check would start now: a
+            # forced fetch here (warm_up) would let probes, or anyone who can
+            # reach the port, bypass the backoff while the issuer fails.
+            for _, source in key_sources(self.verifier):
+                refresh = getattr(source, "refresh_if_due", None)
+                if callable(refresh):
+                    try:
+                        refresh()
+                    except Exception:
+                        _log.exception("starting a key set refresh failed")
         body = json.dumps({"ready": ok, "key_sets": per}).encode()
         await _send(send, 200 if ok else 503, [(b"content-type", b"application/json")], body)
 
@@ -420,6 +459,14 @@ class Gateway:
         method = host = target = None
         try:
             method, host, target = self._original(scope, headers)
+            if not self.settings.allow_override_headers:
+                for name in OVERRIDE_HEADERS:
+                    if name in headers:
+                        raise RouteDenied(
+                            f"the original request carries {name.decode()}, which the upstream may "
+                            "act on instead of the routed method or path",
+                            code=ErrorCode.UNNORMALIZABLE_REQUEST,
+                        )
             match = self.settings.routes.match(method, host, target)
             if not match.public:
                 token = guard.token(headers.get(b"authorization", []), client, match.method, match.path)
@@ -481,9 +528,8 @@ class Gateway:
     def _refusal(self, exc: VerificationError) -> ErrorResponse:
         response = error_response(exc, self.settings.realm)
         # nginx's auth_request drops the subrequest's body; the documented
-        # snippet answers with this header instead (error_page + return). The
-        # body is json.dumps output: ASCII, no CR/LF, so it is a safe header value.
-        headers = (*response.headers, (ERROR_HEADER, response.body.decode("ascii")[:_MAX_ERROR_HEADER]))
+        # snippet answers with this header instead (error_page + return).
+        headers = (*response.headers, (ERROR_HEADER, _error_header(response.body)))
         status = response.status
         if isinstance(exc, InvalidRequest):
             # nginx turns a 400 from auth_request into a 500; keep the refusal a refusal.
@@ -519,6 +565,31 @@ class Gateway:
             **(claims.summary() if claims is not None else {}),
         }
         ACCESS_LOGGER.info(json.dumps(record, ensure_ascii=True))
+
+
+def _error_header(body: bytes) -> str:
+    """``body`` (bbverify's JSON) as a header value of at most ``_MAX_ERROR_HEADER`` characters.
+
+    json.dumps output is ASCII without CR/LF, so it is a safe header value.
+    A long one is shortened by cutting its MESSAGE before serialising, never
+    the JSON itself (a cut inside a ``\\u`` escape is not JSON).
+    """
+    text = body.decode("ascii")
+    if len(text) <= _MAX_ERROR_HEADER:
+        return text
+    document = json.loads(text)
+    message = str(document.get("message", ""))
+    # Each character of the message takes at most 12 characters once escaped
+    # (a surrogate pair); halving bounds the loop at about 20 rounds.
+    keep = len(message)
+    while keep > 0:
+        keep //= 2
+        document["message"] = message[:keep] + "..."
+        text = json.dumps(document)
+        if len(text) <= _MAX_ERROR_HEADER:
+            return text
+    document["message"] = ""
+    return json.dumps(document)[:_MAX_ERROR_HEADER]
 
 
 def _encode(headers: tuple[tuple[str, str], ...]) -> list[tuple[bytes, bytes]]:

@@ -435,6 +435,15 @@ class RemoteKeySet(BackgroundLoader[_Outcome]):
             if self._fetched_at is None or self._now() - self._fetched_at >= self.max_stale:
                 raise self._unavailable()
 
+    def refresh_if_due(self) -> None:
+        """Start a fetch in the background if a check would start one now; never waits.
+
+        Unlike :meth:`warm_up` it respects the failure backoff and the fetch
+        budget, so callers that poll (a readiness probe) cannot drive fetches.
+        """
+        with self._lock:
+            self._launch_if_due(self._now(), "required")
+
     def cached_key(self, kid: str | None, alg: str) -> VerifyingKey | None:
         """The key if usable without any fetch now (stale-but-allowed counts)."""
         fetched = self._fetched_at

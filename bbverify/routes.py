@@ -2,35 +2,40 @@
 
 A reverse proxy asks ``bbverify serve`` about a request it is about to
 forward; the gateway picks a route from the ORIGINAL request's method, host
-and path. Those arrive as text the client chose, so they are first put in the
-one form the proxy and a typical upstream agree on (:func:`normalize_path`,
-:func:`normalize_host`, :func:`normalize_method`). Anything that form cannot
-express without guessing (an encoded ``/``, a backslash, a ``..`` above the
-root, bad percent-encoding, control characters) is refused, never matched:
-otherwise ``/public/..%2Fadmin`` could select the laxer ``/public/`` route
-while the upstream serves ``/admin``.
+and path. Those arrive as text the client chose, and the proxy forwards the
+RAW path to the upstream, which may read it differently from any
+normalisation the gateway could do (Starlette mounts, Express and werkzeug
+keep ``..`` segments; Tomcat, Jetty and Spring drop ``;params``; nginx
+merges ``//``). So nothing is resolved: a path whose meaning depends on such
+a normalisation is refused, never matched, and routing happens on a path
+every upstream reads the same way (:func:`normalize_path`,
+:func:`normalize_host`, :func:`normalize_method`).
 
-Normalisation of the path (RFC 3986 section 6.2.2, plus what nginx does when it
-matches ``location`` blocks):
+Refused with ``unnormalizable_request`` (403):
 
-* the query (after ``?``) is dropped; a ``#`` is refused (clients never send one);
-* percent-encoded unreserved characters (``A-Z a-z 0-9 - . _ ~``, RFC 3986
-  section 2.3) are decoded, other escapes are upper-cased (``%2f`` is ``%2F``);
-* ``%2F`` and ``%5C`` (an encoded ``/`` or ``\\``), ``%00`` and any escape of a
-  control character are refused: proxies and upstreams disagree on them;
-* runs of ``/`` are merged (nginx ``merge_slashes on``, the default);
-* ``.`` and ``..`` segments are removed (RFC 3986 section 5.2.4); a ``..``
-  above the root is refused (nginx answers 400 to it too), and so is a path
-  where merging slashes before or after removing dot segments gives
-  different results (``/public//../admin``: ``/admin`` for nginx and Go,
-  ``/public/admin`` for RFC 3986 alone);
-* with ``case_insensitive_paths`` the result is lower-cased, for upstreams
-  that serve ``/Admin`` as ``/admin``.
+* dot segments in any spelling (``.``, ``..``, ``%2e``, ``.%2E``; with
+  ``;params`` too, since ``;`` is refused), whether they climb or not;
+* ``;`` anywhere in the path, raw or ``%3B`` (servlet path parameters);
+* empty segments (``//``);
+* escapes of unreserved characters (``%61``, ``%2e``, ``%7E``; RFC 3986
+  section 2.3 says producers should not make them, and upstreams disagree on
+  decoding them);
+* an escaped ``/`` or ``\\``, a literal ``\\``, controls, spaces, ``#``,
+  non-ASCII, bad escapes, targets not starting with ``/``, over 8192
+  characters;
+* hosts that are not a DNS name or IP literal with an ASCII port, over 261
+  characters; no host at all while some route names a host.
+
+What remains is canonicalised only harmlessly: the query (after ``?``) is
+dropped, other escapes are upper-cased (``%c3`` is ``%C3``), and with
+``case_insensitive_paths`` the path is lower-cased. A trailing ``/`` never
+changes the route: ``/admin/`` takes the route of ``/admin`` and the other
+way round (Express and Starlette serve one as the other).
 
 The host is lower-cased, a trailing dot and a port are removed (a route may
-name a port), and anything that is not a DNS name or IP literal is refused.
-The method must be an RFC 9110 token; it is upper-cased, and a ``HEAD`` is
-routed like a ``GET`` (servers answer one with the other's handler).
+name a port). The method must be an RFC 9110 token; it is upper-cased, and a
+``HEAD`` is routed like a ``GET`` (servers answer one with the other's
+handler).
 
 Choosing among routes: every route whose host, method and path match is a
 candidate; the most specific wins (exact host over ``*.`` wildcard over any
@@ -67,7 +72,12 @@ _TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32}")
 _LABEL_RE = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
 _MAX_PATH = 8192
 _METHODS_LIKE_GET = {"HEAD": "GET"}
+_MAX_HOST = 261  # a 253-character DNS name and ":65535", or an IPv6 literal with its port
+_MAX_METHOD = 32
 _MEMO_MAX = 4096
+# Only short requests are memoised, so the memo holds at most about
+# _MEMO_MAX * (_MEMO_KEY_MAX + _MAX_HOST + _MAX_METHOD) characters of keys (~2.4 MB).
+_MEMO_KEY_MAX = 256
 
 
 def _refuse(message: str) -> RouteDenied:
@@ -78,9 +88,12 @@ def normalize_path(target: str, *, case_insensitive: bool = False) -> str:
     """The path of a request target in normal form (see the module docs).
 
     ``target`` is an origin-form request target (``/a/b?x=1``) as the client
-    sent it. Returns the path without its query. Raises
-    :class:`~bbverify.errors.RouteDenied` (code ``unnormalizable_request``)
-    when the target cannot be normalised without guessing.
+    sent it (``str``, at most 8192 characters). Returns the path without its
+    query. Nothing is resolved: a path whose meaning depends on a
+    normalisation the upstream may do differently (dot segments, ``;``
+    parameters, ``//``, escapes of unreserved characters) is refused, since
+    proxies forward the RAW path. Raises :class:`~bbverify.errors.RouteDenied`
+    (code ``unnormalizable_request``) when the target is refused.
     """
     if not isinstance(target, str) or not target:
         raise _refuse("the original request has no path")
@@ -93,6 +106,11 @@ def normalize_path(target: str, *, case_insensitive: bool = False) -> str:
         raise _refuse("the original request target is not a path starting with '/'")
     if not all(c in _PATH_CHARS for c in path):
         raise _refuse("the original path has characters a path cannot have ('\\', '#', controls, spaces)")
+    if ";" in path:
+        # Servlet containers (Tomcat, Jetty, Spring) drop ";params" from every
+        # segment ("/admin;x=1" is "/admin", "/public/..;/admin" is "/admin");
+        # most other servers keep them. No single route is right for both.
+        raise _refuse("the original path has ';' path parameters; servers read them differently")
     out: list[str] = []
     i, n = 0, len(path)
     while i < n:
@@ -106,41 +124,28 @@ def normalize_path(target: str, *, case_insensitive: bool = False) -> str:
             raise _refuse("the original path has a malformed percent-escape")
         value = int(pair, 16)
         char = chr(value)
-        if char in _UNRESERVED:
-            out.append(char)
-        elif char in "/\\" or value < 0x20 or value == 0x7F:
+        if char in _UNRESERVED or char == ";":
+            # "%2e%2e" is ".." for nginx, Go and servlets but a file name for
+            # Express, Starlette and the proxies, which forward it raw; "%61dmin"
+            # is "/admin" to some and not to others. RFC 3986 section 2.3: URI
+            # producers should not encode these, so no genuine client needs it.
+            raise _refuse("the original path has an escaped unreserved character or ';' (such as %2e)")
+        if char in "/\\" or value < 0x20 or value == 0x7F:
             raise _refuse("the original path has an encoded '/', '\\' or control character")
-        else:
-            out.append("%" + pair.upper())
+        out.append("%" + pair.upper())
         i += 3
     decoded = "".join(out)
-    merged_first = _remove_dots(re.sub("/+", "/", decoded))
-    if merged_first != re.sub("/+", "/", _remove_dots(decoded)):
-        # "/public//../admin": nginx and Go's path.Clean merge slashes first
-        # (/admin), RFC 3986 alone keeps the empty segment (/public/admin).
-        # The upstream may do either, so no single route is right.
-        raise _refuse("the original path mixes '//' with '..'; proxies and servers resolve it differently")
-    result = re.sub("/+", "/", merged_first)
-    return result.lower() if case_insensitive else result
-
-
-def _remove_dots(path: str) -> str:
-    """RFC 3986 section 5.2.4 on a path starting with '/' (raises on '..' above the root)."""
-    segments: list[str] = []
-    parts = path.split("/")[1:]
-    for segment in parts:
-        if segment == ".":
-            continue
-        if segment == "..":
-            if not segments:
-                raise _refuse("the original path climbs above the root with '..'")
-            segments.pop()
-            continue
-        segments.append(segment)
-    # A final "." or ".." leaves a directory: "/a/b/.." is "/a/".
-    if parts and parts[-1] in (".", "..") and segments:
-        segments.append("")
-    return "/" + "/".join(segments)
+    segments = decoded.split("/")[1:]
+    if any(segment in (".", "..") for segment in segments):
+        # Proxies forward the raw path and many upstreams (Starlette mounts,
+        # Express, werkzeug <path:>) do not resolve dot segments, so
+        # "/admin/../public/x" is "/public/x" to RFC 3986 and "/admin/..." to them.
+        raise _refuse("the original path has '.' or '..' segments; servers resolve them differently")
+    if "//" in decoded:
+        # nginx merges slashes, Go's ServeMux redirects, Starlette and Express keep
+        # the empty segment: not one reading every upstream shares.
+        raise _refuse("the original path has an empty segment ('//'); servers read it differently")
+    return decoded.lower() if case_insensitive else decoded
 
 
 def normalize_host(value: str | None) -> tuple[str | None, int | None]:
@@ -153,6 +158,9 @@ def normalize_host(value: str | None) -> tuple[str | None, int | None]:
     """
     if value is None:
         return None, None
+    if len(value) > _MAX_HOST:
+        # Before int(): Python refuses to convert more than 4300 digits (ValueError).
+        raise _refuse("the original host is too long")
     text = value.strip().lower()
     if not text:
         return None, None
@@ -163,7 +171,7 @@ def normalize_host(value: str | None) -> tuple[str | None, int | None]:
             raise _refuse("the original host is malformed")
         host, rest = text[: end + 1], text[end + 1 :]
         if rest:
-            if not rest.startswith(":") or not (rest[1:].isascii() and rest[1:].isdigit()):
+            if not rest.startswith(":") or not rest[1:].isascii() or not rest[1:].isdigit():
                 raise _refuse("the original host has a malformed port")
             port = int(rest[1:])
         if not re.fullmatch(r"\[[0-9a-f:.]+\]", host):
@@ -339,6 +347,7 @@ class RouteTable:
         built = [self._build(i, entry, f"{key}.routes[{i}]") for i, entry in enumerate(routes)]
         self.routes: tuple[Route, ...] = tuple(built)
         self._memo: dict[tuple[str | None, str | None, str], RouteMatch | tuple[str, str]] = {}
+        self._host_routes = any(r.host is not None for r in built)
         self._regex = {r.index: _glob_regex(r.path_glob) for r in built if r.path_glob is not None}
         seen: dict[tuple[Any, ...], Route] = {}
         for route in built:
@@ -438,7 +447,16 @@ class RouteTable:
         # again; the answer depends on nothing else, so it is memoised (the
         # query is not part of the key, nor of the answer). The cap bounds
         # the memo whatever requests arrive.
-        key = (method, host, (target or "").split("?", 1)[0])
+        path = (target or "").split("?", 1)[0]
+        if (
+            len(path) > _MEMO_KEY_MAX
+            or (host is not None and len(host) > _MAX_HOST)
+            or (method is not None and len(method) > _MAX_METHOD)
+        ):
+            # Long or refused-for-length input is answered without memoising:
+            # the memo's size is bounded by what its keys can hold.
+            return self._match(method, host, target)
+        key = (method, host, path)
         hit = self._memo.get(key)
         if hit is None:
             try:
@@ -456,10 +474,19 @@ class RouteTable:
         norm_method = normalize_method(method)
         norm_host, port = normalize_host(host)
         path = normalize_path(target or "", case_insensitive=self.case_insensitive)
+        if norm_host is None and self._host_routes:
+            # nginx with an HTTP/1.0 request and no Host, or an empty Host through
+            # Caddy, still reaches the same single-site upstream: routing it on the
+            # host-less routes alone would skip the host's stricter routes.
+            raise _refuse("the original request names no host, and routes depend on the host")
+        # A trailing slash never changes the route: Express, Starlette (redirect)
+        # and Flask (redirect) serve "/admin/" as "/admin" and the other way round.
+        variants = (path, path[:-1]) if len(path) > 1 and path.endswith("/") else (path, path + "/")
         best: list[Route] = []
         best_rank: tuple[int, int, int, int] | None = None
         for route in self.routes:
-            if not route.matches(norm_method, norm_host, port, path, self._regex.get(route.index)):
+            regex = self._regex.get(route.index)
+            if not any(route.matches(norm_method, norm_host, port, v, regex) for v in variants):
                 continue
             rank = route.specificity()
             if best_rank is None or rank > best_rank:

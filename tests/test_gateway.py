@@ -3,6 +3,7 @@ send them, against the gateway running under uvicorn on 127.0.0.1."""
 
 from __future__ import annotations
 
+import http.client as http_client
 import json
 import logging
 import re
@@ -17,7 +18,7 @@ from servers import bearer, serve_asgi
 
 from bbverify.errors import ConfigurationError
 from bbverify.gateway import Gateway, gateway_from_mapping, serve_settings
-from bbverify.policies import IPRanges, Repositories
+from bbverify.policies import IPRanges, Repositories, Workspaces
 from bbverify.testing import FakeIssuer
 
 OTHER_REPO = "{11111111-2222-3333-4444-555555555555}"
@@ -37,6 +38,9 @@ def named(fake: FakeIssuer) -> dict[str, Any]:
         "deploy": [Repositories(fake.repository_uuid)],
         "admin": [Repositories(OTHER_REPO)],
         "office": [IPRanges(["203.0.113.0/24"])],
+        # An explicit "any pipeline of this workspace" policy: a route that admits
+        # every genuine token must say so (F03).
+        "build": [Workspaces(fake.workspace_uuid)],
     }
 
 
@@ -46,6 +50,7 @@ def nginx_gw(issuer: FakeIssuer) -> Iterator[tuple[str, Gateway]]:
         issuer,
         {"protocol": "nginx", "routes": ROUTES, "trusted_proxies": ["127.0.0.1/32"]},
         named=named(issuer),
+        default_policy="build",
     )
     with serve_asgi(gw) as url:
         yield url, gw
@@ -57,6 +62,7 @@ def forwarded_gw(issuer: FakeIssuer) -> Iterator[str]:
         issuer,
         {"protocol": "forwarded", "routes": ROUTES, "trusted_proxies": ["127.0.0.1/32"]},
         named=named(issuer),
+        default_policy="build",
     )
     with serve_asgi(gw) as url:
         yield url
@@ -65,7 +71,10 @@ def forwarded_gw(issuer: FakeIssuer) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def envoy_gw(issuer: FakeIssuer) -> Iterator[str]:
     gw = make_gateway(
-        issuer, {"protocol": "envoy", "envoy_path_prefix": "/check", "routes": ROUTES}, named=named(issuer)
+        issuer,
+        {"protocol": "envoy", "envoy_path_prefix": "/check", "routes": ROUTES},
+        named=named(issuer),
+        default_policy="build",
     )
     with serve_asgi(gw) as url:
         yield url
@@ -157,8 +166,12 @@ def test_nginx_refusals(nginx_gw: Any, issuer: FakeIssuer, http: httpx.Client) -
 @pytest.mark.parametrize(
     ("uri", "code"),
     [
-        ("/public/../admin", "repository_not_allowed"),  # resolves to /admin: its policy, not public
-        ("/public/%2e%2e/admin", "repository_not_allowed"),
+        # Dot segments are refused, not resolved: the proxy forwards the raw path (F08).
+        ("/public/../admin", "unnormalizable_request"),
+        ("/public/%2e%2e/admin", "unnormalizable_request"),
+        ("/admin/../public/x", "unnormalizable_request"),
+        ("/public/..;/admin", "unnormalizable_request"),  # F02
+        ("/admin;jsessionid=1", "unnormalizable_request"),
         ("/public/..%2Fadmin", "unnormalizable_request"),
         ("/public/..%2fadmin", "unnormalizable_request"),
         ("/public//../admin", "unnormalizable_request"),
@@ -237,7 +250,7 @@ def test_forwarded_protocol(forwarded_gw: str, issuer: FakeIssuer, http: httpx.C
     assert_refusal(
         http.get(forwarded_gw + "/auth", headers={**traefik("GET", "/public/../admin"), **good}),
         403,
-        "repository_not_allowed",
+        "unnormalizable_request",
     )
     host = http.get(
         forwarded_gw + "/auth", headers={**traefik("GET", "/public/x", host="ops.example.com"), **good}
@@ -253,7 +266,9 @@ def test_forwarded_protocol(forwarded_gw: str, issuer: FakeIssuer, http: httpx.C
 
 
 def test_forwarded_for_ignored_without_trusted_proxies(issuer: FakeIssuer, http: httpx.Client) -> None:
-    gw = make_gateway(issuer, {"protocol": "forwarded", "routes": ROUTES}, named=named(issuer))
+    gw = make_gateway(
+        issuer, {"protocol": "forwarded", "routes": ROUTES}, named=named(issuer), default_policy="build"
+    )
     with serve_asgi(gw) as url:
         r = http.get(
             url + "/auth",
@@ -300,7 +315,9 @@ def test_keys_unavailable_never_admits(protocol: str, http: httpx.Client) -> Non
         serve: dict[str, Any] = {"protocol": protocol, "routes": ROUTES}
         if protocol == "envoy":
             serve["envoy_path_prefix"] = "/check"
-        gw = make_gateway(fake, serve, named=named(fake), timeout=1.0, failure_backoff=0.0)
+        gw = make_gateway(
+            fake, serve, named=named(fake), default_policy="build", timeout=1.0, failure_backoff=0.0
+        )
         token = fake.mint()
         fake.fail("500")
         with serve_asgi(gw) as url:
@@ -327,7 +344,9 @@ def test_keys_unavailable_never_admits(protocol: str, http: httpx.Client) -> Non
 
 
 def test_health_ready_and_metrics(issuer: FakeIssuer, http: httpx.Client) -> None:
-    gw = make_gateway(issuer, {"protocol": "nginx", "routes": ROUTES}, named=named(issuer))
+    gw = make_gateway(
+        issuer, {"protocol": "nginx", "routes": ROUTES}, named=named(issuer), default_policy="build"
+    )
     with serve_asgi(gw) as url:
         assert http.get(url + "/healthz").status_code == 200
         # The lifespan start-up warms the key set in the background; /readyz turns 200 once loaded.
@@ -440,6 +459,32 @@ def test_unknown_policy_is_a_start_up_error(issuer: FakeIssuer) -> None:
     assert info.value.key == "serve.routes[0].policy"
 
 
+@pytest.mark.parametrize(
+    ("serve", "key"),
+    [
+        ({"protocol": "nginx", "unmatched": "default_policy"}, "serve.unmatched"),
+        ({"protocol": "nginx", "routes": [{"path_prefix": "/a"}]}, "serve.routes[0].policy"),
+        (
+            {"protocol": "forwarded", "routes": [{"path": "/p", "public": True}, {"path_prefix": "/"}]},
+            "serve.routes[1].policy",
+        ),
+    ],
+)
+def test_no_default_policy_is_a_start_up_error(issuer: FakeIssuer, serve: dict[str, Any], key: str) -> None:
+    # F03: without a default policy the base rules alone would admit every genuine
+    # token of the workspace; a route or unmatched = "default_policy" must not
+    # start silently.
+    with pytest.raises(ConfigurationError) as info:
+        make_gateway(issuer, serve, named=named(issuer))
+    assert info.value.key == key
+    # Spelled out on purpose (a policy admitting the workspace), it starts.
+    make_gateway(
+        issuer,
+        {"protocol": "nginx", "routes": [{"path_prefix": "/a", "policy": "build"}]},
+        named=named(issuer),
+    )
+
+
 def test_gateway_from_mapping_uses_the_library_schema(issuer: FakeIssuer) -> None:
     from prometheus_client import CollectorRegistry
 
@@ -449,6 +494,8 @@ def test_gateway_from_mapping_uses_the_library_schema(issuer: FakeIssuer) -> Non
         "issuer": issuer.issuer,
         "audience": issuer.audience,
         "rules": {"repositories": [issuer.repository_uuid]},
+        "default_policy": "build",
+        "policies": {"build": {"allow": [{"repositories": [issuer.repository_uuid]}]}},
         "serve": {"protocol": "nginx", "unmatched": "default_policy"},
     }
     gw = gateway_from_mapping(table, metrics=VerifierMetrics(CollectorRegistry()))
@@ -464,7 +511,9 @@ def test_gateway_from_mapping_uses_the_library_schema(issuer: FakeIssuer) -> Non
 def test_an_internal_error_refuses_and_is_not_a_500(
     issuer: FakeIssuer, http: httpx.Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    gw = make_gateway(issuer, {"protocol": "nginx", "routes": ROUTES}, named=named(issuer))
+    gw = make_gateway(
+        issuer, {"protocol": "nginx", "routes": ROUTES}, named=named(issuer), default_policy="build"
+    )
 
     def broken(*args: object) -> None:
         raise RuntimeError("bug")
@@ -528,7 +577,7 @@ def test_identity_header_names_are_configurable(issuer: FakeIssuer, http: httpx.
         "routes": ROUTES,
         "identity_headers": {"repository": "X-Pipeline-Repo", "branch": "X-Pipeline-Branch"},
     }
-    gw = make_gateway(issuer, serve, named=named(issuer))
+    gw = make_gateway(issuer, serve, named=named(issuer), default_policy="build")
     with serve_asgi(gw) as url:
         r = http.get(
             url + "/auth", headers={**nginx("POST", "/deploy"), **bearer(issuer.mint(branch="main"))}
@@ -549,7 +598,10 @@ def test_access_log_can_be_turned_off(
     issuer: FakeIssuer, http: httpx.Client, caplog: pytest.LogCaptureFixture
 ) -> None:
     gw = make_gateway(
-        issuer, {"protocol": "nginx", "routes": ROUTES, "access_log": False}, named=named(issuer)
+        issuer,
+        {"protocol": "nginx", "routes": ROUTES, "access_log": False},
+        named=named(issuer),
+        default_policy="build",
     )
     with serve_asgi(gw) as url, caplog.at_level(logging.INFO, logger="bbverify.gateway.access"):
         assert http.get(url + "/auth", headers=nginx("GET", "/public/x")).status_code == 200
@@ -575,3 +627,104 @@ def test_refused_path_cannot_fake_audit_fields(
     assert_refusal(m, 403, "unnormalizable_request")
     assert 'method="GET%20code\\u003dok" ' in lines[-1], lines
     assert lines[-1].count("code=") == 1, lines
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/admin/../public/x",
+        "/admin/%2e%2e/public/x",
+        "/admin/%2E./public/x",
+        "/admin/..;/public/x",
+        "/public/..;/admin",
+        "/admin;jsessionid=1",
+        "/admin/./x",
+        "//admin",
+        "/%61dmin",
+    ],
+)
+def test_envoy_and_forwarded_refuse_paths_upstreams_read_differently(
+    envoy_gw: str, forwarded_gw: str, http: httpx.Client, path: str
+) -> None:
+    # F08/F02: Envoy's normalize_path is off by default, so the check carries the raw path.
+    # http.client sends the path as written (httpx would resolve the dots first).
+    host, port = envoy_gw.removeprefix("http://").rsplit(":", 1)
+    conn = http_client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request("GET", "/check" + path, headers={"Host": "app.example.com"})
+        answer = conn.getresponse()
+        assert answer.status == 403
+        assert json.loads(answer.read())["code"] == "unnormalizable_request"
+    finally:
+        conn.close()
+    r = http.get(forwarded_gw + "/auth", headers=traefik("GET", path))
+    assert_refusal(r, 403, "unnormalizable_request")
+
+
+def test_readyz_does_not_bypass_the_backoff(http: httpx.Client) -> None:
+    # F09: while the issuer fails, /readyz reports and starts at most the fetch a
+    # check would start; 30 probes inside the backoff make no more fetches than 30 checks.
+    with FakeIssuer() as fake:
+        fake.fail("500")
+        gw = make_gateway(
+            fake,
+            {"protocol": "nginx", "routes": ROUTES},
+            named=named(fake),
+            default_policy="build",
+            timeout=1.0,
+            failure_backoff=300.0,
+        )
+        with serve_asgi(gw) as url:
+            # The start-up warm-up makes the first (failing) fetch.
+            for _ in range(200):
+                if fake.jwks_requests >= 1 and (gw._warming is None or gw._warming.done()):
+                    break
+                threading_wait(0.02)
+            after_start = fake.jwks_requests
+            for _ in range(30):
+                r = http.get(url + "/readyz")
+                assert r.status_code == 503
+                assert r.json()["ready"] is False
+            threading_wait(0.2)
+            assert fake.jwks_requests == after_start
+
+
+@pytest.mark.parametrize("protocol", ["nginx", "forwarded"])
+@pytest.mark.parametrize(
+    "name",
+    ["X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override", "X-Original-URL", "X-Rewrite-URL"],
+)
+def test_override_headers_are_refused_unless_allowed(
+    issuer: FakeIssuer, http: httpx.Client, protocol: str, name: str
+) -> None:
+    # F05: the upstream may act on these instead of the routed method or path.
+    for allowed in (False, True):
+        gw = make_gateway(
+            issuer,
+            {"protocol": protocol, "routes": ROUTES, "allow_override_headers": allowed},
+            named=named(issuer),
+            default_policy="build",
+        )
+        with serve_asgi(gw) as url:
+            shape = nginx if protocol == "nginx" else traefik
+            r = http.get(url + "/auth", headers={**shape("GET", "/public/x"), name: "DELETE"})
+        if allowed:
+            assert r.status_code == 200
+        else:
+            assert_refusal(r, 403, "unnormalizable_request")
+
+
+def test_error_header_is_valid_json_and_bounded(issuer: FakeIssuer) -> None:
+    # F07: a long message is shortened before serialising, never the JSON cut mid-escape.
+    from bbverify.errors import InvalidToken
+
+    gw = make_gateway(
+        issuer, {"protocol": "nginx", "routes": ROUTES}, named=named(issuer), default_policy="build"
+    )
+    for message in ("\u00e9" * 400, "x" * 5000, "\U0001f600" * 300, "short"):
+        response = gw._refusal(InvalidToken(message, code="verification_failed"))
+        value = dict(response.headers)["X-Bbverify-Error"]
+        assert len(value) <= 1024 and value.isascii()
+        document = json.loads(value)
+        assert document["code"] == "verification_failed"
+        assert message.startswith(document["message"].removesuffix("..."))

@@ -17,7 +17,7 @@ import pytest
 from gateway_harness import EchoUpstream, doc_block, make_gateway, nginx_recipe, require
 from servers import serve_asgi, serve_caddy, serve_nginx
 
-from bbverify.policies import Repositories
+from bbverify.policies import Branches, Repositories
 from bbverify.testing import FakeIssuer
 
 IDENTITY = ("workspace", "repository", "environment", "branch", "pipeline", "step")
@@ -26,6 +26,8 @@ OTHER_REPO = "{11111111-2222-3333-4444-555555555555}"
 
 ROUTES = [
     {"path_prefix": "/public/", "public": True},
+    {"path_prefix": "/area/", "policy": "admin"},
+    {"path_prefix": "/main-only/", "policy": "main"},
     {"path_prefix": "/deploy", "policy": "deploy"},
     {"path": "/admin", "policy": "admin"},
     {"host": "ops.example.com", "path_prefix": "/", "policy": "admin"},
@@ -54,7 +56,11 @@ def _stack(proxy: str, fake: FakeIssuer, tmp: Path, **options: Any) -> Iterator[
     gw = make_gateway(
         fake,
         {"protocol": protocol, "routes": ROUTES, "trusted_proxies": ["127.0.0.1/32"]},
-        named={"deploy": [Repositories(fake.repository_uuid)], "admin": [Repositories(OTHER_REPO)]},
+        named={
+            "deploy": [Repositories(fake.repository_uuid)],
+            "admin": [Repositories(OTHER_REPO)],
+            "main": [Branches("main")],
+        },
         **options,
     )
     upstream = EchoUpstream()
@@ -145,8 +151,8 @@ def test_refusals_are_401_and_403_with_json(stack: Stack) -> None:
 @pytest.mark.parametrize(
     ("path", "code"),
     [
-        ("/public/../admin", "repository_not_allowed"),
-        ("/public/%2e%2e/admin", "repository_not_allowed"),
+        ("/public/../admin", "unnormalizable_request"),
+        ("/public/%2e%2e/admin", "unnormalizable_request"),
         ("/public/..%2Fadmin", "unnormalizable_request"),
         ("/public/%2E%2E%2Fadmin", "unnormalizable_request"),
     ],
@@ -210,3 +216,102 @@ def test_client_cannot_choose_the_original_host(stack: Stack) -> None:
         assert json.loads(response.read())["code"] == "repository_not_allowed"
     finally:
         conn.close()
+
+
+# F08 / F02: nginx and Caddy forward the RAW path, and many upstreams (Starlette
+# mounts, Express, werkzeug <path:>) do not resolve dot segments, while servlet
+# containers drop ";params". Each of these, with NO token, must never reach the
+# upstream: the gateway refuses it (403) or the proxy itself does (400).
+PROTECTED_TRICKS = [
+    "/area/../public/x",
+    "/area/%2e%2e/public/x",
+    "/area/%2E%2E/public/x",
+    "/area/.%2e/public/x",
+    "/area/%2e./public/x",
+    "/area/..;/public/x",
+    "/area/./x",
+    "/area/%2e/x",
+    "/public/..;/area/x",
+    "/public/..;/admin",
+    "/admin;jsessionid=1",
+    "/area;x=1/y",
+    "/area/x;y",
+    "/public/%3b/x",
+    "//area/x",
+    "/public//x",
+    "/%61rea/x",
+    "/admin/",  # trailing slash: still the admin route
+]
+
+
+@pytest.mark.parametrize("path", PROTECTED_TRICKS)
+def test_no_trick_reaches_the_upstream_without_a_token(stack: Stack, path: str) -> None:
+    before = len(stack.upstream.seen)
+    status, _, body = stack.request("GET", path)
+    if status == 400:
+        assert stack.proxy == "nginx", body  # nginx refused it itself: also safe
+    elif path == "/admin/":
+        assert status == 401, body
+        assert json.loads(body)["code"] == "missing_token"
+    else:
+        assert status == 403, body
+        assert json.loads(body)["code"] == "unnormalizable_request"
+    assert len(stack.upstream.seen) == before, stack.upstream.seen[before:]
+
+
+def test_override_headers_never_reach_the_upstream(stack: Stack) -> None:
+    # F05: a method or path override acted on by the upstream would bypass the route.
+    overrides = {
+        "X-HTTP-Method-Override": "DELETE",
+        "X-HTTP-Method": "DELETE",
+        "X-Method-Override": "DELETE",
+        "X-Original-URL": "/admin",
+        "X-Rewrite-URL": "/admin",
+    }
+    for name, value in overrides.items():
+        before = len(stack.upstream.seen)
+        status, _, body = stack.request("GET", "/public/x", {name: value})
+        if status == 403:
+            # nginx's auth subrequest carries the client's headers: the gateway refuses.
+            assert json.loads(body)["code"] == "unnormalizable_request", body
+            assert len(stack.upstream.seen) == before
+        else:
+            # Caddy's recipe deletes them before the check and the proxying.
+            assert status == 200, body
+            seen = json.loads(body)["headers"]
+            assert name.lower() not in seen, (name, seen)
+    # The client's X-Forwarded-Host never replaces the host the gateway routed on.
+    status, _, body = stack.request("GET", "/public/x", {"X-Forwarded-Host": "admin.internal"})
+    assert status == 200, body
+    assert "admin.internal" not in json.dumps(json.loads(body)["headers"])
+
+
+def test_missing_host_is_refused(stack: Stack) -> None:
+    # F10: with host routes configured, a request without a usable Host is refused.
+    before = len(stack.upstream.seen)
+    host, port = stack.address.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        if stack.proxy == "nginx":
+            conn._http_vsn, conn._http_vsn_str = 10, "HTTP/1.0"  # nginx accepts HTTP/1.0 without Host
+            conn.putrequest("GET", "/public/x", skip_host=True)
+        else:
+            conn.putrequest("GET", "/public/x", skip_host=True)
+            conn.putheader("Host", "")
+        conn.endheaders()
+        response = conn.getresponse()
+        body = response.read()
+    finally:
+        conn.close()
+    assert response.status in (400, 403), body
+    if response.status == 403:
+        assert json.loads(body)["code"] == "unnormalizable_request"
+    assert len(stack.upstream.seen) == before
+
+
+def test_long_refusal_is_valid_json_through_the_proxy(stack: Stack) -> None:
+    # F07: a refusal longer than the header cap is shortened before serialising.
+    token = stack.fake.mint(branch="\u00e9" * 400)
+    status, _, body = stack.request("GET", "/main-only/x", bearer(token))
+    assert status == 403, body
+    assert json.loads(body)["code"] == "branch_not_allowed"

@@ -31,8 +31,13 @@ def _config(fake: FakeIssuer, tmp: Path, extra: str = "") -> Path:
 issuer = "{fake.issuer}"
 audience = "{fake.audience}"
 
+default_policy = "build"
+
 [bbverify.rules]
 repositories = ["{fake.repository_uuid}"]
+
+[bbverify.policies.build]
+allow = [ {{ repositories = ["{fake.repository_uuid}"] }} ]
 
 [bbverify.serve]
 protocol = "forwarded"

@@ -13,18 +13,13 @@ from bbverify.routes import RouteTable, normalize_host, normalize_method, normal
     [
         ("/", "/"),
         ("/a/b?x=1", "/a/b"),
-        ("/a//b///c", "/a/b/c"),
-        ("/a/./b", "/a/b"),
-        ("/a/b/../c", "/a/c"),
+        ("/a/b?x=/../..;y", "/a/b"),  # the query is not the path
         ("/a/b/", "/a/b/"),
-        ("/a/b/.", "/a/b/"),
-        ("/a/b/..", "/a/"),
-        ("/%61dmin", "/admin"),  # unreserved escapes are decoded
-        ("/public/%2e%2e/admin", "/admin"),  # so encoded dots are dot segments
-        ("/a%7eb", "/a~b"),
+        ("/a/b...", "/a/b..."),  # not a dot segment
+        ("/a/.well-known/x", "/a/.well-known/x"),
         ("/a%20b", "/a%20b"),
         ("/a%3ab", "/a%3Ab"),  # other escapes are upper-cased, not decoded
-        ("//admin", "/admin"),
+        ("/caf%c3%a9", "/caf%C3%A9"),
     ],
 )
 def test_normalize_path(target: str, expected: str) -> None:
@@ -48,7 +43,37 @@ def test_normalize_path(target: str, expected: str) -> None:
         "/a%4",
         "/..",
         "/a/../../b",
-        "/public//../admin",  # /admin after merging slashes, /public/admin by RFC 3986 alone
+        "/public//../admin",
+        # F08: dot segments in any spelling are refused, never resolved: proxies
+        # forward the raw path and many upstreams do not resolve them.
+        "/admin/../public/x",
+        "/public/../admin",
+        "/a/./b",
+        "/a/b/.",
+        "/a/b/..",
+        "/.",
+        "/admin/%2e%2e/public/x",
+        "/admin/%2E%2E/public/x",
+        "/admin/.%2e/public/x",
+        "/admin/%2e./public/x",
+        "/admin/%2e/x",
+        "/admin/..;/public/x",
+        "/admin/..;x=1/public/x",
+        # F02: ';' path parameters in any segment, raw or encoded.
+        "/public/..;/admin",
+        "/admin;jsessionid=1",
+        "/a;b/c",
+        "/a/b;",
+        "/a%3bb",
+        "/a%3Bb",
+        # Escaped unreserved characters: decoded by some upstreams, not by others.
+        "/%61dmin",
+        "/a%7eb",
+        "/a%2Db",
+        # Empty segments ('//'): merged by nginx, kept by Starlette and Express.
+        "//admin",
+        "/a//b",
+        "/a/b//",
         "/a b",
         "/a#frag",
         "/caf\u00e9",
@@ -117,13 +142,13 @@ def table(**options: object) -> RouteTable:
 @pytest.mark.parametrize(
     ("method", "host", "target", "route", "policy"),
     [
-        ("GET", None, "/public/x", "routes[0]", None),
-        ("POST", None, "/deploy", "routes[1]", "deploy"),
-        ("post", None, "/deploy/app?x=1", "routes[1]", "deploy"),
-        ("GET", None, "/deploy/app", "routes[2]", "read"),
-        ("HEAD", None, "/deploy/app", "routes[2]", "read"),  # HEAD is routed like GET
-        ("GET", None, "/admin", "routes[3]", "admin"),
-        ("GET", None, "/repos/r1/artifacts/a/b.tgz", "routes[4]", "artifacts"),
+        ("GET", "app.test", "/public/x", "routes[0]", None),
+        ("POST", "app.test", "/deploy", "routes[1]", "deploy"),
+        ("post", "app.test", "/deploy/app?x=1", "routes[1]", "deploy"),
+        ("GET", "app.test", "/deploy/app", "routes[2]", "read"),
+        ("HEAD", "app.test", "/deploy/app", "routes[2]", "read"),  # HEAD is routed like GET
+        ("GET", "app.test", "/admin", "routes[3]", "admin"),
+        ("GET", "app.test", "/repos/r1/artifacts/a/b.tgz", "routes[4]", "artifacts"),
         ("GET", "OPS.example.com.", "/anything", "routes[5]", "ops"),
         ("GET", "a.b.example.com:443", "/anything", "routes[6]", "wild"),
         # a more specific path wins over a host-only route? No: host is ranked first.
@@ -137,49 +162,77 @@ def test_match(method: str, host: str | None, target: str, route: str, policy: s
 
 
 @pytest.mark.parametrize(
-    ("method", "target"),
+    "target",
     [
-        ("GET", "/public/../admin"),  # dot segments resolve to /admin: the admin route, not public
-        ("GET", "/public/%2e%2e/admin"),
-        ("GET", "//public/../admin"),
+        # F08/F02: refused, not resolved (either way round): the proxy forwards
+        # them raw and the upstream may read them differently.
+        "/public/../admin",
+        "/admin/../public/x",
+        "/public/%2e%2e/admin",
+        "/admin/%2E%2E/public/x",
+        "//public/../admin",
+        "/public/..;/admin",
+        "/admin;jsessionid=1",
+        "/admin/.;/x",
+        "/public//x",
     ],
 )
-def test_tricks_reach_the_strict_route(method: str, target: str) -> None:
-    found = table().match(method, None, target)
-    assert found.name == "routes[3]"
-    assert not found.public
+def test_path_tricks_are_refused(target: str) -> None:
+    with pytest.raises(RouteDenied) as info:
+        table().match("GET", "app.test", target)
+    assert info.value.code == "unnormalizable_request"
+
+
+@pytest.mark.parametrize(
+    ("target", "route"),
+    [
+        ("/admin/", "routes[3]"),  # Express and Starlette serve "/admin/" as "/admin"
+        ("/deploy/", "routes[1]"),
+        ("/public", "routes[0]"),  # "/public/" prefix: "/public" is the same directory
+        ("/repos/r1/artifacts/", "routes[4]"),
+    ],
+)
+def test_trailing_slash_never_changes_the_route(target: str, route: str) -> None:
+    method = "POST" if "deploy" in target else "GET"
+    assert table().match(method, "app.test", target).name == route
+
+
+def test_exact_route_with_trailing_slash_matches_without_it() -> None:
+    routes = RouteTable([{"path": "/admin/", "policy": "admin"}, {"path_prefix": "/", "policy": "build"}])
+    assert routes.match("GET", None, "/admin").policy == "admin"
+    assert routes.match("GET", None, "/admin/").policy == "admin"
 
 
 @pytest.mark.parametrize("target", ["/public/..%2Fadmin", "/public/%2e%2e%2fadmin", "/public\\..\\admin"])
 def test_encoded_slash_is_refused(target: str) -> None:
     with pytest.raises(RouteDenied) as info:
-        table().match("GET", None, target)
+        table().match("GET", "app.test", target)
     assert info.value.code == "unnormalizable_request"
 
 
 def test_case_trick_is_unmatched_unless_configured() -> None:
     with pytest.raises(RouteDenied) as info:
-        table().match("GET", None, "/ADMIN")
+        table().match("GET", "app.test", "/ADMIN")
     assert info.value.code == "unmatched_route"
-    assert table(case_insensitive_paths=True).match("GET", None, "/ADMIN").policy == "admin"
+    assert table(case_insensitive_paths=True).match("GET", "app.test", "/ADMIN").policy == "admin"
     # /Public/ does not select the public route in either mode unless the case folds to it.
-    assert table(case_insensitive_paths=True).match("GET", None, "/PUBLIC/x").public
+    assert table(case_insensitive_paths=True).match("GET", "app.test", "/PUBLIC/x").public
 
 
 def test_prefix_respects_segments() -> None:
     with pytest.raises(RouteDenied) as info:
-        table().match("POST", None, "/deployx")
+        table().match("POST", "app.test", "/deployx")
     assert info.value.code == "unmatched_route"
 
 
 def test_unmatched_default_policy() -> None:
-    found = table(unmatched="default_policy").match("GET", None, "/elsewhere")
+    found = table(unmatched="default_policy").match("GET", "app.test", "/elsewhere")
     assert found.route is None and found.policy is None and not found.public
 
 
 def test_unmatched_method_is_refused() -> None:
     with pytest.raises(RouteDenied) as info:
-        table().match("DELETE", None, "/deploy/x")
+        table().match("DELETE", "app.test", "/deploy/x")
     assert info.value.code == "unmatched_route"
 
 
@@ -254,3 +307,38 @@ def test_unknown_unmatched_choice() -> None:
     with pytest.raises(ConfigurationError) as info:
         RouteTable([], unmatched="allow")
     assert info.value.key == "serve.unmatched"
+
+
+@pytest.mark.parametrize("host", [None, "", "   "])
+def test_missing_host_is_refused_when_routes_depend_on_it(host: str | None) -> None:
+    # F10: nginx with HTTP/1.0 and no Host, or Caddy with an empty Host, still
+    # reaches the same upstream; skipping the host's routes would be laxer.
+    with pytest.raises(RouteDenied) as info:
+        table().match("GET", host, "/public/x")
+    assert info.value.code == "unnormalizable_request"
+    # Without host routes, no host is fine.
+    assert RouteTable([{"path_prefix": "/", "policy": "x"}]).match("GET", None, "/a").policy == "x"
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["[::1]:\u00b2", "a.com:\u00b2", "[::1]:\u0661", "a.com:" + "9" * 5000, "a" * 300, "[::1]:" + "1" * 5000],
+)
+def test_malformed_host_is_refused_never_an_exception(host: str) -> None:
+    # F06: non-ASCII digits, huge ports: 403 unnormalizable_request, never ValueError.
+    with pytest.raises(RouteDenied) as info:
+        table().match("GET", host, "/public/x")
+    assert info.value.code == "unnormalizable_request"
+
+
+def test_memo_holds_only_bounded_keys() -> None:
+    # F01: long (and refused) requests are answered without being memoised.
+    routes = table()
+    for i in range(50):
+        target = f"/public/{i}/" + "a" * 900_000
+        with pytest.raises(RouteDenied):
+            routes.match("GET", "app.test", target)
+        routes.match("GET", "app.test", f"/public/{i}/" + "b" * 100)
+    assert routes._memo  # short requests are memoised
+    assert all(len(key[2]) <= 256 for key in routes._memo)
+    assert sum(len(key[2]) + len(key[1] or "") for key in routes._memo) < 100_000
