@@ -286,7 +286,8 @@ class FakeIssuer:
         workspace_uuid: braced UUID for ``workspaceUuid`` (random by default).
         keys: how many signing keys to publish (the first signs by default).
         key_bits: RSA modulus size.
-        host, port: where to listen (127.0.0.1 and a free port by default).
+        host: the loopback address to listen on (127.0.0.1 by default).
+        port: the port (0, a free port, by default).
     """
 
     def __init__(

@@ -225,12 +225,23 @@ class Verifier:
         clock: seconds since the epoch; injectable for tests.
         cache_size: how many verified tokens to remember (0 disables).
         on_decision: called with a :class:`~bbverify.audit.Decision` per call.
-        timeout, cache_ttl, min_cache_ttl, max_cache_ttl, cooldown, max_stale,
-        failure_backoff, max_backoff, fetch_interval, fetch_burst, key_store,
-        store_poll, session: passed to each :class:`~bbverify.keys.RemoteKeySet`
-            (the fetch budget and shared stores are described in
-            ``docs/configuration.md``; each workspace's key source keeps its
-            own budget and store entry).
+        timeout: seconds, the total deadline of one key-set fetch. This and
+            the following key-set settings are passed to each
+            :class:`~bbverify.keys.RemoteKeySet` (the fetch budget and shared
+            stores are described in ``docs/configuration.md``; each
+            workspace's key source keeps its own budget and store entry).
+        cache_ttl: seconds after which the key set is refreshed in the background.
+        min_cache_ttl: seconds, the lower bound applied to ``max-age``.
+        max_cache_ttl: seconds, the upper bound applied to ``max-age``.
+        cooldown: seconds between refetches caused by an unknown ``kid``.
+        max_stale: seconds the last good key set keeps serving while refreshes fail.
+        failure_backoff: seconds, the first wait after a failed fetch.
+        max_backoff: seconds, the largest wait after repeated failures.
+        fetch_interval: seconds per fetch token of the fetch budget.
+        fetch_burst: how many fetch tokens may be saved up.
+        key_store: a shared key store (:mod:`bbverify.stores`), or ``None``.
+        store_poll: seconds, the least interval between store reads for unknown ``kid`` values.
+        session: a ``requests.Session`` for key fetches (egress proxy, CA bundle).
 
     Raises :class:`~bbverify.errors.ConfigurationError` (its ``key`` names
     the argument, ``workspaces[1].audience`` for an item) on any mistake.
