@@ -1,0 +1,116 @@
+"""Error messages that point at the fix (issue 17): audience, bare UUIDs, token-passing mistakes, leeway, repr."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from datetime import timedelta
+
+import pytest
+
+from bbverify import ConfigurationError, InvalidToken, KeysUnavailable, StaticKeySet, Verifier
+from bbverify.policies import Repositories, StepDuration
+from bbverify.testing import FakeIssuer
+
+UUID = "0f2b0d1e-8c4e-4b9a-9a57-5a3c2d1e0f00"
+
+
+def test_audience_mismatch_names_the_configured_audience(issuer: FakeIssuer) -> None:
+    verifier = issuer.verifier(audience="ari:cloud:bitbucket::workspace/" + UUID)
+    with pytest.raises(InvalidToken) as caught:
+        verifier.verify(issuer.mint())
+    assert caught.value.code == "audience_mismatch"
+    assert f"'ari:cloud:bitbucket::workspace/{UUID}'" in caught.value.message
+
+
+@pytest.mark.parametrize("bare", [UUID, "{" + UUID.upper() + "}"])
+def test_bare_uuid_audience_is_refused_with_the_fix(bare: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Verifier(workspace="acme", audience=bare)
+    message = str(caught.value)
+    assert caught.value.key == "audience"
+    assert f"workspace_uuid={UUID!r}" in message
+    assert f"'ari:cloud:bitbucket::workspace/{UUID}'" in message
+    with pytest.raises(ConfigurationError):
+        Verifier(workspace="acme", audience=["my-gate", bare])
+
+
+def test_real_audiences_still_build() -> None:
+    assert Verifier(workspace="acme", audience="ari:cloud:bitbucket::workspace/" + UUID).audiences
+    assert Verifier(workspace="acme", audience=["deploy-gate", "api://" + UUID]).audiences
+
+
+@pytest.mark.parametrize(
+    ("mangle", "expected"),
+    [
+        (lambda t: "Bearer " + t, "starts with 'Bearer '"),
+        (lambda t: "bearer " + t, "starts with 'Bearer '"),
+        (lambda t: t + "\n", "trailing whitespace"),
+        (lambda t: " " + t, "leading or trailing whitespace"),
+        (lambda t: "", "token is empty"),
+    ],
+)
+def test_token_passing_mistakes_name_the_cause(issuer: FakeIssuer, mangle, expected: str) -> None:
+    verifier = issuer.verifier()
+    with pytest.raises(InvalidToken) as caught:
+        verifier.verify(mangle(issuer.mint()))
+    assert caught.value.code == "malformed"
+    assert expected in caught.value.message
+    assert "base64url" not in caught.value.message
+
+
+def test_leeway_accepts_a_timedelta(issuer: FakeIssuer) -> None:
+    verifier = issuer.verifier(leeway=timedelta(seconds=30))
+    assert verifier.leeway == 30.0
+    # An expiry 20 s ago is inside the 30 s leeway.
+    import time
+
+    verifier.verify(issuer.mint(issued_at=time.time() - 620, lifetime=600))
+    with pytest.raises(ConfigurationError, match="leeway"):
+        issuer.verifier(leeway=timedelta(minutes=6))
+
+
+def test_repr_shows_settings_and_never_keys(issuer: FakeIssuer) -> None:
+    verifier = issuer.verifier(policies=[Repositories(issuer.repository_uuid), StepDuration(max_minutes=120)])
+    text = repr(verifier)
+    assert text.startswith("Verifier(issuer=" + repr(issuer.issuer))
+    assert repr(issuer.audience) in text
+    assert "Repositories" in text and "StepDuration" in text
+    assert "RemoteKeySet(discovery='" + issuer.issuer + "/.well-known/openid-configuration')" in text
+    verifier.warm_up()
+    text = repr(verifier)
+    assert "RemoteKeySet(jwks_url='" + issuer.jwks_url + "')" in text
+    jwk = issuer.signing_key.public_jwk()
+    assert jwk["n"][:40] not in text and issuer.signing_key.kid not in text
+    static = Verifier(issuer=issuer.issuer, audience="x", keys=StaticKeySet({"keys": [issuer.signing_key.public_jwk()]}))
+    assert re.search(r"keys=StaticKeySet\)$", repr(static))
+
+
+def test_awarm_up_fetches_on_the_loop_without_blocking_it() -> None:
+    with FakeIssuer() as fake:
+        verifier = fake.verifier()
+
+        async def lifespan() -> int:
+            ticks = 0
+
+            async def ticker() -> None:
+                nonlocal ticks
+                for _ in range(1000):
+                    ticks += 1
+                    await asyncio.sleep(0.001)
+
+            task = asyncio.create_task(ticker())
+            fake.fail("slow", delay=0.3)
+            await verifier.awarm_up()
+            task.cancel()
+            return ticks
+
+        ticks = asyncio.run(lifespan())
+        assert ticks > 10  # the loop kept running while the fetch waited
+        assert fake.jwks_requests == 1
+        verifier.verify(fake.mint())
+
+        fake.fail("500")
+        down = fake.verifier()
+        with pytest.raises(KeysUnavailable):
+            asyncio.run(down.awarm_up())
