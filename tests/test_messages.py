@@ -114,3 +114,32 @@ def test_awarm_up_fetches_on_the_loop_without_blocking_it() -> None:
         down = fake.verifier()
         with pytest.raises(KeysUnavailable):
             asyncio.run(down.awarm_up())
+
+
+def test_websocket_refusal_carries_the_error_code_as_close_reason(issuer: FakeIssuer) -> None:
+    import time
+    from typing import Any
+
+    from bbverify.asgi import PipelineAuthMiddleware
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("the app must not be reached")
+
+    middleware = PipelineAuthMiddleware(app, verifier=issuer.verifier())
+    expired = issuer.mint(issued_at=time.time() - 7200)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "websocket.connect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "websocket",
+        "path": "/ws",
+        "headers": [(b"authorization", b"Bearer " + expired.encode())],
+        "client": ("127.0.0.1", 5000),
+    }
+    asyncio.run(middleware(scope, receive, send))
+    assert sent == [{"type": "websocket.close", "code": 1008, "reason": "expired"}]
