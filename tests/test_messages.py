@@ -1,4 +1,7 @@
-"""Error messages that point at the fix (issue 17): audience, bare UUIDs, token-passing mistakes, leeway, repr."""
+"""Error messages that point at the fix (issue 17).
+
+Audience, bare UUIDs, token-passing mistakes, leeway, repr, async warm-up, WebSocket close reason.
+"""
 
 from __future__ import annotations
 
@@ -82,7 +85,8 @@ def test_repr_shows_settings_and_never_keys(issuer: FakeIssuer) -> None:
     assert "RemoteKeySet(jwks_url='" + issuer.jwks_url + "')" in text
     jwk = issuer.signing_key.public_jwk()
     assert jwk["n"][:40] not in text and issuer.signing_key.kid not in text
-    static = Verifier(issuer=issuer.issuer, audience="x", keys=StaticKeySet({"keys": [issuer.signing_key.public_jwk()]}))
+    jwks = {"keys": [issuer.signing_key.public_jwk()]}
+    static = Verifier(issuer=issuer.issuer, audience="x", keys=StaticKeySet(jwks))
     assert re.search(r"keys=StaticKeySet\)$", repr(static))
 
 
