@@ -591,6 +591,41 @@ class FakeIssuer:
             return self.mint(repository_uuid=_braced())
         raise ValueError(f"unknown token kind {kind!r}; choose from {TOKEN_KINDS}")
 
+    def curl_lines(
+        self,
+        base_url: str,
+        *,
+        path: str = "/whoami",
+        deploy_path: str | None = None,
+        deploy_refusal: str = "403 environment_required",
+    ) -> list[str]:
+        """``curl`` command lines to try an app protected against this issuer by hand.
+
+        First the accepted ones (a build-step token on ``path``; a deployment
+        token, POSTed to ``deploy_path`` when given), then refusals, each
+        ending with the status and code it should get (``# 401 expired``;
+        ``deploy_refusal`` for a build-step token POSTed to ``deploy_path``).
+        Used by the examples' ``--fake`` mode.
+        """
+
+        def bearer(token: str) -> str:
+            return f'-H "Authorization: Bearer {token}" '
+
+        build = self.mint_kind("valid")
+        lines = [f"curl {bearer(build)}{base_url}{path}"]
+        if deploy_path is not None:
+            lines.append(f"curl -X POST {bearer(self.mint_kind('deployment'))}{base_url}{deploy_path}")
+        lines += [
+            f"curl -i {base_url}{path}   # 401 missing_token",
+            f"curl -i {bearer(self.mint_kind('expired'))}{base_url}{path}   # 401 expired",
+            f"curl -i {bearer(self.mint_kind('wrong-audience'))}{base_url}{path}   # 401 audience_mismatch",
+            f"curl -i {bearer(build[:-8] + 'AAAAAAAA')}{base_url}{path}   # 401 bad_signature",
+        ]
+        if deploy_path is not None:
+            refused = f"curl -i -X POST {bearer(build)}{base_url}{deploy_path}"
+            lines.append(f"{refused}   # {deploy_refusal}")
+        return lines
+
     def sign(
         self,
         payload: Mapping[str, Any] | bytes,

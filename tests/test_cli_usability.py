@@ -1,4 +1,7 @@
-"""The first hour with the ``bbverify`` command (issue 17): pipes, exit codes, what it shows, ``fake-issuer``."""
+"""The first hour with the ``bbverify`` command (issue 17).
+
+Pipes, exit codes, what it shows, and ``fake-issuer``.
+"""
 
 from __future__ import annotations
 
