@@ -147,3 +147,48 @@ def test_websocket_refusal_carries_the_error_code_as_close_reason(issuer: FakeIs
     }
     asyncio.run(middleware(scope, receive, send))
     assert sent == [{"type": "websocket.close", "code": 1008, "reason": "expired"}]
+
+
+def test_flask_configuration_errors_name_the_users_keys() -> None:
+    from flask import Flask
+
+    from bbverify.flask import BBVerify
+
+    for config, key in (
+        ({"BBVERIFY_WORKSPACE": "Acme Corp", "BBVERIFY_AUDIENCE": "gate"}, "BBVERIFY_WORKSPACE"),
+        ({"BBVERIFY_WORKSPACE": "acme"}, "BBVERIFY_AUDIENCE"),
+        ({"BBVERIFY_WORKSPACE": "acme", "BBVERIFY_WORKSPACE_UUID": "nope"}, "BBVERIFY_WORKSPACE_UUID"),
+    ):
+        app = Flask(__name__)
+        app.config.update(config)
+        with pytest.raises(ConfigurationError) as caught:
+            BBVerify(app)
+        assert caught.value.key == key
+        assert str(caught.value).startswith(key + ": ")
+    # The missing audience names both ways out, spelled as app.config keys.
+    app = Flask(__name__)
+    app.config.update(BBVERIFY_WORKSPACE="acme")
+    with pytest.raises(ConfigurationError, match="or set BBVERIFY_WORKSPACE_UUID"):
+        BBVerify(app)
+
+
+def test_rules_from_env_prefix_collision_explains_itself() -> None:
+    from bbverify.config import rules_from_env, verifier_from_env
+
+    repo = "{1de489be-0b3c-4c26-9f5e-6a1d0f1c2b3a}"
+    environ = {"BBVERIFY_REPOSITORIES": repo, "BBVERIFY_DEPLOY_REPOSITORIES": repo}
+    assert len(rules_from_env(environ, prefix="BBVERIFY_DEPLOY_")) == 1
+    with pytest.raises(ConfigurationError) as caught:
+        rules_from_env(environ)
+    message = str(caught.value)
+    assert caught.value.key == "BBVERIFY_DEPLOY_REPOSITORIES"
+    assert "under another prefix, 'BBVERIFY_DEPLOY_'" in message
+    assert "'DEPLOY_BBVERIFY_'" in message and "ignore=" in message
+    with pytest.raises(ConfigurationError, match="under another prefix"):
+        verifier_from_env({"BBVERIFY_WORKSPACE": "acme", "BBVERIFY_AUDIENCE": "gate", **environ})
+    # The way out the message names works.
+    assert len(rules_from_env(environ, ignore=["BBVERIFY_DEPLOY_REPOSITORIES"])) == 1
+    # A plain typo gets no prefix story.
+    with pytest.raises(ConfigurationError) as typo:
+        rules_from_env({"BBVERIFY_REPOSITORIEZ": repo})
+    assert "another prefix" not in str(typo.value)
