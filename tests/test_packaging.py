@@ -53,3 +53,5 @@ def test_docs_extra_is_part_of_dev() -> None:
     assert "docs" in extras["dev"][0]
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert "mkdocs build --strict" in ci and "python -m build" in ci and "-py3-none-any.whl" in ci
+    # --quiet hides mkdocs' warnings, and --strict then passes them.
+    assert not re.search(r"mkdocs build[^\n]*(--quiet|-q\b)", ci)
