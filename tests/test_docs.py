@@ -47,7 +47,8 @@ Bitbucket's discovery and ``keys.json`` for any workspace by the fake issuer,
 ``https://ip-ranges.atlassian.com/`` by the packaged sample feed
 (``bbverify.ipranges.SAMPLE_FEED``); any other address fails with a
 connection error. Loopback requests pass through to real servers. Samples run
-with a temporary directory as the working directory.
+with a temporary directory as the working directory and without any
+``BBVERIFY*`` variable of the developer's environment.
 """
 
 from __future__ import annotations
@@ -281,7 +282,10 @@ def run_python(source: str, filename: str, namespace: dict[str, Any]) -> None:
 
 
 @pytest.fixture
-def in_tmp(tmp_path: Path) -> Iterator[Path]:
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    # Samples read os.environ as users' programs do: the developer's own settings must not leak in.
+    for key in [k for k in os.environ if k.upper().startswith(("BBVERIFY", "BB_VERIFY"))]:
+        monkeypatch.delenv(key)
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:
