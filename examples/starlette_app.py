@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                     url,
                     path="/whoami",
                     deploy_path="/deploy",
-                    deploy_refusal="403 forbidden",  # @requires
+                    deploy_refusal="403 insufficient_scope",  # requires("deployment")
                 )
             ),
             flush=True,
