@@ -57,6 +57,7 @@ import ast
 import asyncio
 import inspect
 import json
+import logging
 import os
 import re
 import shlex
@@ -287,11 +288,21 @@ def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     for key in [k for k in os.environ if k.upper().startswith(("BBVERIFY", "BB_VERIFY"))]:
         monkeypatch.delenv(key)
     cwd = os.getcwd()
+    # Samples configure logging as an application would (the audit logger at
+    # INFO, say): restore every logger's level so later tests see the defaults.
+    loggers = [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.root.manager.loggerDict))]
+    levels = [(logger, logger.level) for logger in loggers]
     os.chdir(tmp_path)
     try:
         yield tmp_path
     finally:
         os.chdir(cwd)
+        for logger, level in levels:
+            logger.setLevel(level)
+        known = {logger.name for logger in loggers}
+        for name in list(logging.root.manager.loggerDict):
+            if name not in known:
+                logging.getLogger(name).setLevel(logging.NOTSET)  # created by a sample
 
 
 def test_markers_are_well_formed() -> None:
