@@ -425,7 +425,9 @@ class RemoteKeySet(BackgroundLoader[_Outcome]):
 
     async def awarm_up(self) -> None:
         """As :meth:`warm_up`, awaiting the fetch (at most ``timeout`` seconds) without blocking the loop."""
-        future = self._start_fetch(force=True)
+        # The same load and the same verdict as warm_up; only the wait differs.
+        with self._lock:
+            future = self._launch_if_due(self._now(), "warm_up", gate=False)
         try:
             await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), self.timeout)
         except TimeoutError:
@@ -434,7 +436,7 @@ class RemoteKeySet(BackgroundLoader[_Outcome]):
                 retry_after=math.ceil(self.failure_backoff or 1),
             ) from None
         with self._lock:
-            if self._fetched_at is None or self._failed_at is not None:
+            if self._fetched_at is None or self._now() - self._fetched_at >= self.max_stale:
                 raise self._unavailable()
 
     def cached_key(self, kid: str | None, alg: str) -> VerifyingKey | None:
