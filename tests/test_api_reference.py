@@ -49,6 +49,11 @@ def _resolve(module: ModuleType, target: str) -> None:
         except AttributeError:
             continue
         return
+    # An instance attribute (``#: ...`` documented, set in a method): ``self.name = ...``.
+    assigned = re.compile(rf"\bself\.{re.escape(parts[-1])}\s*[:=]")
+    for scope in scopes[1:]:
+        if len(parts) == 1 and assigned.search(inspect.getsource(scope)):
+            return
     raise LookupError(f"{module.__name__}: {target!r} names nothing")
 
 
