@@ -1,7 +1,7 @@
-"""The ``bbverify`` command: ``demo``, ``inspect``, ``verify``, ``ip-ranges``, ``lookup``, ``serve``,
-``fake-issuer``.
+"""The ``bbverify`` command and its subcommands, one function each.
 
-Exit status: 0 success (token accepted, demo as expected), 1 rejected or a
+Subcommands: ``demo``, ``inspect``, ``verify``, ``ip-ranges``, ``lookup``,
+``serve``, ``fake-issuer``. Exit status: 0 success (token accepted, demo as expected), 1 rejected or a
 failed check, 2 usage or configuration error (in every subcommand), 141 when
 the reader of standard output went away (``bbverify inspect ... | head``),
 quietly. Errors go to stderr; colour is used only on a terminal (and never
