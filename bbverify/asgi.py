@@ -288,4 +288,7 @@ class PipelineAuthMiddleware:
             response, _ = self.guard.refusal(error)
             await send_http(response, send, "websocket.http.response")
             return
-        await send({"type": "websocket.close", "code": WS_POLICY_VIOLATION, "reason": ""})
+        # The stable error code as the close reason, so a client (or a server
+        # log) sees why; a close frame's reason fits in 123 bytes (RFC 6455 5.5).
+        reason = error.code.encode("ascii", "replace")[:123].decode("ascii")
+        await send({"type": "websocket.close", "code": WS_POLICY_VIOLATION, "reason": reason})

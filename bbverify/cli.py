@@ -1,8 +1,11 @@
-"""The ``bbverify`` command: ``demo``, ``inspect``, ``verify``, ``ip-ranges``, ``lookup``, ``serve``.
+"""The ``bbverify`` command and its subcommands, one function each.
 
-Exit status: 0 success (token accepted, demo as expected), 1 rejected or a
-failed check, 2 usage or configuration error. Errors go to stderr; colour is
-used only on a terminal (and never when ``NO_COLOR`` is set).
+Subcommands: ``demo``, ``inspect``, ``verify``, ``ip-ranges``, ``lookup``,
+``serve``, ``fake-issuer``. Exit status: 0 success (token accepted, demo as expected), 1 rejected or a
+failed check, 2 usage or configuration error (in every subcommand), 141 when
+the reader of standard output went away (``bbverify inspect ... | head``),
+quietly. Errors go to stderr; colour is used only on a terminal (and never
+when ``NO_COLOR`` is set).
 """
 
 from __future__ import annotations
@@ -26,6 +29,13 @@ from .errors import ConfigurationError, VerificationError
 __all__ = ["main"]
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
+#: 128 + SIGPIPE, what a shell reports for a writer killed by a closed pipe.
+EXIT_BROKEN_PIPE = 141
+
+_EMPTY_INPUT_HELP = (
+    "the token is empty. In a pipeline, $BITBUCKET_STEP_OIDC_TOKEN is set only in steps "
+    "with 'oidc: true'; add it to the step, or pass the token (or - to read standard input)"
+)
 
 
 # What a terminal may act on: C0 controls (ESC, CR, BS ...), DEL, C1 controls
@@ -114,13 +124,17 @@ def decode_unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
 def _cmd_inspect(args: argparse.Namespace) -> int:
     style = Style(sys.stdout)
     token = _read_token(args.token)
+    if not token:
+        _err(_EMPTY_INPUT_HELP)
+        return EXIT_USAGE
     try:
         header, payload = decode_unverified(token)
     except ValueError as exc:
         _err(f"cannot decode token: {exc}")
         return EXIT_REJECTED
+    lifetime = _lifetime(payload)
     if args.json:
-        document = {"verified": False, "header": header, "payload": payload}
+        document = {"verified": False, "header": header, "payload": payload, "lifetime_seconds": lifetime}
         print(_json_line(document, indent=2))
         return EXIT_OK
     print(style.yellow("NOT VERIFIED: decoded only; nothing here has been checked."))
@@ -156,7 +170,17 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     if isinstance(exp, int | float) and not isinstance(exp, bool):
         status = style.red("expired") if exp <= now else style.green("not expired")
         print(f"  {'status':<12} {status} ({relative(exp - now)})")
+    if lifetime is not None:
+        # StepDuration compares this with max_minutes + the 5-minute start buffer.
+        print(f"  {'lifetime':<12} {lifetime:g} s ({lifetime / 60:.1f} min, exp - iat)")
     return EXIT_OK
+
+
+def _lifetime(payload: dict[str, Any]) -> float | None:
+    """``exp - iat`` in seconds, when both are numbers."""
+    exp, iat = payload.get("exp"), payload.get("iat")
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (exp, iat))
+    return float(exp - iat) if numbers else None  # type: ignore[operator]
 
 
 # -- verify -----------------------------------------------------------------------
@@ -181,6 +205,9 @@ def _build_verifier(args: argparse.Namespace) -> Any:
 def _cmd_verify(args: argparse.Namespace) -> int:
     style = Style(sys.stdout)
     token = _read_token(args.token)
+    if not token:
+        _err(_EMPTY_INPUT_HELP)
+        return EXIT_USAGE
     try:
         verifier = _build_verifier(args)
     except (ConfigurationError, OSError) as exc:
@@ -203,11 +230,13 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                         "status": exc.status_code,
                         "message": exc.message,
                         "rule": getattr(exc, "rule", None),
+                        "seen": _seen(verifier, token),
                     }
                 )
             )
         else:
             print(style.red(f"REJECTED ({exc.status_code} {safe_text(exc.code)}): {safe_text(exc.message)}"))
+            _print_seen(_seen(verifier, token))
         return EXIT_REJECTED
     if args.json:
         print(_json_line({"accepted": True, "code": "ok", "claims": claims.summary()}))
@@ -220,19 +249,53 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _seen(verifier: Any, token: str) -> dict[str, Any]:
+    """The token's unverified ``iss``/``aud`` beside the configured ones, for the operator.
+
+    Another workspace's token fails on its key (``unknown_key``) before the
+    issuer is compared, so showing both is what tells the operator why.
+    """
+    try:
+        _, payload = decode_unverified(token)
+    except ValueError:
+        payload = {}
+    # Every trusted workspace's, so a verifier over several workspaces shows them all.
+    specs = getattr(verifier, "workspaces", ())
+    return {
+        "token_iss": payload.get("iss"),
+        "token_aud": payload.get("aud"),
+        "configured_issuers": [spec.issuer for spec in specs],
+        "configured_audiences": sorted({aud for spec in specs for aud in spec.audiences}),
+    }
+
+
+def _print_seen(seen: dict[str, Any]) -> None:
+    # As JSON through _json_line: an unverified claim never drives the terminal.
+    print("  unverified token values beside this verifier's settings:")
+    print(f"    {'iss':<10} token: {_json_line(seen['token_iss'])}")
+    print(f"    {'':<10} configured: {_json_line(seen['configured_issuers'])}")
+    print(f"    {'aud':<10} token: {_json_line(seen['token_aud'])}")
+    print(f"    {'':<10} configured: {_json_line(seen['configured_audiences'])}")
+
+
 # -- ip-ranges --------------------------------------------------------------------
 
 
 def _cmd_ip_ranges(args: argparse.Namespace) -> int:
     from . import ipranges
 
+    if args.sample and args.source is not None:
+        _err("give --source or --sample, not both")
+        return EXIT_USAGE
+    source = str(ipranges.SAMPLE_FEED) if args.sample else args.source or ipranges.DEFAULT_FEED_URL
     try:
         cidrs = ipranges.load_cidrs(
-            args.source, product=args.product, direction=args.direction, region=args.region
+            source, product=args.product, direction=args.direction, region=args.region
         )
     except (ConfigurationError, OSError, ValueError) as exc:
+        # A source that cannot be read or matches nothing is a usage error, like every subcommand's.
         _err(f"cannot read the IP-range feed: {exc}")
-        return EXIT_REJECTED
+        return EXIT_USAGE
     text = json.dumps(cidrs, indent=2) + "\n" if args.format == "json" else "".join(c + "\n" for c in cidrs)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as fh:
@@ -274,6 +337,75 @@ def _cmd_lookup(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- fake-issuer ------------------------------------------------------------------
+
+
+def _cmd_fake_issuer(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from .claims import normalize_uuid
+    from .fetch import is_loopback_host
+    from .testing import TOKEN_KINDS, FakeIssuer
+
+    if not is_loopback_host(args.host):
+        _err(f"--host {args.host!r}: the fake issuer listens on loopback only (127.0.0.1, ::1)")
+        return EXIT_USAGE
+    try:
+        uuids = {
+            name: normalize_uuid(value, key=f"--{name.replace('_', '-')}")
+            for name, value in (
+                ("workspace_uuid", args.workspace_uuid),
+                ("repository_uuid", args.repository_uuid),
+                ("environment_uuid", args.environment_uuid),
+            )
+            if value is not None
+        }
+        issuer = FakeIssuer(
+            args.workspace,
+            workspace_uuid=uuids.get("workspace_uuid"),
+            host=args.host,
+            port=args.port,
+            mint_endpoint=True,
+        )
+    except ConfigurationError as exc:
+        _err(f"configuration error: {exc}")
+        return EXIT_USAGE
+    issuer.repository_uuid = uuids.get("repository_uuid", issuer.repository_uuid)
+    issuer.environment_uuid = uuids.get("environment_uuid", issuer.environment_uuid)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        issuer.start()
+    except OSError as exc:
+        _err(f"cannot listen on {args.host}:{args.port}: {exc}")
+        return EXIT_USAGE
+    try:
+        base = issuer.base_url
+        print(f"Fake Bitbucket issuer on {base} (test keys, loopback only). Ctrl-C or SIGTERM stops it.")
+        print("Point your app at it (these settings, or the same as Verifier arguments):")
+        print(f"  BBVERIFY_ISSUER={issuer.issuer}")
+        print(f"  BBVERIFY_WORKSPACE_UUID={issuer.workspace_uuid}   # gives the audience {issuer.audience}")
+        print(f"  repository {issuer.repository_uuid}, deployment environment {issuer.environment_uuid}")
+        print("Fresh tokens, one per request:")
+        for kind in TOKEN_KINDS:
+            print(f"  curl -s {base}/mint/{kind}")
+        print("Try your app:")
+        print(f'  curl -H "Authorization: Bearer $(curl -s {base}/mint/valid)" http://127.0.0.1:8000/')
+        sys.stdout.flush()
+        stop.wait()
+    finally:
+        issuer.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print("fake issuer stopped", file=sys.stderr)
+    return EXIT_OK
+
+
 # -- demo -------------------------------------------------------------------------
 
 
@@ -306,6 +438,7 @@ _EPILOG = """examples:
   bbverify verify - --config bbverify.toml --client-ip 34.199.54.113 --json < token.txt
   bbverify ip-ranges --source https://ip-ranges.atlassian.com/ --product bitbucket --direction egress
   BITBUCKET_EMAIL=me@example.com BITBUCKET_API_TOKEN=... bbverify lookup --workspace acme --repository api
+  bbverify fake-issuer --port 8900
 """
 
 
@@ -379,12 +512,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="read Atlassian's IP-range feed and print the CIDRs the IP rule uses",
         description="Read Atlassian's published IP-range feed (URL or file), filter it by product "
         "and direction, and print or write the CIDR list.",
-        epilog="examples:\n  bbverify ip-ranges --source feed.json\n"
+        epilog="examples:\n  bbverify ip-ranges --source feed.json\n  bbverify ip-ranges --sample\n"
         "  bbverify ip-ranges --source https://ip-ranges.atlassian.com/ --format json -o ranges.json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ipr.add_argument(
-        "--source", default="https://ip-ranges.atlassian.com/", help="feed URL (https) or file path"
+        "--source", default=None, help="feed URL (https) or file path (default: Atlassian's published feed)"
+    )
+    ipr.add_argument(
+        "--sample",
+        action="store_true",
+        help="read the sample feed packaged with bbverify (offline; bbverify.ipranges.SAMPLE_FEED)",
     )
     ipr.add_argument("--product", default="bitbucket", help="product to keep (default: bitbucket)")
     ipr.add_argument("--direction", default="egress", help="direction to keep (default: egress)")
@@ -433,6 +571,25 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (default: serve.port or 9180)")
     serve.add_argument("--workers", type=int, help="worker processes (default: serve.workers or 1)")
     serve.set_defaults(func=_cmd_serve)
+
+    fake = sub.add_parser(
+        "fake-issuer",
+        help="run the test kit's fake Bitbucket issuer on loopback, to try a running app by hand",
+        description="Serve discovery and keys.json of a fake Bitbucket workspace on 127.0.0.1 until "
+        "stopped (Ctrl-C or SIGTERM), and mint tokens on request: GET /mint/<kind> with kind "
+        "valid, deployment, expired, wrong-audience or other-repository. Test keys only: never "
+        "point a production service at it.",
+        epilog="examples:\n  bbverify fake-issuer\n"
+        "  bbverify fake-issuer --port 8900 --repository-uuid '{1de489be-0b3c-4c26-9f5e-6a1d0f1c2b3a}'",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    fake.add_argument("--host", default="127.0.0.1", help="loopback address (default: 127.0.0.1)")
+    fake.add_argument("--port", type=int, default=0, help="port (default: a free one, printed)")
+    fake.add_argument("--workspace", default="demo-workspace", help="workspace slug in the issuer path")
+    fake.add_argument("--workspace-uuid", help="workspaceUuid of the tokens (default: random)")
+    fake.add_argument("--repository-uuid", help="repositoryUuid of valid tokens (default: random)")
+    fake.add_argument("--environment-uuid", help="environment of deployment tokens (default: random)")
+    fake.set_defaults(func=_cmd_fake_issuer)
     return parser
 
 
@@ -450,6 +607,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _broken_pipe()
+
+
+def _broken_pipe() -> int:
+    """The reader of standard output left (``| head``): stop quietly, no traceback.
+
+    Standard output is pointed at /dev/null so the interpreter's final flush
+    cannot raise again (the recipe of Python's signal module documentation).
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass  # no real file descriptor behind stdout (embedded use): nothing to flush
+    return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":  # pragma: no cover

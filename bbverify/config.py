@@ -451,6 +451,25 @@ def _check_env_name(full: str, prefix: str, known: Iterable[str]) -> None:
     raise ConfigurationError(f"looks like a bbverify setting but is not spelled as one; {hint}", key=full)
 
 
+def _other_prefix_hint(full: str, prefix: str) -> str:
+    """Explain a name that is a known setting under a longer prefix (``BBVERIFY_DEPLOY_REPOSITORIES``).
+
+    Every name starting with ``prefix`` belongs to this reader, so a second
+    set of settings under ``BBVERIFY_DEPLOY_`` collides with ``BBVERIFY_``.
+    """
+    rest = full[len(prefix) :].lower()
+    for known in sorted((*_RULES, *_VERIFIER, *STRUCTURED_ENV, *_STORE_ENV), key=len, reverse=True):
+        if rest.endswith("_" + known):
+            other = full[: len(full) - len(known)]
+            return (
+                f" ({full} looks like the {known!r} setting under another prefix, {other!r}: every "
+                f"{prefix}* name is read as one of this reader's settings, so a prefix that starts "
+                f"with {prefix!r} collides with it. Choose a prefix that does not (for example "
+                f"{other[len(prefix):] + prefix!r}), or pass its names in ignore=)"
+            )
+    return ""
+
+
 def rules_from_mapping(mapping: Mapping[str, Any]) -> list[Rule]:
     """Build the rules of a ``rules`` table (``{"repositories": [...], ...}``).
 
@@ -492,10 +511,11 @@ def rules_from_env(
         elif name not in _VERIFIER and name not in STRUCTURED_ENV and name not in _STORE_ENV:
             # A misspelt rule setting must fail, not silently drop the rule.
             known = sorted(prefix + n.upper() for n in _RULES)
-            meant = _suggest(name, [*_RULES, *_VERIFIER])
+            other = _other_prefix_hint(full, prefix)
+            meant = None if other else _suggest(name, [*_RULES, *_VERIFIER])
             hint = f"did you mean {prefix + meant.upper()}? " if meant else ""
             raise ConfigurationError(
-                f"unknown rule setting; {hint}known settings: {', '.join(known)}", key=full
+                f"unknown rule setting; {hint}known settings: {', '.join(known)}{other}", key=full
             )
     return _build_rules(_rule_values(raw, names, parse_strings=True), names)
 
@@ -714,6 +734,14 @@ def _build_verifier(
             spelled = names.key(base, rule=False)
         elif base in structured:
             spelled = structured[base][1] + key[len(base) :]
+        elif base == "audience" and names.env_prefix is not None and "workspaces" not in structured:
+            # A missing audience, named as this user spells settings (BBVERIFY_AUDIENCE).
+            raise ConfigurationError(
+                "an audience is required (Bitbucket's default is "
+                "'ari:cloud:bitbucket::workspace/<workspace-uuid>'); or set "
+                + names.key("workspace_uuid", rule=False),
+                key=names.key("audience", rule=False),
+            ) from None
         else:
             raise
         raise ConfigurationError(exc.detail, key=spelled) from None
@@ -959,9 +987,12 @@ def verifier_from_env(
             found[name] = (_structured(raw, full, kind, True), full)
         else:
             known = sorted(prefix + n.upper() for n in (*_VERIFIER, *_RULES, *STRUCTURED_ENV, *_STORE_ENV))
-            meant = _suggest(name, [*_RULES, *_VERIFIER, *STRUCTURED_ENV, *_STORE_ENV])
+            other = _other_prefix_hint(full, prefix)
+            meant = None if other else _suggest(name, [*_RULES, *_VERIFIER, *STRUCTURED_ENV, *_STORE_ENV])
             hint = f"did you mean {prefix + meant.upper()}? " if meant else ""
-            raise ConfigurationError(f"unknown setting; {hint}known settings: {', '.join(known)}", key=full)
+            raise ConfigurationError(
+                f"unknown setting; {hint}known settings: {', '.join(known)}{other}", key=full
+            )
     if store_raw:
         verifier_values["key_store"] = key_store_from_mapping(
             store_raw, spell=lambda key: f"{prefix}KEY_STORE_{key.upper()}"

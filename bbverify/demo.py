@@ -64,6 +64,7 @@ class Outcome:
     status: int
     code: str
     why: str
+    body: str = ""  # the response body as received (shown by ``demo -v``)
 
     @property
     def ok(self) -> bool:
@@ -235,11 +236,12 @@ def _send(base: str, scenario: Scenario) -> Outcome:
         body = resp.json()
     except ValueError:
         body = {}
+    text = resp.text[:2000]
     if resp.status_code == 200:
-        return Outcome(scenario, 200, "ok", "allowed")
+        return Outcome(scenario, 200, "ok", "allowed", text)
     code = str(body.get("code", "?"))
     why = str(body.get("message") or body.get("error_description") or resp.reason)
-    return Outcome(scenario, resp.status_code, code, why)
+    return Outcome(scenario, resp.status_code, code, why, text)
 
 
 def run_demo(*, verbose: bool = False, as_json: bool = False, out: Any = None) -> int:
@@ -307,8 +309,18 @@ def _print_table(outcomes: list[Outcome], out: Any, verbose: bool) -> None:
         status = style.green(str(o.status)) if o.status == 200 else style.yellow(str(o.status))
         why = o.why if len(o.why) <= 70 or verbose else o.why[:67] + "..."
         print(f"{o.scenario.name:<{width}}  {status:>6}  {o.code:<24} {why}  [{mark}]", file=out)
+        if verbose:
+            print(f"{'':<{width}}  body: {_printable_body(o.body)}", file=out)
         if not o.ok:
             print(
                 f"{'':<{width}}  expected {o.scenario.expect_status} {o.scenario.expect_code}",
                 file=out,
             )
+
+
+def _printable_body(body: str) -> str:
+    # Re-encoded with json.dumps (ASCII, control characters escaped): a body never drives the terminal.
+    try:
+        return json.dumps(json.loads(body), sort_keys=True)
+    except ValueError:
+        return json.dumps(body)

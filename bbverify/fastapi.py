@@ -115,7 +115,8 @@ class PipelineAuth(HTTPBearer):
         auto_error: ``True`` (default) refuses a request without a token;
             ``False`` returns ``None`` for it (optional authentication, as
             FastAPI's own ``HTTPBearer(auto_error=False)``).
-        scheme_name, description: shown in the OpenAPI document.
+        scheme_name: the security scheme's name in the OpenAPI document.
+        description: the security scheme's description in the OpenAPI document.
 
     Returns the :class:`PipelineClaims` (``None`` only with
     ``auto_error=False`` and no ``Authorization`` header). Raises

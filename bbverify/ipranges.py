@@ -352,9 +352,11 @@ class AtlassianIPRanges(BackgroundLoader[FeedSnapshot]):
 
     Args:
         source: an ``https://`` URL (``http://`` only on loopback) or a file path.
-        product, direction, region, perimeter: filters (see :func:`parse_feed`);
-            Bitbucket Pipelines traffic to your server is ``bitbucket`` /
-            ``egress``. Atlassian advises against filtering by region.
+        product: items kept by ``product`` (see :func:`parse_feed`); Bitbucket
+            Pipelines traffic to your server is ``bitbucket``.
+        direction: items kept by ``direction``; Pipelines calling you is ``egress``.
+        region: items kept by ``region``. Atlassian advises against filtering by region.
+        perimeter: items kept by ``perimeter``.
         refresh_interval: seconds between refreshes (default one hour).
         timeout: total deadline of one fetch.
         failure_backoff: seconds before retrying after a failed refresh.

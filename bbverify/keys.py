@@ -444,6 +444,22 @@ class RemoteKeySet(BackgroundLoader[_Outcome]):
         with self._lock:
             self._launch_if_due(self._now(), "required")
 
+    async def awarm_up(self) -> None:
+        """As :meth:`warm_up`, awaiting the fetch (at most ``timeout`` seconds) without blocking the loop."""
+        # The same load and the same verdict as warm_up; only the wait differs.
+        with self._lock:
+            future = self._launch_if_due(self._now(), "warm_up", gate=False)
+        try:
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), self.timeout)
+        except TimeoutError:
+            raise KeysUnavailable(
+                f"key set fetch did not finish within {self.timeout:g}s",
+                retry_after=math.ceil(self.failure_backoff or 1),
+            ) from None
+        with self._lock:
+            if self._fetched_at is None or self._now() - self._fetched_at >= self.max_stale:
+                raise self._unavailable()
+
     def cached_key(self, kid: str | None, alg: str) -> VerifyingKey | None:
         """The key if usable without any fetch now (stale-but-allowed counts)."""
         fetched = self._fetched_at

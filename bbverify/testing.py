@@ -41,6 +41,7 @@ from .verifier import Verifier
 
 __all__ = [
     "FAILURE_MODES",
+    "TOKEN_KINDS",
     "FakeIssuer",
     "IssuerRequest",
     "RateLimit",
@@ -62,6 +63,17 @@ FAILURE_MODES = (
     "drip",  # sends the body one byte every `delay` seconds
     "huge",  # 200 with a body of several megabytes
     "redirect",  # 302 to another host
+)
+
+
+#: Ready-made tokens :meth:`FakeIssuer.mint_kind` gives (and ``GET /mint/<kind>`` serves
+#: when the issuer is built with ``mint_endpoint=True``, as ``bbverify fake-issuer`` does).
+TOKEN_KINDS = (
+    "valid",  # a build step of the issuer's repository, on main
+    "deployment",  # a deployment step to the issuer's environment
+    "expired",  # lived its lifetime, ended an hour ago
+    "wrong-audience",  # aud is not the workspace's
+    "other-repository",  # a build step of another repository of the same workspace
 )
 
 
@@ -180,6 +192,13 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         issuer = self.server.issuer
         path = self.path.split("?", 1)[0]
+        if issuer.mint_endpoint and path.startswith("/mint/"):
+            kind = path[len("/mint/") :]
+            if kind not in TOKEN_KINDS:
+                self._send(404, json.dumps({"error": "unknown kind", "kinds": list(TOKEN_KINDS)}).encode())
+                return
+            self._send(200, issuer.mint_kind(kind).encode() + b"\n", {"Content-Type": "text/plain"})
+            return
         limit = issuer.rate_limit
         if limit is not None:
             with issuer._lock:
@@ -214,7 +233,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: bytes, extra: Mapping[str, str] | None = None) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        if "Content-Type" not in (extra or {}):
+            self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         for k, v in (extra or {}).items():
             self.send_header(k, v)
@@ -286,7 +306,10 @@ class FakeIssuer:
         workspace_uuid: braced UUID for ``workspaceUuid`` (random by default).
         keys: how many signing keys to publish (the first signs by default).
         key_bits: RSA modulus size.
-        host, port: where to listen (127.0.0.1 and a free port by default).
+        host: the loopback address to listen on (127.0.0.1 by default).
+        port: the port (0, a free port, by default).
+        mint_endpoint: also serve ``GET /mint/<kind>`` (see :data:`TOKEN_KINDS`),
+            for trying a running app by hand. Off by default.
     """
 
     def __init__(
@@ -298,8 +321,10 @@ class FakeIssuer:
         key_bits: int = 2048,
         host: str = "127.0.0.1",
         port: int = 0,
+        mint_endpoint: bool = False,
     ) -> None:
         self.workspace = workspace
+        self.mint_endpoint = mint_endpoint
         self.workspace_uuid = workspace_uuid or _braced()
         self.repository_uuid = _braced()
         self.environment_uuid = _braced()
@@ -551,6 +576,55 @@ class FakeIssuer:
     ) -> str:
         """A signed token; ``claim_options`` go to :meth:`claims`, ``header`` overrides."""
         return self.sign(self.claims(**claim_options), header=header, key=key)
+
+    def mint_kind(self, kind: str) -> str:
+        """A ready-made token of one of :data:`TOKEN_KINDS` (``ValueError`` for another name)."""
+        if kind == "valid":
+            return self.mint()
+        if kind == "deployment":
+            return self.mint(environment_uuid=self.environment_uuid)
+        if kind == "expired":
+            return self.mint(issued_at=time.time() - 7200, lifetime=3600)
+        if kind == "wrong-audience":
+            return self.mint(audience="ari:cloud:bitbucket::workspace/" + str(uuid.uuid4()))
+        if kind == "other-repository":
+            return self.mint(repository_uuid=_braced())
+        raise ValueError(f"unknown token kind {kind!r}; choose from {TOKEN_KINDS}")
+
+    def curl_lines(
+        self,
+        base_url: str,
+        *,
+        path: str = "/whoami",
+        deploy_path: str | None = None,
+        deploy_refusal: str = "403 environment_required",
+    ) -> list[str]:
+        """``curl`` command lines to try an app protected against this issuer by hand.
+
+        First the accepted ones (a build-step token on ``path``; a deployment
+        token, POSTed to ``deploy_path`` when given), then refusals, each
+        ending with the status and code it should get (``# 401 expired``;
+        ``deploy_refusal`` for a build-step token POSTed to ``deploy_path``).
+        Used by the examples' ``--fake`` mode.
+        """
+
+        def bearer(token: str) -> str:
+            return f'-H "Authorization: Bearer {token}" '
+
+        build = self.mint_kind("valid")
+        lines = [f"curl {bearer(build)}{base_url}{path}"]
+        if deploy_path is not None:
+            lines.append(f"curl -X POST {bearer(self.mint_kind('deployment'))}{base_url}{deploy_path}")
+        lines += [
+            f"curl -i {base_url}{path}   # 401 missing_token",
+            f"curl -i {bearer(self.mint_kind('expired'))}{base_url}{path}   # 401 expired",
+            f"curl -i {bearer(self.mint_kind('wrong-audience'))}{base_url}{path}   # 401 audience_mismatch",
+            f"curl -i {bearer(build[:-8] + 'AAAAAAAA')}{base_url}{path}   # 401 bad_signature",
+        ]
+        if deploy_path is not None:
+            refused = f"curl -i -X POST {bearer(build)}{base_url}{deploy_path}"
+            lines.append(f"{refused}   # {deploy_refusal}")
+        return lines
 
     def sign(
         self,

@@ -221,9 +221,26 @@ def split(token: object, max_bytes: int = DEFAULT_MAX_TOKEN_BYTES) -> ParsedToke
     )
 
 
+def _likely_mistake(token: str) -> str | None:
+    """Name the usual token-passing mistakes instead of a base64url complaint."""
+    if not token:
+        return "token is empty"
+    if token[:7].lower() == "bearer ":
+        return "token starts with 'Bearer ': pass the token alone, without the Authorization scheme"
+    if token != token.strip():
+        return (
+            "token has leading or trailing whitespace (a newline from a file or echo?); "
+            "strip it before verifying"
+        )
+    return None
+
+
 def _split_checked(token: str) -> ParsedToken:
     # The general path for tokens that are not plain alphabet and two dots:
     # every check in order, each with its own message.
+    mistake = _likely_mistake(token)
+    if mistake is not None:
+        raise _malformed(mistake)
     parts = token.split(".")
     if len(parts) != 3:
         if len(parts) == 5:

@@ -13,6 +13,7 @@ cached or not.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -20,6 +21,7 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from datetime import timedelta
 from types import MappingProxyType
 from typing import Any
 
@@ -220,17 +222,29 @@ class Verifier:
             ``verify(..., policy=name)``. A sequence of rules means all of them.
         default_policy: the named policy applied when a call names none.
         algorithms: the signature algorithms accepted; ``RS256`` only by default.
-        leeway: clock-skew allowance in seconds for ``exp``/``iat``/``nbf``
+        leeway: clock-skew allowance for ``exp``/``iat``/``nbf``, in seconds
+            or a :class:`datetime.timedelta` as PyJWT accepts
             (default 10, at most 300).
         clock: seconds since the epoch; injectable for tests.
         cache_size: how many verified tokens to remember (0 disables).
         on_decision: called with a :class:`~bbverify.audit.Decision` per call.
-        timeout, cache_ttl, min_cache_ttl, max_cache_ttl, cooldown, max_stale,
-        failure_backoff, max_backoff, fetch_interval, fetch_burst, key_store,
-        store_poll, session: passed to each :class:`~bbverify.keys.RemoteKeySet`
-            (the fetch budget and shared stores are described in
-            ``docs/configuration.md``; each workspace's key source keeps its
-            own budget and store entry).
+        timeout: seconds, the total deadline of one key-set fetch. This and
+            the following key-set settings are passed to each
+            :class:`~bbverify.keys.RemoteKeySet` (the fetch budget and shared
+            stores are described in ``docs/configuration.md``; each
+            workspace's key source keeps its own budget and store entry).
+        cache_ttl: seconds after which the key set is refreshed in the background.
+        min_cache_ttl: seconds, the lower bound applied to ``max-age``.
+        max_cache_ttl: seconds, the upper bound applied to ``max-age``.
+        cooldown: seconds between refetches caused by an unknown ``kid``.
+        max_stale: seconds the last good key set keeps serving while refreshes fail.
+        failure_backoff: seconds, the first wait after a failed fetch.
+        max_backoff: seconds, the largest wait after repeated failures.
+        fetch_interval: seconds per fetch token of the fetch budget.
+        fetch_burst: how many fetch tokens may be saved up.
+        key_store: a shared key store (:mod:`bbverify.stores`), or ``None``.
+        store_poll: seconds, the least interval between store reads for unknown ``kid`` values.
+        session: a ``requests.Session`` for key fetches (egress proxy, CA bundle).
 
     Raises :class:`~bbverify.errors.ConfigurationError` (its ``key`` names
     the argument, ``workspaces[1].audience`` for an item) on any mistake.
@@ -250,7 +264,7 @@ class Verifier:
         named_policies: Mapping[str, Rule | Sequence[Rule]] | None = None,
         default_policy: str | None = None,
         algorithms: Iterable[str] = ("RS256",),
-        leeway: float = DEFAULT_LEEWAY,
+        leeway: float | timedelta = DEFAULT_LEEWAY,
         clock: Callable[[], float] = time.time,
         max_token_bytes: int = DEFAULT_MAX_TOKEN_BYTES,
         cache_size: int = DEFAULT_CACHE_SIZE,
@@ -278,6 +292,8 @@ class Verifier:
                 key="algorithms",
             )
         self._algorithms = algs
+        if isinstance(leeway, timedelta):
+            leeway = leeway.total_seconds()
         if not isinstance(leeway, int | float) or not 0 <= leeway <= MAX_LEEWAY:
             raise ConfigurationError(f"must be between 0 and {MAX_LEEWAY:g} seconds", key="leeway")
         self.leeway = float(leeway)
@@ -547,6 +563,48 @@ class Verifier:
             if warm is not None:
                 warm()
 
+    async def awarm_up(self) -> None:
+        """As :meth:`warm_up`, for ASGI lifespan handlers: the fetches are awaited, never blocking.
+
+        Every workspace's keys are fetched concurrently, each within its key
+        set's ``timeout`` (seconds); raises
+        :class:`~bbverify.errors.KeysUnavailable` if one cannot be had::
+
+            @contextlib.asynccontextmanager
+            async def lifespan(app):
+                await verifier.awarm_up()
+                yield
+        """
+
+        async def warm(source: object) -> None:
+            awarm = getattr(source, "awarm_up", None)
+            if awarm is not None:
+                await awarm()
+                return
+            blocking = getattr(source, "warm_up", None)
+            if blocking is not None:
+                # A key source of your own with only a blocking warm_up: keep it off the loop.
+                await asyncio.to_thread(blocking)
+
+        await asyncio.gather(*(warm(trust.keys) for trust in self._trusts))
+
+    def __repr__(self) -> str:
+        # Settings only, for logs and debuggers: never a key, never a token.
+        parts: list[str] = []
+        if len(self._trusts) == 1:
+            trust = self._trusts[0]
+            parts += [f"issuer={trust.issuer!r}", f"audiences={sorted(trust.audiences)!r}"]
+            if trust.workspace_uuid is not None:
+                parts.append(f"workspace_uuid={trust.workspace_uuid!r}")
+        else:
+            parts.append(f"workspaces={list(self.workspaces)!r}")
+        parts.append(f"policies={list(self.policies)!r}")
+        if self._named:
+            parts.append(f"named_policies={list(self._named)!r}")
+        sources = [_describe_key_source(trust.keys) for trust in self._trusts]
+        parts.append(f"keys={sources[0]}" if len(sources) == 1 else f"keys=[{', '.join(sources)}]")
+        return f"Verifier({', '.join(parts)})"
+
     def verify(
         self,
         token: str | bytes,
@@ -693,7 +751,11 @@ class Verifier:
         else:
             raise InvalidToken("claim 'aud' must be a string or a list of strings", code=ErrorCode.MALFORMED)
         if not ok:
-            raise InvalidToken("token is not meant for this audience", code=ErrorCode.AUDIENCE_MISMATCH)
+            expected = " or ".join(repr(a) for a in sorted(audiences))
+            raise InvalidToken(
+                f"token is not meant for this audience (expected {expected})",
+                code=ErrorCode.AUDIENCE_MISMATCH,
+            )
 
         exp = _timestamp(payload, "exp", required=True)
         iat = _timestamp(payload, "iat", required=True)
@@ -851,6 +913,16 @@ def _shared_keys(verifier: Verifier, options: Mapping[str, Any]) -> None:
                     _KEY_SOURCES.popitem(last=False)
                 entry = _KEY_SOURCES[key] = (built, session)
         trust.keys = entry[0]
+
+
+def _describe_key_source(keys: object) -> str:
+    """Where keys come from, never the keys themselves."""
+    if isinstance(keys, _keys.RemoteKeySet):
+        if keys.jwks_url:  # configured, or found by discovery
+            return f"RemoteKeySet(jwks_url={keys.jwks_url!r})"
+        discovery = (keys.issuer or "").rstrip("/") + "/.well-known/openid-configuration"
+        return f"RemoteKeySet(discovery={discovery!r})"
+    return type(keys).__name__
 
 
 def verify(

@@ -93,7 +93,30 @@ def check_audience(audience: str | Sequence[str] | None) -> frozenset[str]:
     values = [audience] if isinstance(audience, str) else list(audience)
     if not values or not all(isinstance(a, str) and a for a in values):
         raise ConfigurationError("must be a non-empty string or list of strings", key="audience")
+    for value in values:
+        _refuse_bare_uuid(value)
     return frozenset(values)
+
+
+_BARE_UUID_RE = re.compile(
+    r"\{?[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\}?", re.IGNORECASE
+)
+
+
+def _refuse_bare_uuid(value: str) -> None:
+    """A workspace UUID alone is never Bitbucket's audience: every real token would fail.
+
+    Bitbucket's default audience is ``ari:cloud:bitbucket::workspace/<uuid>``
+    (Bitbucket's "Integrate Pipelines with resource servers using OIDC" page).
+    """
+    if _BARE_UUID_RE.fullmatch(value.strip()):
+        bare = value.strip().strip("{}").lower()
+        raise ConfigurationError(
+            f"{value!r} is a bare UUID, not an audience; Bitbucket's default audience is "
+            f"{bitbucket_audience(bare)!r}: give workspace_uuid={bare!r} (which also pins the "
+            f"token's workspaceUuid) or audience={bitbucket_audience(bare)!r}",
+            key="audience",
+        )
 
 
 class WorkspaceSpec:

@@ -4,8 +4,8 @@ Offline, against a fake issuer (prints curl commands with tokens)::
 
     python examples/fastapi_app.py --fake
 
-Against your workspace, with BBVERIFY_* settings and the production
-environment's UUID for the /deploy route::
+Against your workspace, with BBVERIFY_* settings (required without --fake)
+and the production environment's UUID for the /deploy route::
 
     BBVERIFY_WORKSPACE=acme BBVERIFY_WORKSPACE_UUID={...} \\
     DEPLOY_ENVIRONMENT_UUID={...} python examples/fastapi_app.py
@@ -22,7 +22,7 @@ from typing import Annotated
 import uvicorn
 from fastapi import Depends, FastAPI
 
-from bbverify import PipelineClaims, Verifier
+from bbverify import ConfigurationError, PipelineClaims, Verifier
 from bbverify.config import verifier_from_env
 from bbverify.fastapi import PipelineAuth, install_error_handler
 from bbverify.policies import Environments
@@ -56,23 +56,45 @@ def create_app(
     return app
 
 
+def settings_or_exit(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """The BBVERIFY_* environment settings; without any, a usage error (never a silent fake issuer)."""
+    settings = {k: v for k, v in os.environ.items() if k.startswith("BBVERIFY_")}
+    if not settings:
+        near = sorted(k for k in os.environ if k.upper().startswith("BBVERIFY_"))
+        hint = f" (found {', '.join(near)}: the names are upper case)" if near else ""
+        parser.error(
+            f"no BBVERIFY_* settings in the environment{hint}; set BBVERIFY_WORKSPACE and "
+            "BBVERIFY_WORKSPACE_UUID (see docs/configuration.md), or run with --fake to try it "
+            "against a fake issuer"
+        )
+    return settings
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--fake", action="store_true", help="use a fake issuer on 127.0.0.1 (the default without BBVERIFY_*)"
+        "--fake", action="store_true", help="use a fake issuer on 127.0.0.1 instead of BBVERIFY_* settings"
     )
     parser.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (0: any free port)")
     args = parser.parse_args(argv)
 
-    fake = args.fake or not any(k.startswith("BBVERIFY_") for k in os.environ)
-    issuer = FakeIssuer().start() if fake else None
-    if issuer is not None:
+    fake = args.fake
+    if fake:
+        issuer: FakeIssuer | None = FakeIssuer().start()
+        assert issuer is not None
         verifier, production = issuer.verifier(), issuer.environment_uuid
     else:
-        verifier = verifier_from_env(ignore=["BBVERIFY_TRUSTED_PROXIES"])
-        production = os.environ["DEPLOY_ENVIRONMENT_UUID"]
+        issuer = None
+        settings_or_exit(parser)
+        production = os.environ.get("DEPLOY_ENVIRONMENT_UUID", "")
+        if not production:
+            parser.error("set DEPLOY_ENVIRONMENT_UUID, the environment the /deploy route admits")
+        try:
+            verifier = verifier_from_env(ignore=["BBVERIFY_TRUSTED_PROXIES"])
+        except ConfigurationError as exc:
+            parser.error(str(exc))
     trusted = None if fake else os.environ.get("BBVERIFY_TRUSTED_PROXIES")
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -82,10 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     print(f"Listening on {url} (API docs at {url}/docs)", flush=True)
     if issuer is not None:
-        print("Try (tokens from a fake issuer, valid for an hour):", flush=True)
-        print(f'curl -H "Authorization: Bearer {issuer.mint()}" {url}/whoami', flush=True)
-        deploy_token = issuer.mint(environment_uuid=production)
-        print(f'curl -X POST -H "Authorization: Bearer {deploy_token}" {url}/deploy', flush=True)
+        print("Try (tokens from a fake issuer, valid for an hour; refusals end with their answer):")
+        print("\n".join(issuer.curl_lines(url, path="/whoami", deploy_path="/deploy")), flush=True)
     config = uvicorn.Config(
         create_app(verifier, production, trusted), log_level="warning", proxy_headers=False
     )

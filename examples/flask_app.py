@@ -21,7 +21,7 @@ from typing import Any
 from flask import Blueprint, Flask
 from werkzeug.serving import make_server
 
-from bbverify import PipelineClaims
+from bbverify import ConfigurationError, PipelineClaims
 from bbverify.flask import BBVerify, current_claims, require_pipeline
 from bbverify.policies import RequestContext
 from bbverify.testing import FakeIssuer
@@ -60,29 +60,52 @@ def create_app(config: dict[str, Any]) -> Flask:
     return app
 
 
+def settings_or_exit(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """The BBVERIFY_* environment settings; without any, a usage error (never a silent fake issuer)."""
+    settings = {k: v for k, v in os.environ.items() if k.startswith("BBVERIFY_")}
+    if not settings:
+        near = sorted(k for k in os.environ if k.upper().startswith("BBVERIFY_"))
+        hint = f" (found {', '.join(near)}: the names are upper case)" if near else ""
+        parser.error(
+            f"no BBVERIFY_* settings in the environment{hint}; set BBVERIFY_WORKSPACE and "
+            "BBVERIFY_WORKSPACE_UUID (see docs/configuration.md), or run with --fake to try it "
+            "against a fake issuer"
+        )
+    return settings
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--fake", action="store_true", help="use a fake issuer on 127.0.0.1 (the default without BBVERIFY_*)"
+        "--fake", action="store_true", help="use a fake issuer on 127.0.0.1 instead of BBVERIFY_* settings"
     )
     parser.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (0: any free port)")
     args = parser.parse_args(argv)
 
-    config = {k: v for k, v in os.environ.items() if k.startswith("BBVERIFY_")}
-    issuer = FakeIssuer().start() if args.fake or not config else None
+    issuer = FakeIssuer().start() if args.fake else None
     if issuer is not None:
         config = {"BBVERIFY_ISSUER": issuer.issuer, "BBVERIFY_AUDIENCE": issuer.audience}
-    app = create_app(config)
+    else:
+        config = settings_or_exit(parser)
+    try:
+        app = create_app(config)
+    except ConfigurationError as exc:
+        parser.error(str(exc))
     server = make_server("127.0.0.1", args.port, app, threaded=True)
     url = f"http://127.0.0.1:{server.server_port}"
     print(f"Listening on {url}", flush=True)
     if issuer is not None:
-        print("Try (tokens from a fake issuer, valid for an hour):", flush=True)
-        print(f'curl -H "Authorization: Bearer {issuer.mint()}" {url}/whoami', flush=True)
-        deploy_token = issuer.mint(environment_uuid=issuer.environment_uuid)
-        print(f'curl -X POST -H "Authorization: Bearer {deploy_token}" {url}/deploy', flush=True)
+        print("Try (tokens from a fake issuer, valid for an hour; refusals end with their answer):")
+        print(
+            "\n".join(
+                issuer.curl_lines(
+                    url, path="/whoami", deploy_path="/deploy", deploy_refusal="403 policy_denied"
+                )
+            ),
+            flush=True,
+        )
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from bbverify import PipelineClaims, Verifier
+from bbverify import ConfigurationError, PipelineClaims, Verifier
 from bbverify.asgi import PipelineAuthMiddleware
 from bbverify.config import verifier_from_env
 from bbverify.starlette import requires  # answers 401/403 like every adapter (Starlette's: plain 403)
@@ -62,22 +62,40 @@ def create_app(verifier: Verifier, trusted_proxies: str | None = None) -> Pipeli
     )
 
 
+def settings_or_exit(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """The BBVERIFY_* environment settings; without any, a usage error (never a silent fake issuer)."""
+    settings = {k: v for k, v in os.environ.items() if k.startswith("BBVERIFY_")}
+    if not settings:
+        near = sorted(k for k in os.environ if k.upper().startswith("BBVERIFY_"))
+        hint = f" (found {', '.join(near)}: the names are upper case)" if near else ""
+        parser.error(
+            f"no BBVERIFY_* settings in the environment{hint}; set BBVERIFY_WORKSPACE and "
+            "BBVERIFY_WORKSPACE_UUID (see docs/configuration.md), or run with --fake to try it "
+            "against a fake issuer"
+        )
+    return settings
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--fake", action="store_true", help="use a fake issuer on 127.0.0.1 (the default without BBVERIFY_*)"
+        "--fake", action="store_true", help="use a fake issuer on 127.0.0.1 instead of BBVERIFY_* settings"
     )
     parser.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (0: any free port)")
     args = parser.parse_args(argv)
 
-    fake = args.fake or not any(k.startswith("BBVERIFY_") for k in os.environ)
+    fake = args.fake
     issuer = FakeIssuer().start() if fake else None
     if issuer is not None:
         verifier = issuer.verifier()
     else:
-        verifier = verifier_from_env(ignore=["BBVERIFY_TRUSTED_PROXIES"])
+        settings_or_exit(parser)
+        try:
+            verifier = verifier_from_env(ignore=["BBVERIFY_TRUSTED_PROXIES"])
+        except ConfigurationError as exc:
+            parser.error(str(exc))
     trusted = None if fake else os.environ.get("BBVERIFY_TRUSTED_PROXIES")
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -87,10 +105,18 @@ def main(argv: list[str] | None = None) -> int:
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     print(f"Listening on {url}", flush=True)
     if issuer is not None:
-        print("Try (tokens from a fake issuer, valid for an hour):", flush=True)
-        print(f'curl -H "Authorization: Bearer {issuer.mint()}" {url}/whoami', flush=True)
-        deploy_token = issuer.mint(environment_uuid=issuer.environment_uuid)
-        print(f'curl -X POST -H "Authorization: Bearer {deploy_token}" {url}/deploy', flush=True)
+        print("Try (tokens from a fake issuer, valid for an hour; refusals end with their answer):")
+        print(
+            "\n".join(
+                issuer.curl_lines(
+                    url,
+                    path="/whoami",
+                    deploy_path="/deploy",
+                    deploy_refusal="403 insufficient_scope",  # requires("deployment")
+                )
+            ),
+            flush=True,
+        )
     # proxy_headers=False: bbverify reads X-Forwarded-For itself, only from trusted proxies.
     config = uvicorn.Config(create_app(verifier, trusted), log_level="warning", proxy_headers=False)
     try:

@@ -323,7 +323,7 @@ def test_websocket_close_code_is_1008(verifier: Verifier) -> None:
 
     scope = {"type": "websocket", "path": "/ws", "headers": [], "client": ("127.0.0.1", 5000)}
     asyncio.run(middleware(scope, receive, send))
-    assert sent == [{"type": "websocket.close", "code": 1008, "reason": ""}]
+    assert sent == [{"type": "websocket.close", "code": 1008, "reason": "missing_token"}]
 
 
 # -- issuer trouble and concurrency ----------------------------------------------------------------

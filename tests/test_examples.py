@@ -23,6 +23,11 @@ CURL_RE = re.compile(
     r'curl (?:-X POST )?-H "Authorization: Bearer ([A-Za-z0-9_.\-]+)" (http://127\.0\.0\.1:\d+)(/\S+)'
 )
 
+REFUSAL_RE = re.compile(
+    r'curl -i (?:-X (?P<method>POST) )?(?:-H "Authorization: Bearer (?P<token>[A-Za-z0-9_.\-]+)" )?'
+    r"(?P<url>http://127\.0\.0\.1:\d+/\S+)\s+# (?P<status>\d{3}) (?P<code>[a-z_]+)$"
+)
+
 
 def _env() -> dict[str, str]:
     # The examples fall back to the fake issuer without BBVERIFY_* settings.
@@ -43,6 +48,24 @@ class Running:
         for line in self.proc.stdout:
             self.lines.put(line.rstrip("\n"))
         self.lines.put(None)
+
+    def refusal_commands(self, count: int) -> list[re.Match[str]]:
+        """The --fake mode's refusal lines: ``curl -i ... URL   # STATUS code``."""
+        found: list[re.Match[str]] = []
+        while len(found) < count:
+            try:
+                line = self.lines.get(timeout=30)
+            except queue.Empty:
+                raise AssertionError(
+                    f"example printed too few refusals; output so far: {self.seen}"
+                ) from None
+            if line is None:
+                raise AssertionError(f"example exited early; output: {self.seen}")
+            self.seen.append(line)
+            m = REFUSAL_RE.search(line)
+            if m:
+                found.append(m)
+        return found
 
     def curl_commands(self, count: int) -> list[tuple[str, str, str]]:
         found: list[tuple[str, str, str]] = []
@@ -106,6 +129,57 @@ def test_server_example(running: dict[str, Running], name: str) -> None:
         assert missing.status_code == 401
         assert missing.headers["www-authenticate"].startswith("Bearer")
         assert http.get(base + "/healthz").json() == {"ok": True}
+        # --fake also prints refusals, each with the answer it gets: follow them.
+        refusals = running[name].refusal_commands(5)
+        assert {m["code"] for m in refusals[:4]} == {
+            "missing_token",
+            "expired",
+            "audience_mismatch",
+            "bad_signature",
+        }
+        assert refusals[4]["method"] == "POST" and refusals[4]["url"].endswith("/deploy")
+        for m in refusals:
+            headers = {"Authorization": f"Bearer {m['token']}"} if m["token"] else {}
+            answer = http.request(m["method"] or "GET", m["url"], headers=headers)
+            assert answer.status_code == int(m["status"]), (m.group(0), answer.text)
+            if answer.headers["content-type"].startswith("application/json"):
+                assert answer.json()["code"] == m["code"]
+            else:  # Starlette's own @requires answers in plain text
+                assert answer.text.lower() == m["code"]
+
+
+# The examples configured from BBVERIFY_* variables (Django's reads its settings module).
+ENV_SERVERS = ["starlette_app.py", "fastapi_app.py", "flask_app.py"]
+
+
+@pytest.mark.parametrize("name", ENV_SERVERS)
+@pytest.mark.parametrize("extra", [{}, {"bbverify_workspace": "acme"}])
+def test_server_example_without_settings_is_a_usage_error(name: str, extra: dict[str, str]) -> None:
+    # Never a silent fallback to a fake issuer (lower-case names are not settings).
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), "--port", "0"],
+        capture_output=True,
+        text=True,
+        env={**_env(), **extra},
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "usage:" in result.stderr and "--fake" in result.stderr
+    assert "Bearer" not in result.stdout
+    if extra:
+        assert "found bbverify_workspace: the names are upper case" in result.stderr
+
+
+def test_server_example_bad_settings_is_a_usage_error() -> None:
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "starlette_app.py"), "--port", "0"],
+        capture_output=True,
+        text=True,
+        env={**_env(), "BBVERIFY_WORKSPACE": "acme"},
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "audience" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_script_example() -> None:

@@ -59,10 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     url = f"http://127.0.0.1:{server.server_port}"
     print(f"Listening on {url}", flush=True)
     if issuer is not None:
-        print("Try (tokens from a fake issuer, valid for an hour):", flush=True)
-        print(f'curl -H "Authorization: Bearer {issuer.mint()}" {url}/whoami', flush=True)
-        deploy_token = issuer.mint(environment_uuid=issuer.environment_uuid)
-        print(f'curl -X POST -H "Authorization: Bearer {deploy_token}" {url}/deploy', flush=True)
+        print("Try (tokens from a fake issuer, valid for an hour; refusals end with their answer):")
+        lines = issuer.curl_lines(
+            url, path="/whoami", deploy_path="/deploy", deploy_refusal="403 environment_required"
+        )
+        print("\n".join(lines), flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
