@@ -197,7 +197,9 @@ class _Handler(BaseHTTPRequestHandler):
             if kind not in TOKEN_KINDS:
                 self._send(404, json.dumps({"error": "unknown kind", "kinds": list(TOKEN_KINDS)}).encode())
                 return
-            self._send(200, issuer.mint_kind(kind).encode() + b"\n", {"Content-Type": "text/plain"})
+            # The bare token, no trailing newline: a client reading the body as it is
+            # (requests, urllib) must get exactly what verify() accepts.
+            self._send(200, issuer.mint_kind(kind).encode(), {"Content-Type": "text/plain"})
             return
         limit = issuer.rate_limit
         if limit is not None:

@@ -51,7 +51,13 @@ def bitbucket_issuer(workspace: str) -> str:
     """
     slug = workspace.strip().lower() if isinstance(workspace, str) else ""
     if not _SLUG_RE.fullmatch(slug):
-        raise ConfigurationError(f"{workspace!r} is not a Bitbucket workspace slug", key="workspace")
+        pasted = slug_of(slug.rstrip("/")) if slug.startswith("https://") else None
+        hint = (
+            f"; that is an issuer URL: give workspace={pasted!r}, or issuer= with the exact URL"
+            if pasted
+            else " (the part after bitbucket.org/ in your workspace's address, e.g. 'acme')"
+        )
+        raise ConfigurationError(f"{workspace!r} is not a Bitbucket workspace slug{hint}", key="workspace")
     return BITBUCKET_ISSUER_TEMPLATE.format(workspace=slug)
 
 
@@ -95,7 +101,28 @@ def check_audience(audience: str | Sequence[str] | None) -> frozenset[str]:
         raise ConfigurationError("must be a non-empty string or list of strings", key="audience")
     for value in values:
         _refuse_bare_uuid(value)
-    return frozenset(values)
+    return frozenset(_normalize_default_audience(value) for value in values)
+
+
+_ARI_PREFIX = "ari:cloud:bitbucket::workspace/"
+
+
+def _normalize_default_audience(value: str) -> str:
+    """Bitbucket's default audience, spelled as Bitbucket writes it: lower case, no braces.
+
+    Users paste workspace UUIDs as the UI shows them (``{UUID}``, any case);
+    an ``ari:`` audience written that way would never equal the token's
+    ``aud`` and refuse every genuine token, so it is normalised here.
+    """
+    if value[: len(_ARI_PREFIX)].lower() != _ARI_PREFIX:
+        return value
+    try:
+        return bitbucket_audience(value[len(_ARI_PREFIX) :].strip())
+    except ConfigurationError as exc:
+        raise ConfigurationError(
+            f"{value!r}: the part after {_ARI_PREFIX!r} must be the workspace UUID ({exc.detail})",
+            key="audience",
+        ) from None
 
 
 _BARE_UUID_RE = re.compile(
@@ -172,6 +199,13 @@ class WorkspaceSpec:
             issuer = derived
         if not isinstance(issuer, str) or not issuer:
             raise ConfigurationError("must be a non-empty string", key="issuer")
+        if issuer.endswith("/") and slug_of(issuer.rstrip("/")) is not None:
+            # iss is compared exactly (RFC 7519 4.1.1); Bitbucket's has no trailing slash.
+            raise ConfigurationError(
+                f"{issuer!r} ends with '/', but Bitbucket's issuer does not, so no token would match: "
+                f"give {issuer.rstrip('/')!r} (or workspace={slug_of(issuer.rstrip('/'))!r})",
+                key="issuer",
+            )
         self.issuer: str = issuer
         #: The workspace slug when the issuer is a Bitbucket workspace's, else ``None``.
         self.slug: str | None = slug_of(issuer)

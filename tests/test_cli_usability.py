@@ -181,7 +181,8 @@ def test_fake_issuer_mints_every_kind_and_stops_cleanly(
         def mint(kind: str) -> str:
             resp = client.get(f"{settings['base']}/mint/{kind}")
             assert resp.status_code == 200, resp.text
-            return resp.text.strip()
+            assert not resp.text[-1:].isspace()  # the body is the bare token
+            return resp.text
 
         assert verifier.verify(mint("valid")).repository_uuid == settings["repository"]
         assert verifier.verify(mint("deployment")).is_deployment
