@@ -85,9 +85,8 @@ def test_mapping_with_environments_and_workspace_uuid(issuer: FakeIssuer) -> Non
 
 
 def test_workspace_slug_derives_the_issuer() -> None:
-    v = verifier_from_mapping(
-        {"workspace": "acme", "audience": "ari:cloud:bitbucket::workspace/0f2b0d1e-8c4e-4b9a-9a57-5a3c2d1e0f00"}
-    )
+    audience = "ari:cloud:bitbucket::workspace/0f2b0d1e-8c4e-4b9a-9a57-5a3c2d1e0f00"
+    v = verifier_from_mapping({"workspace": "acme", "audience": audience})
     assert v.issuer == "https://api.bitbucket.org/2.0/workspaces/acme/pipelines-config/identity/oidc"
     assert v.policies == ()
 
