@@ -196,10 +196,21 @@ def bearer_token(authorization: Sequence[str | bytes]) -> str:
         )
     body = credentials.rstrip("=")  # b64token: allowed characters, then optional '=' padding
     if not body or body.encode("ascii").translate(None, _B64TOKEN_CHARS):
+        if _JOINED_CREDENTIALS.search(credentials):
+            # WSGI servers and Django join repeated header lines with ", " (RFC 9110
+            # 5.3), so two Authorization lines arrive as one: say what it was.
+            raise InvalidRequest(
+                "the request has more than one Authorization header (joined by the server)",
+                code=ErrorCode.MULTIPLE_AUTHORIZATION,
+            )
         raise InvalidRequest(
             "the Bearer token has characters a token cannot have", code=ErrorCode.MALFORMED_AUTHORIZATION
         )
     return credentials
+
+
+# ", <scheme> <credentials>" after a first credential: a second header line joined to the first.
+_JOINED_CREDENTIALS = re.compile(r",[ \t]*[A-Za-z0-9!#$%&'*+\-.^_`|~]+[ \t]+\S")
 
 
 # -- client address ------------------------------------------------------------

@@ -105,7 +105,8 @@ def refusal_cases(issuer: FakeIssuer, other: FakeIssuer) -> list[Case]:
         Case("no header", None, 401, "missing_token", "unauthorized"),
         Case("basic", "Basic dXNlcjpwYXNz", 401, "unsupported_scheme", "unauthorized"),
         Case("junk header", "Bearer a b", 400, "malformed_authorization", "invalid_request"),
-        Case("two tokens", f"Bearer {good}, Bearer {good}", 400, "malformed_authorization",
+        # Django joins two Authorization lines with ", "; the code says what happened.
+        Case("two tokens", f"Bearer {good}, Bearer {good}", 400, "multiple_authorization",
              "invalid_request"),
         Case("empty", "Bearer", 400, "empty_token", "invalid_request"),
         Case("malformed", "Bearer abc.def", 401, "malformed", "invalid_token"),

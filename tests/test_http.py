@@ -61,7 +61,7 @@ def test_bearer_token_padding_allowed() -> None:
         (["Bearer"], InvalidRequest, "empty_token"),
         (["Bearer    "], InvalidRequest, "empty_token"),
         (["Bearer a b"], InvalidRequest, "malformed_authorization"),
-        (["Bearer a,Bearer b"], InvalidRequest, "malformed_authorization"),
+        (["Bearer a,Bearer b"], InvalidRequest, "multiple_authorization"),  # two lines joined by a server
         (['Bearer "abc"'], InvalidRequest, "malformed_authorization"),
         (["Bearer abc=def"], InvalidRequest, "malformed_authorization"),
         (["Bearer tökén"], InvalidRequest, "malformed_authorization"),
@@ -389,3 +389,19 @@ def test_core_and_plain_adapters_import_without_frameworks() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize(
+    "joined", ["Bearer a.b.c, Bearer d.e.f", "Bearer a.b.c,Basic Zm9vOmJhcg==", "Bearer x, Bearer y"]
+)
+def test_header_lines_joined_by_the_server_are_multiple_authorization(joined: str) -> None:
+    # WSGI servers and Django fold repeated Authorization lines into one, comma-joined.
+    with pytest.raises(InvalidRequest) as info:
+        bearer_token([joined])
+    assert info.value.code == "multiple_authorization"
+
+
+def test_a_comma_alone_is_still_malformed() -> None:
+    with pytest.raises(InvalidRequest) as info:
+        bearer_token(["Bearer a,b"])
+    assert info.value.code == "malformed_authorization"
