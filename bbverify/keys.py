@@ -767,17 +767,7 @@ class RemoteKeySet(BackgroundLoader[_Outcome]):
             # ignored (and overwritten by the next fetch), but its budget
             # counts as spent, so garbage never refills the fleet's bucket.
             _log.warning("ignoring the key store's entry for %s: %s", name, exc)
-            return _Entry(
-                raw=raw,
-                index=None,
-                document=None,
-                jwks_url=None,
-                fetched_wall=None,
-                ttl=self.cache_ttl,
-                etag=None,
-                last_modified=None,
-                budget=self.budget.spent_state(self._wall()),
-            )
+            return self._keyless_entry(raw, self.budget.spent_state(self._wall()))
         self._store_entry = entry
         return entry
 
@@ -811,18 +801,26 @@ class RemoteKeySet(BackgroundLoader[_Outcome]):
             return self._parse_keys(raw, data, name, jwks_url, budget, wall)
         except (ValueError, FetchError, ConfigurationError, RecursionError, TypeError) as exc:
             _log.warning("ignoring the key store's entry for %s (its budget still counts): %s", name, exc)
-            return _Entry(
-                raw=raw,
-                index=None,
-                document=None,
-                jwks_url=None,
-                fetched_wall=None,
-                ttl=self.cache_ttl,
-                etag=None,
-                last_modified=None,
-                budget=budget,
-                kept=kept if "jwks" in kept and data.get("jwks_url") is not None else None,
+            return self._keyless_entry(
+                raw, budget, kept=kept if "jwks" in kept and data.get("jwks_url") is not None else None
             )
+
+    def _keyless_entry(
+        self, raw: bytes, budget: _budget.BudgetState, *, kept: dict[str, Any] | None = None
+    ) -> _Entry:
+        """An entry this process cannot take keys from: only its budget (and what to keep) counts."""
+        return _Entry(
+            raw=raw,
+            index=None,
+            document=None,
+            jwks_url=None,
+            fetched_wall=None,
+            ttl=self.cache_ttl,
+            etag=None,
+            last_modified=None,
+            budget=budget,
+            kept=kept,
+        )
 
     def _parse_keys(
         self,
