@@ -63,6 +63,7 @@ __all__ = [
     "RULE_SETTINGS",
     "VERIFIER_SETTINGS",
     "Setting",
+    "load_toml_table",
     "policies_from_mapping",
     "rules_from_env",
     "rules_from_mapping",

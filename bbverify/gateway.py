@@ -49,7 +49,6 @@ import logging
 import os
 import re
 import time
-import tomllib
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,7 +57,7 @@ from urllib.parse import quote
 from .asgi import peer_address
 from .audit import Decision, emit
 from .claims import PipelineClaims
-from .config import verifier_from_mapping
+from .config import load_toml_table, verifier_from_mapping
 from .errors import (
     ConfigurationError,
     ErrorCode,
@@ -79,7 +78,6 @@ __all__ = [
     "GatewaySettings",
     "gateway_from_mapping",
     "gateway_from_toml",
-    "load_toml",
     "serve_settings",
     "split_serve",
 ]
@@ -633,21 +631,6 @@ def gateway_from_mapping(
     return Gateway(verifier, settings, metrics=metrics)
 
 
-def load_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The ``[bbverify]`` table of a TOML file; ``ConfigurationError`` if unreadable."""
-    try:
-        with open(path, "rb") as fh:
-            document = tomllib.load(fh)
-    except OSError as exc:
-        raise ConfigurationError(f"cannot read {os.fspath(path)!r}: {exc.strerror}", key="bbverify") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigurationError(f"{os.fspath(path)!r} is not valid TOML: {exc}", key="bbverify") from None
-    table = document.get("bbverify")
-    if not isinstance(table, dict):
-        raise ConfigurationError(f"{os.fspath(path)!r} has no [bbverify] table", key="bbverify")
-    return table
-
-
 def gateway_from_toml(path: str | os.PathLike[str], **overrides: Any) -> Gateway:
     """A :class:`Gateway` from the ``[bbverify]`` table of a TOML file."""
-    return gateway_from_mapping(load_toml(path), **overrides)
+    return gateway_from_mapping(load_toml_table(path), **overrides)

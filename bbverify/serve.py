@@ -24,8 +24,9 @@ import sys
 import tempfile
 from typing import Any
 
+from .config import load_toml_table
 from .errors import ConfigurationError
-from .gateway import Gateway, gateway_from_toml, load_toml, serve_settings, split_serve
+from .gateway import Gateway, gateway_from_toml, serve_settings, split_serve
 
 __all__ = ["CONFIG_ENV", "GRACEFUL_SHUTDOWN", "app_from_env", "run"]
 
@@ -83,7 +84,7 @@ def check(path: str) -> dict[str, Any]:
     from .config import verifier_from_mapping
     from .metrics import VerifierMetrics
 
-    table = load_toml(path)
+    table = load_toml_table(path)
     rest, serve = split_serve(table)
     settings = serve_settings(serve)
     Gateway(verifier_from_mapping(rest), settings, metrics=VerifierMetrics(registry=None))

@@ -199,3 +199,18 @@ def test_sigterm_lets_a_check_in_flight_finish(tmp_path: Path, http: httpx.Clien
     # so that a supervisor sees it; with workers, the supervisor exits 0.
     assert proc.returncode in (0, -signal.SIGTERM), err
     assert "Traceback" not in err, err
+
+
+def test_gateway_toml_refuses_near_miss_tables_like_the_library(tmp_path: Path) -> None:
+    # The gateway reads its file through config.load_toml_table, so a misspelt
+    # rules table is an error here too rather than silently dropped rules.
+    from bbverify.errors import ConfigurationError
+    from bbverify.gateway import gateway_from_toml
+
+    path = tmp_path / "bbverify.toml"
+    path.write_text(
+        '[bbverify]\nworkspace = "acme"\naudience = "x"\n\n[bbverify_rules]\nrepositories = ["{x}"]\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigurationError, match="bbverify_rules"):
+        gateway_from_toml(path)
