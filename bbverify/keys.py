@@ -788,7 +788,8 @@ class RemoteKeySet(BackgroundLoader[_Outcome]):
         # A malformed budget makes the whole entry ignored; _read_entry then
         # counts the fleet's budget as spent (never a full bucket).
         budget = self.budget.clamp(_budget.BudgetState.from_dict(data.get("budget")), wall)
-        kept = {k: data[k] for k in ("jwks", "fetched_at", "ttl", "etag", "last_modified") if k in data}
+        kept_fields = ("jwks", "jwks_url", "fetched_at", "ttl", "etag", "last_modified")
+        kept = {k: data[k] for k in kept_fields if k in data}
         jwks_url = data.get("jwks_url")
         try:
             if jwks_url is not None:
@@ -882,27 +883,24 @@ class RemoteKeySet(BackgroundLoader[_Outcome]):
         outcome: _Outcome | None = None,
     ) -> None:
         data: dict[str, Any] = {"format": ENTRY_FORMAT, "source": name, "jwks_url": self._jwks_url}
+        # The keys to write: this load's, else the entry's (both carry the same fields).
+        keys: _Outcome | _Entry | None = None
         if outcome is not None and outcome.index is not None:
-            data.update(
-                jwks=outcome.document,
-                fetched_at=outcome.fetched_wall,
-                ttl=outcome.ttl,
-                etag=outcome.etag,
-                last_modified=outcome.last_modified,
-            )
+            keys = outcome
         elif entry is not None and entry.index is not None:
+            keys = entry
+        if keys is not None:
             data.update(
-                jwks=entry.document,
-                fetched_at=entry.fetched_wall,
-                ttl=entry.ttl,
-                etag=entry.etag,
-                last_modified=entry.last_modified,
+                jwks=keys.document,
+                fetched_at=keys.fetched_wall,
+                ttl=keys.ttl,
+                etag=keys.etag,
+                last_modified=keys.last_modified,
             )
         elif entry is not None and entry.kept is not None:
             # Keys this process cannot use may serve the others: keep them as
-            # they were (with their key-set URL), only the budget changes.
+            # they were (with their key-set URL, kept too), only the budget changes.
             data.update(entry.kept)
-            data["jwks_url"] = json.loads(entry.raw.decode("utf-8")).get("jwks_url")
         data["budget"] = state.to_dict()
         store.write(name, json.dumps(data, separators=(",", ":")).encode("utf-8"))
 
