@@ -45,9 +45,14 @@ from .verifier import Verifier
 
 __all__ = [
     "WS_POLICY_VIOLATION",
+    "ASGIApp",
+    "Message",
     "PipelineAuthMiddleware",
     "PipelineCredentials",
     "PipelineUser",
+    "Receive",
+    "Scope",
+    "Send",
     "auth_headers",
     "peer_address",
     "scope_path",

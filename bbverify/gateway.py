@@ -49,12 +49,12 @@ import logging
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from .asgi import peer_address
+from .asgi import Receive, Scope, Send, peer_address
 from .audit import Decision, emit
 from .claims import PipelineClaims
 from .config import load_toml_table, verifier_from_mapping
@@ -82,10 +82,6 @@ __all__ = [
     "split_serve",
 ]
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 ACCESS_LOGGER = logging.getLogger("bbverify.gateway.access")
 _log = logging.getLogger("bbverify.gateway")
