@@ -816,20 +816,9 @@ class Verifier:
             rules = rules + as_rules(extra)
         if rules:
             apply_rules(rules, claims, RequestContext(client_ip, self._clock(), method, path))
-        hook = self.on_decision
-        if wanted(True, hook):  # building a Decision nobody reads would cost more than a cache hit
-            emit(
-                Decision.build(
-                    claims,
-                    client_ip,
-                    method=method,
-                    path=path,
-                    workspace_name=trust.name,
-                    issuer=trust.issuer,
-                    policy=policy if policy is not None else self.default_policy,
-                ),
-                hook,
-            )
+        # Building a Decision nobody reads would cost more than a cache hit.
+        if wanted(True, self.on_decision):
+            self._record(None, claims, client_ip, trust, policy, method, path)
 
     def _denied(
         self,
@@ -841,19 +830,31 @@ class Verifier:
         method: str | None = None,
         path: str | None = None,
     ) -> None:
-        hook = self.on_decision
-        if wanted(False, hook):
-            decision = Decision.build(
-                claims,
-                client_ip,
-                exc,
-                method=method,
-                path=path,
-                workspace_name=trust.name if trust is not None else None,
-                issuer=trust.issuer if trust is not None else None,
-                policy=policy if policy is not None else self.default_policy,
-            )
-            emit(decision, hook)
+        if wanted(False, self.on_decision):
+            self._record(exc, claims, client_ip, trust, policy, method, path)
+
+    def _record(
+        self,
+        error: VerificationError | None,
+        claims: PipelineClaims | None,
+        client_ip: str | None,
+        trust: _Trust | None,
+        policy: str | None,
+        method: str | None,
+        path: str | None,
+    ) -> None:
+        """Emit the audit Decision of one call (an allow when ``error`` is None)."""
+        decision = Decision.build(
+            claims,
+            client_ip,
+            error,
+            method=method,
+            path=path,
+            workspace_name=trust.name if trust is not None else None,
+            issuer=trust.issuer if trust is not None else None,
+            policy=policy if policy is not None else self.default_policy,
+        )
+        emit(decision, self.on_decision)
 
     def _internal(
         self,
