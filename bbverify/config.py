@@ -33,7 +33,7 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -483,6 +483,24 @@ def rules_from_mapping(mapping: Mapping[str, Any]) -> list[Rule]:
     return _build_rules(_rule_values(mapping, names, parse_strings=False), names)
 
 
+def _our_variables(
+    environ: Mapping[str, Any], prefix: str, skip: frozenset[str]
+) -> Iterator[tuple[str, str, Any]]:
+    """``(variable, setting name, value)`` for each variable with ``prefix``.
+
+    Every name is first checked for near misses (case variants, other
+    separators), so a misspelt variable is an error, never skipped; names in
+    ``skip`` (an adapter's own settings) are passed over.
+    """
+    known = [*_VERIFIER, *_RULES, *STRUCTURED_ENV, *_STORE_ENV, *(n[len(prefix) :].lower() for n in skip)]
+    for full, value in environ.items():
+        if not isinstance(full, str) or full in skip:
+            continue
+        _check_env_name(full, prefix, known)
+        if full.startswith(prefix):
+            yield full, full[len(prefix) :].lower(), value
+
+
 def rules_from_env(
     environ: Mapping[str, Any] | None = None, prefix: str = "BBVERIFY_", *, ignore: Iterable[str] = ()
 ) -> list[Rule]:
@@ -496,17 +514,7 @@ def rules_from_env(
     names = _Names(prefix)
     skip = frozenset(ignore)
     raw: dict[str, Any] = {}
-    for full, value in environ.items():
-        if not isinstance(full, str) or full in skip:
-            continue
-        _check_env_name(
-            full,
-            prefix,
-            [*_VERIFIER, *_RULES, *STRUCTURED_ENV, *_STORE_ENV, *(n[len(prefix) :].lower() for n in skip)],
-        )
-        if not full.startswith(prefix):
-            continue
-        name = full[len(prefix) :].lower()
+    for full, name, value in _our_variables(environ, prefix, skip):
         if name in _RULES:
             raw[name] = value
         elif name not in _VERIFIER and name not in STRUCTURED_ENV and name not in _STORE_ENV:
@@ -966,17 +974,7 @@ def verifier_from_env(
     rule_raw: dict[str, Any] = {}
     store_raw: dict[str, Any] = {}
     found: dict[str, tuple[Any, str]] = {}
-    for full, raw in environ.items():
-        if not isinstance(full, str) or full in skip:
-            continue
-        _check_env_name(
-            full,
-            prefix,
-            [*_VERIFIER, *_RULES, *STRUCTURED_ENV, *_STORE_ENV, *(n[len(prefix) :].lower() for n in skip)],
-        )
-        if not full.startswith(prefix):
-            continue
-        name = full[len(prefix) :].lower()
+    for full, name, raw in _our_variables(environ, prefix, skip):
         if name.startswith("key_store_"):
             store_raw[name[len("key_store_") :]] = raw
         elif name in _VERIFIER:
