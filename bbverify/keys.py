@@ -431,6 +431,10 @@ class RemoteKeySet(BackgroundLoader[_Outcome]):
         with self._lock:
             future = self._launch_if_due(self._now(), "warm_up", gate=False)
         self._wait(future)
+        self._check_warm()
+
+    def _check_warm(self) -> None:
+        """The verdict of a warm-up: raise ``KeysUnavailable`` unless keys are usable now."""
         with self._lock:
             if self._fetched_at is None or self._now() - self._fetched_at >= self.max_stale:
                 raise self._unavailable()
@@ -449,16 +453,8 @@ class RemoteKeySet(BackgroundLoader[_Outcome]):
         # The same load and the same verdict as warm_up; only the wait differs.
         with self._lock:
             future = self._launch_if_due(self._now(), "warm_up", gate=False)
-        try:
-            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), self.timeout)
-        except TimeoutError:
-            raise KeysUnavailable(
-                f"key set fetch did not finish within {self.timeout:g}s",
-                retry_after=math.ceil(self.failure_backoff or 1),
-            ) from None
-        with self._lock:
-            if self._fetched_at is None or self._now() - self._fetched_at >= self.max_stale:
-                raise self._unavailable()
+        await self._await(future)
+        self._check_warm()
 
     def cached_key(self, kid: str | None, alg: str) -> VerifyingKey | None:
         """The key if usable without any fetch now (stale-but-allowed counts)."""
@@ -492,13 +488,7 @@ class RemoteKeySet(BackgroundLoader[_Outcome]):
             if key is not None:
                 return key
             assert future is not None
-            try:
-                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), self.timeout)
-            except TimeoutError:
-                raise KeysUnavailable(
-                    f"key set fetch did not finish within {self.timeout:g}s",
-                    retry_after=math.ceil(self.failure_backoff or 1),
-                ) from None
+            await self._await(future)
         return self._after_fetch(kid, alg)
 
     # -- deciding -----------------------------------------------------------
@@ -572,10 +562,20 @@ class RemoteKeySet(BackgroundLoader[_Outcome]):
 
     def _wait(self, future: Future[bool]) -> None:
         if self._wait_for(future, self.timeout) is None:
-            raise KeysUnavailable(
-                f"key set fetch did not finish within {self.timeout:g}s",
-                retry_after=math.ceil(self.failure_backoff or 1),
-            )
+            raise self._too_slow()
+
+    async def _await(self, future: Future[bool]) -> None:
+        """As :meth:`_wait`, awaiting the shared fetch without blocking the event loop."""
+        try:
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), self.timeout)
+        except TimeoutError:
+            raise self._too_slow() from None
+
+    def _too_slow(self) -> KeysUnavailable:
+        return KeysUnavailable(
+            f"key set fetch did not finish within {self.timeout:g}s",
+            retry_after=math.ceil(self.failure_backoff or 1),
+        )
 
     # -- loading (on the loader thread) ---------------------------------------
 
