@@ -31,6 +31,7 @@ import asyncio
 import json
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
@@ -240,7 +241,7 @@ class _Entry:
     kept: Mapping[str, Any] | None = None
 
 
-class RemoteKeySet(BackgroundLoader[_Outcome]):
+class RemoteKeySet:
     """The issuer's JWKS, fetched over HTTPS and cached (see the module docs).
 
     Give ``jwks_url`` to skip discovery; otherwise the key set's address comes
@@ -268,8 +269,6 @@ class RemoteKeySet(BackgroundLoader[_Outcome]):
     Raises:
         ConfigurationError: for any unusable setting.
     """
-
-    _thread_name = "bbverify-jwks"
 
     def __init__(
         self,
@@ -369,7 +368,17 @@ class RemoteKeySet(BackgroundLoader[_Outcome]):
         self._wall = clock
         self._store_name: str = self._jwks_url or str(issuer)
 
-        self._init_loader(monotonic)
+        # The single-flight load (deadline, fork safety) is the loader's;
+        # when a load is due, and what it does, is this class's.
+        self._loader: BackgroundLoader[_Outcome] = BackgroundLoader(
+            load=self._load,
+            install=self._install,
+            failed=self._failed,
+            after_fork=self._after_fork,
+            timeout=self.timeout,
+            clock=monotonic,
+            name="bbverify-jwks",
+        )
         self._by_kid: dict[str, VerifyingKey] = {}
         self._all: tuple[VerifyingKey, ...] = ()
         self._document: object = None
@@ -388,6 +397,28 @@ class RemoteKeySet(BackgroundLoader[_Outcome]):
     # -- public -------------------------------------------------------------
 
     @property
+    def fetch_count(self) -> int:
+        """How many loads were started (from the store or the issuer)."""
+        return self._loader.fetch_count
+
+    @property
+    def failure_count(self) -> int:
+        """How many loads failed (for monitoring: :mod:`bbverify.metrics`)."""
+        return self._loader.failure_count
+
+    @property
+    def _lock(self) -> threading.RLock:
+        # The loader's lock guards this object's state too: a load installs
+        # under it. It is replaced after a fork, so it is never cached here.
+        return self._loader.lock
+
+    @property
+    def _inflight(self) -> Future[bool] | None:
+        return self._loader.inflight
+
+    _wait_for = staticmethod(BackgroundLoader.wait_for)
+
+    @property
     def jwks_url(self) -> str | None:
         """The key set's URL: configured, or found by discovery (else ``None``)."""
         return self._jwks_url
@@ -395,7 +426,7 @@ class RemoteKeySet(BackgroundLoader[_Outcome]):
     @property
     def last_error(self) -> str | None:
         """Why the last fetch failed, while it has not succeeded since."""
-        return self._last_error
+        return self._loader.last_error
 
     def status(self) -> dict[str, Any]:
         """A snapshot for monitoring (:mod:`bbverify.metrics`, the gateway's ``/readyz``).
@@ -417,7 +448,7 @@ class RemoteKeySet(BackgroundLoader[_Outcome]):
             "keys": len(self._all),
             "fetches": self.fetch_count,
             "failures": self.failure_count,
-            "last_error": self._last_error,
+            "last_error": self._loader.last_error,
             "budget_remaining": self._local_budget.tokens,
         }
 
@@ -510,7 +541,7 @@ class RemoteKeySet(BackgroundLoader[_Outcome]):
         wait = max(1.0, self.budget.wait(self._local_budget, now))
         if self.key_store is not None:
             wait = max(1.0, min(wait, self.store_poll))
-        reason = self._last_error or "no key set has been fetched yet"
+        reason = self._loader.last_error or "no key set has been fetched yet"
         return KeysUnavailable(
             f"the issuer's signing keys are unavailable ({reason})", retry_after=math.ceil(wait)
         )
@@ -558,10 +589,10 @@ class RemoteKeySet(BackgroundLoader[_Outcome]):
         self._reason = reason
         if self.key_store is not None:
             self._store_checked_at = now
-        return self._launch_locked(now)
+        return self._loader.launch_locked(now)
 
     def _wait(self, future: Future[bool]) -> None:
-        if self._wait_for(future, self.timeout) is None:
+        if self._loader.wait_for(future, self.timeout) is None:
             raise self._too_slow()
 
     async def _await(self, future: Future[bool]) -> None:
