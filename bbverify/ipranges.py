@@ -44,8 +44,8 @@ from .addresses import (
     parse_client_ip,
 )
 from .errors import ConfigurationError, FeedError, FetchError
-from .fetch import check_fetch_url, fetch_json, private_session
-from .refresh import BackgroundLoader, settled
+from .fetch import check_fetch_url, fetch_json
+from .refresh import BackgroundLoader, FromLoader, settled
 
 __all__ = [
     "DEFAULT_FEED_URL",
@@ -251,19 +251,12 @@ class AtlassianIPRanges:
         if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int) or max_body_bytes < 1024:
             raise ConfigurationError("must be an integer of at least 1024", key="max_body_bytes")
         self.max_body_bytes = max_body_bytes
-        self._session = session
-        self._own_session = session is None
         self._clock = clock
 
         # The single-flight load (deadline, fork safety) is the loader's;
         # when a refresh is due is this class's.
         self._loader: BackgroundLoader[FeedSnapshot] = BackgroundLoader(
-            load=self._load,
-            install=self._install,
-            failed=self._failed,
-            after_fork=self._after_fork,
-            timeout=self.timeout,
-            clock=clock,
+            self._load, self._install, self._failed, session=session, timeout=self.timeout, clock=clock,
             name="bbverify-ipranges",
         )
         self._snapshot: FeedSnapshot | None = None
@@ -281,20 +274,12 @@ class AtlassianIPRanges:
         """The URL or path the ranges come from."""
         return self._url if self._url is not None else str(self._path)
 
-    @property
-    def last_error(self) -> str | None:
-        """Why the last load failed, while none has succeeded since."""
-        return self._loader.last_error
-
-    @property
-    def fetch_count(self) -> int:
-        """How many loads were started."""
-        return self._loader.fetch_count
-
-    @property
-    def failure_count(self) -> int:
-        """How many loads failed (for monitoring: :mod:`bbverify.metrics`)."""
-        return self._loader.failure_count
+    #: Why the last load failed, while none has succeeded since.
+    last_error: FromLoader[str | None] = FromLoader()
+    #: How many loads were started.
+    fetch_count: FromLoader[int] = FromLoader()
+    #: How many loads failed (for monitoring: :mod:`bbverify.metrics`).
+    failure_count: FromLoader[int] = FromLoader()
 
     @property
     def loaded_at(self) -> float | None:
@@ -391,11 +376,6 @@ class AtlassianIPRanges:
         _log.warning("loading IP ranges from %s failed (%s): %s", self.source, kept, message)
         return message
 
-    def _after_fork(self) -> None:
-        # Pooled connections are shared with the parent after a fork.
-        if self._own_session:
-            self._session = None
-
     def _read_file(self) -> object:
         assert self._path is not None
         with self._path.open("rb") as fh:
@@ -409,11 +389,10 @@ class AtlassianIPRanges:
 
     def _read_url(self) -> object:
         assert self._url is not None
-        if self._session is None:
-            self._session = private_session()
         deadline = time.monotonic() + self.timeout
         try:
-            return fetch_json(self._session, self._url, deadline=deadline, max_bytes=self.max_body_bytes)
+            session = self._loader.session()
+            return fetch_json(session, self._url, deadline=deadline, max_bytes=self.max_body_bytes)
         except FetchError as exc:
             raise FeedError(str(exc)) from None
 

@@ -55,10 +55,9 @@ from .fetch import (
     check_fetch_url,
     fetch_json_response,
     is_loopback_host,
-    private_session,
 )
 from .jwk import SUPPORTED_ALGORITHMS, VerifyingKey, parse_jwk
-from .refresh import BackgroundLoader, settled
+from .refresh import BackgroundLoader, FromLoader, settled
 from .stores import KeyStore
 
 __all__ = ["KeySource", "RemoteKeySet", "StaticKeySet", "check_fetch_url", "is_loopback_host"]
@@ -362,8 +361,6 @@ class RemoteKeySet:
         self.max_body_bytes = int(max_body_bytes)
         self.max_keys = int(max_keys)
         self.min_rsa_bits = int(min_rsa_bits)
-        self._session = session
-        self._own_session = session is None
         self._now = monotonic
         self._wall = clock
         self._store_name: str = self._jwks_url or str(issuer)
@@ -371,12 +368,7 @@ class RemoteKeySet:
         # The single-flight load (deadline, fork safety) is the loader's;
         # when a load is due, and what it does, is this class's.
         self._loader: BackgroundLoader[_Outcome] = BackgroundLoader(
-            load=self._load,
-            install=self._install,
-            failed=self._failed,
-            after_fork=self._after_fork,
-            timeout=self.timeout,
-            clock=monotonic,
+            self._load, self._install, self._failed, session=session, timeout=self.timeout, clock=monotonic,
             name="bbverify-jwks",
         )
         self._by_kid: dict[str, VerifyingKey] = {}
@@ -396,37 +388,22 @@ class RemoteKeySet:
 
     # -- public -------------------------------------------------------------
 
-    @property
-    def fetch_count(self) -> int:
-        """How many loads were started (from the store or the issuer)."""
-        return self._loader.fetch_count
-
-    @property
-    def failure_count(self) -> int:
-        """How many loads failed (for monitoring: :mod:`bbverify.metrics`)."""
-        return self._loader.failure_count
-
-    @property
-    def _lock(self) -> threading.RLock:
-        # The loader's lock guards this object's state too: a load installs
-        # under it. It is replaced after a fork, so it is never cached here.
-        return self._loader.lock
-
-    @property
-    def _inflight(self) -> Future[bool] | None:
-        return self._loader.inflight
-
+    #: How many loads were started (from the store or the issuer).
+    fetch_count: FromLoader[int] = FromLoader()
+    #: How many loads failed (for monitoring: :mod:`bbverify.metrics`).
+    failure_count: FromLoader[int] = FromLoader()
+    #: Why the last load failed, while none has succeeded since.
+    last_error: FromLoader[str | None] = FromLoader()
+    # The loader's lock guards this object's state too (a load installs under
+    # it); it is replaced after a fork, so it is never copied here.
+    _lock: FromLoader[threading.RLock] = FromLoader("lock")
+    _inflight: FromLoader[Future[bool] | None] = FromLoader("inflight")
     _wait_for = staticmethod(BackgroundLoader.wait_for)
 
     @property
     def jwks_url(self) -> str | None:
         """The key set's URL: configured, or found by discovery (else ``None``)."""
         return self._jwks_url
-
-    @property
-    def last_error(self) -> str | None:
-        """Why the last fetch failed, while it has not succeeded since."""
-        return self._loader.last_error
 
     def status(self) -> dict[str, Any]:
         """A snapshot for monitoring (:mod:`bbverify.metrics`, the gateway's ``/readyz``).
@@ -974,22 +951,12 @@ class RemoteKeySet:
 
     # -- fetching -------------------------------------------------------------
 
-    def _after_fork(self) -> None:
-        # Pooled connections are shared with the parent after a fork: a
-        # session we made is replaced; a caller's session is the caller's.
-        if self._own_session:
-            self._session = None
-
-    def _http(self) -> requests.Session:
-        if self._session is None:
-            self._session = private_session()
-        return self._session
-
     def _get(self, url: str, deadline: float, conditional: Mapping[str, str] | None = None) -> JsonResponse:
         with self._lock:
             self.request_count += 1
+        session = self._loader.session()
         return fetch_json_response(
-            self._http(), url, deadline=deadline, max_bytes=self.max_body_bytes, conditional=conditional
+            session, url, deadline=deadline, max_bytes=self.max_body_bytes, conditional=conditional
         )
 
     def _fetch(self, deadline: float, conditional: Mapping[str, str]) -> JsonResponse:

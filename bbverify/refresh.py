@@ -35,11 +35,16 @@ import weakref
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast, overload
 
-__all__ = ["DEADLINE_GRACE", "MAX_ABANDONED", "BackgroundLoader", "settled"]
+import requests
+
+from .fetch import private_session
+
+__all__ = ["DEADLINE_GRACE", "MAX_ABANDONED", "BackgroundLoader", "FromLoader", "settled"]
 
 T = TypeVar("T")
+V = TypeVar("V")
 _log = logging.getLogger("bbverify")
 
 #: Seconds past a load's own ``timeout`` before it is declared failed.
@@ -73,8 +78,8 @@ class BackgroundLoader(Generic[T]):
             with :attr:`lock` held, ``now`` from ``clock``.
         failed: logs a failed load's exception and returns the short reason
             kept in ``last_error`` (it may reach a 503 description).
-        after_fork: drops per-process resources (a private HTTP session) in a
-            forked child.
+        session: the caller's ``requests.Session`` for the loads, or ``None``
+            for a private one (see :meth:`session`).
         timeout: a load's own deadline in seconds (the grace is added on top).
         clock: the owner's clock (seconds) for ``failed_at`` and ``install``'s ``now``.
         name: the load thread's name (also in log lines).
@@ -89,11 +94,11 @@ class BackgroundLoader(Generic[T]):
 
     def __init__(
         self,
-        *,
         load: Callable[[], T],
         install: Callable[[T, float], None],
         failed: Callable[[BaseException], str],
-        after_fork: Callable[[], None],
+        *,
+        session: requests.Session | None,
         timeout: float,
         clock: Callable[[], float],
         name: str,
@@ -101,7 +106,8 @@ class BackgroundLoader(Generic[T]):
         self._load = load
         self._install = install
         self._failed = failed
-        self._after_fork = after_fork
+        self._session = session
+        self._own_session = session is None
         self.timeout = float(timeout)
         self._clock = clock
         self.name = name
@@ -120,6 +126,17 @@ class BackgroundLoader(Generic[T]):
         #: How many loads failed (for monitoring: bbverify.metrics).
         self.failure_count = 0
         _LOADERS.add(self)
+
+    def session(self) -> requests.Session:
+        """The HTTP session for the loads: the caller's, else a private one made on first use.
+
+        A private session is dropped in a forked child (its pooled connections
+        are the parent's) and made again on the child's first load; a caller's
+        session stays the caller's.
+        """
+        if self._session is None:
+            self._session = private_session()
+        return self._session
 
     # -- the in-flight load ---------------------------------------------------
 
@@ -226,7 +243,35 @@ class BackgroundLoader(Generic[T]):
         self._abandoned = 0  # the parent's threads are not ours
         # The child has not tried yet: let its first use load at once.
         self.failed_at = None
-        self._after_fork()
+        if self._own_session:
+            self._session = None
+
+
+class FromLoader(Generic[V]):
+    """A read-only attribute of a loader's owner that reads its ``_loader``'s attribute.
+
+    The owners (the key set, the IP feed) show the loader's counters and
+    state as their own (``fetch_count``, ``failure_count``, ``last_error``)
+    without repeating a property for each: ``fetch_count: FromLoader[int] =
+    FromLoader()``. ``name`` is the loader's attribute when it differs from
+    the owner's.
+    """
+
+    def __init__(self, name: str | None = None) -> None:
+        self._name = name
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        if self._name is None:
+            self._name = name
+
+    @overload
+    def __get__(self, obj: None, objtype: type | None = None) -> FromLoader[V]: ...
+    @overload
+    def __get__(self, obj: object, objtype: type | None = None) -> V: ...
+    def __get__(self, obj: object | None, objtype: type | None = None) -> V | FromLoader[V]:
+        if obj is None:
+            return self
+        return cast(V, getattr(obj._loader, str(self._name)))  # type: ignore[attr-defined]
 
 
 def _after_fork_in_child() -> None:
