@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -43,6 +42,7 @@ from .addresses import (
     parse_cidr,
     parse_client_ip,
 )
+from .checks import seconds
 from .errors import ConfigurationError, FeedError, FetchError
 from .fetch import check_fetch_url, fetch_json
 from .refresh import BackgroundLoader, FromLoader, settled
@@ -190,14 +190,6 @@ def _on_event_loop() -> bool:
     return True
 
 
-def _number(value: object, key: str, *, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigurationError(f"must be a number of seconds, not {value!r}", key=key)
-    if value < 0 or (positive and value == 0):
-        raise ConfigurationError(f"must be {'positive' if positive else 'non-negative'}", key=key)
-    return float(value)
-
-
 class AtlassianIPRanges:
     """Atlassian's IP ranges for one product and direction, kept fresh.
 
@@ -245,9 +237,9 @@ class AtlassianIPRanges:
         self.direction = _selector(direction, "direction")
         self.region = _selector(region, "region")
         self.perimeter = _selector(perimeter, "perimeter")
-        self.refresh_interval = _number(refresh_interval, "refresh_interval", positive=True)
-        self.timeout = _number(timeout, "timeout", positive=True)
-        self.failure_backoff = _number(failure_backoff, "failure_backoff")
+        self.refresh_interval = seconds(refresh_interval, "refresh_interval", positive=True)
+        self.timeout = seconds(timeout, "timeout", positive=True)
+        self.failure_backoff = seconds(failure_backoff, "failure_backoff")
         if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int) or max_body_bytes < 1024:
             raise ConfigurationError("must be an integer of at least 1024", key="max_body_bytes")
         self.max_body_bytes = max_body_bytes

@@ -41,6 +41,7 @@ from typing import Any, Protocol, TypeAlias
 import requests
 
 from . import budget as _budget
+from .checks import seconds
 from .errors import (
     ConfigurationError,
     ErrorCode,
@@ -310,15 +311,8 @@ class RemoteKeySet:
             ("failure_backoff", failure_backoff),
             ("store_poll", store_poll),
         ):
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not math.isfinite(value)
-                or value < 0
-            ):
-                raise ConfigurationError(f"must be a non-negative number of seconds, not {value!r}", key=name)
-        if timeout <= 0:
-            raise ConfigurationError("must be positive", key="timeout")
+            seconds(value, name)
+        seconds(timeout, "timeout", positive=True)
         if min_cache_ttl > max_cache_ttl:
             raise ConfigurationError("must not exceed max_cache_ttl", key="min_cache_ttl")
         if min_rsa_bits < 2048:
