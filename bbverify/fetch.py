@@ -30,7 +30,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -394,23 +394,13 @@ def _get(
         declared = resp.headers.get("Content-Length")
         if declared and declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
             raise FetchError(f"{url} body of {declared} bytes exceeds the cap of {max_bytes}")
-        body = read_body(
-            resp,
-            max_bytes=max_bytes,
-            deadline=deadline,
-            too_large=lambda: FetchError(f"{url} body exceeds the cap of {max_bytes} bytes"),
-            too_slow=lambda: FetchError(f"{url} did not finish in time"),
-        )
-        return 200, resp.headers, body
+        too_large = FetchError(f"{url} body exceeds the cap of {max_bytes} bytes")
+        too_slow = FetchError(f"{url} did not finish in time")
+        return 200, resp.headers, read_body(resp, max_bytes, deadline, too_large, too_slow)
 
 
 def read_body(
-    resp: requests.Response,
-    *,
-    max_bytes: int,
-    deadline: float,
-    too_large: Callable[[], Exception],
-    too_slow: Callable[[], Exception],
+    resp: requests.Response, max_bytes: int, deadline: float, too_large: Exception, too_slow: Exception
 ) -> bytes:
     """Read a streamed response's body, at most ``max_bytes`` and until ``deadline``.
 
@@ -418,10 +408,10 @@ def read_body(
         resp: a response made with ``stream=True``.
         max_bytes: the body cap in bytes.
         deadline: a :func:`time.monotonic` time in seconds.
-        too_large, too_slow: make the error raised past the cap or the deadline.
+        too_large, too_slow: the error raised past the cap or past the deadline.
 
     Raises:
-        Exception: what ``too_large`` or ``too_slow`` makes; transport errors as ``requests`` raises them.
+        Exception: ``too_large`` or ``too_slow``; transport errors as ``requests`` raises them.
     """
     # read1 (urllib3 >= 2.2) returns whatever has arrived, so the deadline
     # is also checked between small reads; older urllib3 (which the declared
@@ -433,9 +423,9 @@ def read_body(
     while chunk := read(65536):
         size += len(chunk)
         if size > max_bytes:
-            raise too_large()
+            raise too_large
         if time.monotonic() > deadline:
-            raise too_slow()
+            raise too_slow
         chunks.append(chunk)
     return b"".join(chunks)
 

@@ -176,13 +176,9 @@ class _Client:
                 status = resp.status_code
                 if status != 200:
                     raise _refusal(status, what, _retry_after(resp.headers.get("Retry-After")))
-                body = read_body(
-                    resp,
-                    max_bytes=MAX_BODY_BYTES,
-                    deadline=deadline,
-                    too_large=lambda: LookupFailed(f"{answer} exceeds {MAX_BODY_BYTES} bytes"),
-                    too_slow=lambda: LookupFailed(f"{answer} took more than {self.timeout:g} s"),
-                )
+                too_large = LookupFailed(f"{answer} exceeds {MAX_BODY_BYTES} bytes")
+                too_slow = LookupFailed(f"{answer} took more than {self.timeout:g} s")
+                body = read_body(resp, MAX_BODY_BYTES, deadline, too_large, too_slow)
         except requests.RequestException as exc:
             raise LookupFailed(f"cannot reach {self.base} for {what}: {type(exc).__name__}") from None
         try:
