@@ -46,6 +46,7 @@ __all__ = [
     "DeadlineAdapter",
     "FetchError",
     "JsonResponse",
+    "capped_array",
     "check_fetch_url",
     "fetch_json",
     "fetch_json_response",
@@ -397,6 +398,30 @@ def _get(
         too_large = FetchError(f"{url} body exceeds the cap of {max_bytes} bytes")
         too_slow = FetchError(f"{url} did not finish in time")
         return 200, resp.headers, read_body(resp, max_bytes, deadline, too_large, too_slow)
+
+
+def capped_array(
+    document: object, member: str, cap: int, what: str, error: type[ValueError] = ValueError
+) -> list[Any]:
+    """The array ``document[member]`` of a fetched JSON document, at most ``cap`` entries long.
+
+    Args:
+        document: the parsed JSON document.
+        member: the object member holding the array (``keys`` of a JWKS, RFC 7517
+            section 5; ``items`` of Atlassian's IP-range feed).
+        cap: the most entries accepted (a bound on the work a document can cause).
+        what: the document's name in the error message.
+        error: the ``ValueError`` subclass raised.
+
+    Raises:
+        ValueError: (``error``) ``document`` is not an object with that array, or the array is too long.
+    """
+    if not isinstance(document, dict) or not isinstance(document.get(member), list):
+        raise error(f"{what} is not a JSON object with a '{member}' array")
+    entries: list[Any] = document[member]
+    if len(entries) > cap:
+        raise error(f"{what} has {len(entries)} {member}, more than the cap of {cap}")
+    return entries
 
 
 def read_body(

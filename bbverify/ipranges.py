@@ -44,7 +44,7 @@ from .addresses import (
 )
 from .checks import seconds
 from .errors import ConfigurationError, FeedError, FetchError
-from .fetch import check_fetch_url, fetch_json
+from .fetch import capped_array, check_fetch_url, fetch_json
 from .refresh import BackgroundLoader, FromLoader, settled
 
 __all__ = [
@@ -130,11 +130,7 @@ def parse_feed(
         _selector(region, "region"),
         _selector(perimeter, "perimeter"),
     )
-    if not isinstance(document, dict) or not isinstance(document.get("items"), list):
-        raise FeedError("feed is not a JSON object with an 'items' array")
-    items = document["items"]
-    if len(items) > MAX_FEED_ITEMS:
-        raise FeedError(f"feed has {len(items)} items, more than the cap of {MAX_FEED_ITEMS}")
+    items = capped_array(document, "items", MAX_FEED_ITEMS, "feed", FeedError)
     networks: list[IPNetwork] = []
     skipped = 0
     for item in items:
@@ -174,7 +170,7 @@ def parse_feed(
             "feed lists no usable range for "
             + ", ".join(f"{n}={sorted(w)}" for n, w in zip(_FILTERS, wanted, strict=True) if w is not None)
         )
-    date = document.get("creationDate")
+    date = document.get("creationDate") if isinstance(document, dict) else None
     return FeedSnapshot(AddressSet(networks), skipped, date if isinstance(date, str) else None)
 
 

@@ -53,6 +53,7 @@ from .errors import (
 )
 from .fetch import (
     JsonResponse,
+    capped_array,
     check_fetch_url,
     fetch_json_response,
     is_loopback_host,
@@ -130,11 +131,7 @@ def build_key_index(
     document: object, allowed_algorithms: frozenset[str], *, min_rsa_bits: int, max_keys: int, source: str
 ) -> KeyIndex:
     """Parse a JWKS document into usable keys; raise ``ValueError`` if none."""
-    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
-        raise ValueError("JWKS is not a JSON object with a 'keys' array")
-    entries = document["keys"]
-    if len(entries) > max_keys:
-        raise ValueError(f"JWKS holds {len(entries)} keys, more than the cap of {max_keys}")
+    entries = capped_array(document, "keys", max_keys, "JWKS")
     keys: list[VerifyingKey] = []
     for i, entry in enumerate(entries):
         try:
