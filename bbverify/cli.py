@@ -1,4 +1,4 @@
-"""The ``bbverify`` command and its subcommands, one function each.
+"""The ``bbverify`` command line: parses the arguments and runs one sub-command, one function each.
 
 Subcommands: ``demo``, ``inspect``, ``verify``, ``ip-ranges``, ``lookup``,
 ``serve``, ``fake-issuer``. Exit status: 0 success (token accepted, demo as expected), 1 rejected or a

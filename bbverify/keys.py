@@ -1,4 +1,4 @@
-"""The issuer's signing keys: discovery, fetch, cache, fetch budget, shared stores.
+"""Serves the issuer's signing keys (JWKS) to the verifier: discovered, fetched, cached, kept fresh.
 
 :class:`RemoteKeySet` behaves like a careful remote JWKS client:
 
