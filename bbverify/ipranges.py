@@ -45,7 +45,7 @@ from .addresses import (
 from .checks import seconds
 from .errors import ConfigurationError, FeedError, FetchError
 from .fetch import capped_array, check_fetch_url, fetch_json
-from .refresh import BackgroundLoader, FromLoader, settled
+from .refresh import BackgroundLoader, from_loader, settled
 
 __all__ = [
     "DEFAULT_FEED_URL",
@@ -262,12 +262,9 @@ class AtlassianIPRanges:
         """The URL or path the ranges come from."""
         return self._url if self._url is not None else str(self._path)
 
-    #: Why the last load failed, while none has succeeded since.
-    last_error: FromLoader[str | None] = FromLoader()
-    #: How many loads were started.
-    fetch_count: FromLoader[int] = FromLoader()
-    #: How many loads failed (for monitoring: :mod:`bbverify.metrics`).
-    failure_count: FromLoader[int] = FromLoader()
+    last_error: str | None = from_loader("last_error", "Why the last load failed, if none succeeded since.")
+    fetch_count: int = from_loader("fetch_count", "How many loads were started.")
+    failure_count: int = from_loader("failure_count", "How many loads failed (for :mod:`bbverify.metrics`).")
 
     @property
     def loaded_at(self) -> float | None:

@@ -59,7 +59,7 @@ from .fetch import (
     is_loopback_host,
 )
 from .jwk import SUPPORTED_ALGORITHMS, VerifyingKey, parse_jwk
-from .refresh import BackgroundLoader, FromLoader, settled
+from .refresh import BackgroundLoader, from_loader, settled
 from .stores import KeyStore
 
 __all__ = ["KeySource", "RemoteKeySet", "StaticKeySet", "check_fetch_url", "is_loopback_host"]
@@ -379,16 +379,13 @@ class RemoteKeySet:
 
     # -- public -------------------------------------------------------------
 
-    #: How many loads were started (from the store or the issuer).
-    fetch_count: FromLoader[int] = FromLoader()
-    #: How many loads failed (for monitoring: :mod:`bbverify.metrics`).
-    failure_count: FromLoader[int] = FromLoader()
-    #: Why the last load failed, while none has succeeded since.
-    last_error: FromLoader[str | None] = FromLoader()
+    fetch_count: int = from_loader("fetch_count", "How many loads were started (store or issuer).")
+    failure_count: int = from_loader("failure_count", "How many loads failed (for :mod:`bbverify.metrics`).")
+    last_error: str | None = from_loader("last_error", "Why the last fetch failed, if none succeeded since.")
     # The loader's lock guards this object's state too (a load installs under
-    # it); it is replaced after a fork, so it is never copied here.
-    _lock: FromLoader[threading.RLock] = FromLoader("lock")
-    _inflight: FromLoader[Future[bool] | None] = FromLoader("inflight")
+    # it); it is replaced after a fork, so it is read through, never copied.
+    _lock: threading.RLock = from_loader("lock", "The lock of this key set's state.")
+    _inflight: Future[bool] | None = from_loader("inflight", "The load under way, if any.")
     _wait_for = staticmethod(BackgroundLoader.wait_for)
 
     @property

@@ -10,7 +10,7 @@ import requests
 from bbverify.addresses import AddressSet, parse_client_ip
 from bbverify.ipranges import SAMPLE_FEED, AtlassianIPRanges
 from bbverify.keys import RemoteKeySet
-from bbverify.refresh import BackgroundLoader, FromLoader
+from bbverify.refresh import BackgroundLoader
 
 
 def _loader(load: object = lambda: 1, session: requests.Session | None = None) -> BackgroundLoader[int]:
@@ -29,7 +29,7 @@ def _loader(load: object = lambda: 1, session: requests.Session | None = None) -
 @pytest.mark.parametrize("owner", [RemoteKeySet, AtlassianIPRanges])
 def test_owners_hold_a_loader_rather_than_being_one(owner: type) -> None:
     assert not issubclass(owner, BackgroundLoader)
-    assert isinstance(owner.__dict__["fetch_count"], FromLoader)
+    assert isinstance(owner.__dict__["fetch_count"], property)
 
 
 def test_the_owner_shows_its_loaders_counters_and_error() -> None:
