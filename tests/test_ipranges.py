@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from clock import FakeClock
 
 from bbverify.errors import ConfigurationError
 from bbverify.ipranges import (
@@ -272,17 +273,6 @@ def test_load_cidrs_and_packaged_sample() -> None:
 
 
 # -- real loopback HTTP -----------------------------------------------------------------
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class FeedServer:

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import pytest
+from clock import FakeClock
 
 import bbverify
 from bbverify import (
@@ -541,12 +542,12 @@ def test_cache_can_be_disabled(issuer: FakeIssuer) -> None:
 
 
 def test_cached_token_still_expires(issuer: FakeIssuer) -> None:
-    now = [NOW]
-    verifier = issuer.verifier(clock=lambda: now[0])
+    clock = FakeClock(NOW)
+    verifier = issuer.verifier(clock=clock)
     token = mint(issuer, lifetime=60)
     verifier.verify(token)
     assert verifier.cache_info()["tokens"] == 1
-    now[0] = NOW + 60 + 10
+    clock.now = NOW + 60 + 10
     rejected(verifier, token, "expired")
     assert verifier.cache_info()["tokens"] == 0
 

@@ -15,7 +15,7 @@ import pytest
 from bbverify import InvalidToken, VerificationError, Verifier
 from bbverify.testing import FakeIssuer, b64url
 
-__all__ = ["CountingServer", "FakeClock", "assert_rejected", "b64url", "compact", "counting_server", "jdump"]
+__all__ = ["CountingServer", "assert_rejected", "b64url", "compact", "counting_server", "jdump"]
 
 
 def jdump(obj: Any) -> bytes:
@@ -122,16 +122,3 @@ def counting_server(
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
-
-
-class FakeClock:
-    """A monotonic clock that moves only when told to (for key-set timing)."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds

@@ -14,11 +14,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from clock import FakeClock
 
 from bbverify import InvalidToken, KeysUnavailable, PipelineClaims, RemoteKeySet, Verifier
 from bbverify.testing import FakeIssuer, SigningKey, b64url, generate_rsa_key
 
-from ._support import FakeClock, assert_rejected, counting_server, jdump
+from ._support import assert_rejected, counting_server, jdump
 
 TTL, COOLDOWN, MAX_STALE, BACKOFF = 600.0, 30.0, 3600.0, 5.0
 
