@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from clock import FakeClock
+from loopback import Answer, JSONServer, Request
 
 from bbverify import InvalidToken, KeysUnavailable, RemoteKeySet, Verifier
 from bbverify.testing import FakeIssuer, SigningKey, generate_rsa_key
@@ -440,35 +441,19 @@ def test_server_that_compresses_when_allowed_still_works(issuer: FakeIssuer) -> 
     # body is read raw to cap its size, so bbverify must not allow it.
     import gzip
     import json
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     seen: list[str | None] = []
 
-    class Compressing(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
+    def compressing(request: Request) -> Answer:
+        body = json.dumps(issuer.jwks()).encode()
+        accept = request.headers.get("Accept-Encoding")
+        seen.append(accept)
+        if accept and "gzip" in accept:
+            return 200, {"Content-Encoding": "gzip"}, gzip.compress(body)
+        return 200, {}, body
 
-        def do_GET(self) -> None:
-            body = json.dumps(issuer.jwks()).encode()
-            accept = self.headers.get("Accept-Encoding")
-            seen.append(accept)
-            self.send_response(200)
-            if accept and "gzip" in accept:
-                body = gzip.compress(body)
-                self.send_header("Content-Encoding", "gzip")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Compressing)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/keys.json"
+    with JSONServer(respond=compressing) as server:
+        url = f"{server.url}/keys.json"
         v = Verifier(issuer=issuer.issuer, audience=issuer.audience, jwks_url=url, **FAST)
         assert v.verify(issuer.mint()).workspace_uuid == issuer.workspace_uuid
         assert seen == ["identity"]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
