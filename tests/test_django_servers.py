@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,17 +17,11 @@ pytest.importorskip("rest_framework")
 pytest.importorskip("gunicorn")
 
 from django_support import Case, assert_refusal, refusal_cases
-from servers import bearer
+from servers import bearer, free_port
 
 from bbverify.testing import FakeIssuer
 
 TESTS = Path(__file__).resolve().parent
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _command(kind: str, port: int) -> list[str]:
@@ -48,7 +41,7 @@ def other() -> Iterator[FakeIssuer]:
 @pytest.fixture(scope="module", params=["gunicorn", "uvicorn"])
 def server(request: pytest.FixtureRequest, issuer: FakeIssuer) -> Iterator[tuple[str, str]]:
     kind = str(request.param)
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BBVERIFY_", "DJANGO"))}
     env.update(
         DJANGO_SETTINGS_MODULE="djangoproj.settings",
