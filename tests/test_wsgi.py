@@ -45,19 +45,21 @@ def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
 
 
 @pytest.fixture(scope="module")
-def verifier(issuer: FakeIssuer) -> Verifier:
+def gated_verifier(issuer: FakeIssuer) -> Verifier:
     return issuer.verifier(policies=[ip_gate, deny_forbidden_branch])
 
 
 @pytest.fixture(scope="module")
-def direct(verifier: Verifier) -> Iterator[str]:
-    with serve_wsgi(PipelineAuthMiddleware(app, verifier=verifier, exclude_paths=["/healthz"])) as url:
+def direct(gated_verifier: Verifier) -> Iterator[str]:
+    with serve_wsgi(PipelineAuthMiddleware(app, verifier=gated_verifier, exclude_paths=["/healthz"])) as url:
         yield url
 
 
 @pytest.fixture(scope="module")
-def proxied(verifier: Verifier) -> Iterator[str]:
-    with serve_wsgi(PipelineAuthMiddleware(app, verifier=verifier, trusted_proxies="127.0.0.1/32")) as url:
+def proxied(gated_verifier: Verifier) -> Iterator[str]:
+    with serve_wsgi(
+        PipelineAuthMiddleware(app, verifier=gated_verifier, trusted_proxies="127.0.0.1/32")
+    ) as url:
         yield url
 
 
@@ -167,7 +169,7 @@ def test_threaded_requests_share_one_fetch(issuer: FakeIssuer) -> None:
     assert issuer.jwks_requests - before == 1
 
 
-def test_on_error_hook(verifier: Verifier, http: requests.Session) -> None:
+def test_on_error_hook(gated_verifier: Verifier, http: requests.Session) -> None:
     def teapot(error: Any) -> Any:
         if error.code == "missing_token":
             return ErrorResponse(418, (("Content-Type", "text/plain"),), b"teapot")
@@ -178,7 +180,7 @@ def test_on_error_hook(verifier: Verifier, http: requests.Session) -> None:
 
         return wsgi_answer
 
-    with serve_wsgi(PipelineAuthMiddleware(app, verifier=verifier, on_error=teapot)) as url:
+    with serve_wsgi(PipelineAuthMiddleware(app, verifier=gated_verifier, on_error=teapot)) as url:
         resp = http.get(url + "/x", timeout=10)
         assert (resp.status_code, resp.text) == (418, "teapot")
         resp = http.get(url + "/x", headers=bearer("abc.def"), timeout=10)
