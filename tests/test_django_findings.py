@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import types
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -49,12 +48,6 @@ from bbverify.verifier import Verifier  # noqa: E402
 ATTACK_URLS = "djangoproj.attack_urls"
 MIDDLEWARE = ["bbverify.django.PipelineAuthMiddleware", "django.middleware.locale.LocaleMiddleware"]
 I18N = {"USE_I18N": True, "LANGUAGE_CODE": "en", "LANGUAGES": [("en", "English"), ("fr", "French")]}
-
-
-@pytest.fixture(scope="module")
-def issuer() -> Iterator[FakeIssuer]:
-    with FakeIssuer() as fake:
-        yield fake
 
 
 def _auth(token: str | None) -> dict[str, Any]:

@@ -12,7 +12,6 @@ import contextlib
 import fcntl
 import json
 import os
-import shutil
 import socket
 import threading
 import time
@@ -31,7 +30,6 @@ from bbverify.errors import ConfigurationError
 from bbverify.keys import RemoteKeySet
 from bbverify.stores import FileKeyStore, MemoryKeyStore, RedisKeyStore, _digest
 from bbverify.testing import FakeIssuer
-from benchmarks.fleet_sim import redis_server
 
 DAY = 86400.0
 
@@ -40,14 +38,6 @@ DAY = 86400.0
 def fake() -> Iterator[FakeIssuer]:
     with FakeIssuer() as issuer:
         yield issuer
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if shutil.which("redis-server") is None and not os.path.exists("/usr/bin/redis-server"):
-        pytest.fail("redis-server is not installed (.ci/run installs it)")
-    with redis_server(str(tmp_path_factory.mktemp("redis"))) as url:
-        yield url
 
 
 def source(

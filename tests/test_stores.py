@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,21 +21,13 @@ from bbverify.errors import ConfigurationError
 from bbverify.keys import ENTRY_FORMAT, RemoteKeySet
 from bbverify.stores import FileKeyStore, MemoryKeyStore, RedisKeyStore, StoreUnavailable
 from bbverify.testing import FakeIssuer, SigningKey, generate_rsa_key
-from benchmarks.fleet_sim import free_port, redis_server
+from benchmarks.fleet_sim import free_port
 
 
 @pytest.fixture
 def fake() -> Iterator[FakeIssuer]:
     with FakeIssuer() as issuer:
         yield issuer
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if shutil.which("redis-server") is None and not os.path.exists("/usr/bin/redis-server"):
-        pytest.fail("redis-server is not installed (.ci/run installs it)")
-    with redis_server(str(tmp_path_factory.mktemp("redis"))) as url:
-        yield url
 
 
 def keyset(fake: FakeIssuer, clock: FakeClock, store: Any = None, **options: Any) -> RemoteKeySet:
