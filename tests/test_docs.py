@@ -385,7 +385,7 @@ def test_offline_refuses_the_internet(offline: responses.RequestsMock) -> None:
         requests.get("https://example.com/", timeout=5)
 
 
-# -- samples that must stay (moved from test_docs_seams.py) -----------------------------------------
+# -- samples that must stay ------------------------------------------------------------------------
 
 # One marker per sample that documents a recipe or an API (issue 11): test_python_sample runs each of
 # them; this checks that each is still there, exactly once, and not skipped.

@@ -1,6 +1,7 @@
-"""Regression tests for the fleet key-fetching findings (clock skew, stuck locks, odd stores, forks).
+"""A fleet sharing one key store: clock skew, stuck locks, odd stores and replies, forks.
 
-Each test is the fast form of a reproduction from the fleet attack: several
+Each test is the fast form of a reproduction from the fleet review (ids fNN in the
+section titles): several
 ``RemoteKeySet`` instances share one store, each with its own injectable wall
 clock, against bbverify.testing.FakeIssuer on loopback; Redis is a real
 redis-server on 127.0.0.1 (or a fake RESP peer on a loopback socket).

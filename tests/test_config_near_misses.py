@@ -1,5 +1,5 @@
-"""Issue 11, configuration and CLI seams: near-miss settings (10), ``verify --config`` layering (11),
-and a terminal-safe ``bbverify inspect`` (12)."""
+"""Near-miss settings are errors with a suggestion, ``verify --config`` layers file, environment
+and flags, and ``bbverify inspect``/``verify`` are terminal-safe (issue 11, items 10-12)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""The Django/DRF findings of the security review (f01-f14), each as a test.
+"""The Django and DRF adapters fail closed: route policies follow the resolved view, exclusions
+never open a view, tokens never reach error pages, on_error never becomes a 500, misspelt
+policies and settings are errors (ids f01-f14 of the security review in the section titles).
 
 The URLconf with the tester's spellings is tests/djangoproj/attack_urls.py.
 """

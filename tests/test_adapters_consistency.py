@@ -1,6 +1,6 @@
-"""Issue 11, framework seams: every case runs through a real server on loopback or a Unix socket.
+"""Every adapter answers alike; each case runs through a real server on loopback or a Unix socket.
 
-Items: 1 (exclusions on the routed path under mounts, dispatchers and root
+Items of issue 11: 1 (exclusions on the routed path under mounts, dispatchers and root
 paths), 2 (Unix-socket peers), 3 (Starlette ``requires``), 4 (FastAPI
 scopes, optional auth), 5 (one way to the claims and client IP; method and
 path on decisions), 6 (zone ids), 7 (trusted_proxies shapes), 8 (feed items
@@ -274,7 +274,7 @@ def fastapi_app(recording_verifier: Any) -> Iterator[str]:
         return {"repository": claims.repository_uuid if claims else None}
 
     # Lifespan off: with it, install_error_handler's start-up check refuses the /typo route
-    # and the server does not start (tests/security/test_core_findings.py, f08); without
+    # and the server does not start (tests/security/test_adapters.py, f08); without
     # it the per-request fallback below is what remains.
     with serve_asgi(app, lifespan="off") as url:
         yield url
