@@ -20,6 +20,13 @@ def issuer() -> Iterator[FakeIssuer]:
         yield fake
 
 
+@pytest.fixture
+def fresh_issuer() -> Iterator[FakeIssuer]:
+    """A fake issuer of the test's own, for tests that rotate keys, break the issuer or count its requests."""
+    with FakeIssuer() as fake:
+        yield fake
+
+
 @pytest.fixture(scope="module")
 def other_issuer() -> Iterator[FakeIssuer]:
     """A second workspace's issuer (module-scoped): its tokens must be refused where ``issuer``'s pass."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import Iterator
 
 import pytest
 from clock import FakeClock
@@ -18,13 +17,6 @@ from bbverify import InvalidToken, RemoteKeySet, VerificationError, Verifier
 from bbverify.testing import FakeIssuer
 
 COOLDOWN = 30.0
-
-
-@pytest.fixture
-def fresh_issuer() -> Iterator[FakeIssuer]:
-    # Tests here rotate keys and count requests: they need an issuer of their own.
-    with FakeIssuer() as fake:
-        yield fake
 
 
 def _verifier(issuer: FakeIssuer, clock: FakeClock, **options: object) -> Verifier:
