@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from clock import FakeClock
 
 from bbverify import ConfigurationError, PipelineClaims, PolicyDenied, RequestContext, Verifier
 from bbverify.config import (
@@ -58,7 +59,7 @@ def admits(rule: Any, claims: PipelineClaims, context: RequestContext | None = N
 @pytest.fixture(scope="module")
 def named_verifier(issuer: FakeIssuer) -> Verifier:
     return issuer.verifier(
-        clock=lambda: NOW,
+        clock=FakeClock(NOW),
         policies=[not_(Branches("blocked"), message="blocked branch")],
         named_policies={
             "build": Repositories(issuer.repository_uuid),
@@ -120,7 +121,7 @@ def test_unknown_policy_name_is_a_configuration_error(issuer: FakeIssuer, named_
 
 
 def test_without_default_no_named_policy_applies(issuer: FakeIssuer) -> None:
-    verifier = issuer.verifier(clock=lambda: NOW, named_policies={"deploy": Environments(ENV)})
+    verifier = issuer.verifier(clock=FakeClock(NOW), named_policies={"deploy": Environments(ENV)})
     assert verifier.verify(issuer.mint(issued_at=NOW))
     with pytest.raises(PolicyDenied):
         verifier.verify(issuer.mint(issued_at=NOW), policy="deploy")
@@ -256,7 +257,7 @@ allow = [
 ]
 """
     )
-    v = verifier_from_toml(path, clock=lambda: NOW)
+    v = verifier_from_toml(path, clock=FakeClock(NOW))
     assert v.policy_names == ("build", "deploy") and v.default_policy == "build"
     build = issuer.mint(issued_at=NOW)
     assert v.verify(build)
@@ -276,13 +277,14 @@ def test_policies_from_env_json(issuer: FakeIssuer) -> None:
         "BBVERIFY_DEFAULT_POLICY": "deploy",
         "BBVERIFY_POLICIES": json.dumps({"deploy": {"allow": [{"branches": ["main"]}]}}),
     }
-    v = verifier_from_env(env, clock=lambda: NOW)
+    v = verifier_from_env(env, clock=FakeClock(NOW))
     assert v.verify(issuer.mint(issued_at=NOW))
     with pytest.raises(PolicyDenied):
         v.verify(issuer.mint(issued_at=NOW, branch="dev"))
     # A Flask config may hold the table as Python values.
     flask_like = {**env, "BBVERIFY_POLICIES": {"deploy": {"allow": [{"branches": ["dev"]}]}}}
-    assert verifier_from_env(flask_like, clock=lambda: NOW).verify(issuer.mint(issued_at=NOW, branch="dev"))
+    flask_verifier = verifier_from_env(flask_like, clock=FakeClock(NOW))
+    assert flask_verifier.verify(issuer.mint(issued_at=NOW, branch="dev"))
 
 
 @pytest.mark.parametrize(

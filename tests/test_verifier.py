@@ -31,8 +31,8 @@ NOW = float(int(time.time()))
 FAST: dict[str, Any] = {"timeout": 1.0, "failure_backoff": 0.1, "cooldown": 0.0}
 
 
-def frozen(at: float = NOW) -> Any:
-    return lambda: at
+def frozen(at: float = NOW) -> FakeClock:
+    return FakeClock(at)
 
 
 @pytest.fixture(scope="module")
