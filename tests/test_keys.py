@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import gzip
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import responses
-from clock import FakeClock
+from clock import FakeClock, wait_until
 
 from bbverify.errors import ConfigurationError, InvalidToken, KeysUnavailable
 from bbverify.keys import RemoteKeySet, StaticKeySet, check_fetch_url, is_loopback_host
@@ -42,13 +41,6 @@ def rsps() -> Iterator[responses.RequestsMock]:
 
 def jwks(*keys: SigningKey, extra: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     return {"keys": [k.public_jwk() for k in keys] + (extra or [])}
-
-
-def wait_until(predicate: Callable[[], bool], limit: float = 3.0) -> None:
-    """Wait for a background fetch to land (bounded; the assert follows it)."""
-    end = time.monotonic() + limit
-    while not predicate() and time.monotonic() < end:
-        time.sleep(0.005)
 
 
 def keyset(**options: Any) -> RemoteKeySet:

@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from clock import FakeClock
+from clock import FakeClock, wait_until
 from loopback import Answer, JSONServer, Request
 
 from bbverify import InvalidToken, KeysUnavailable, RemoteKeySet, Verifier
@@ -26,12 +26,6 @@ FAST = {"timeout": 0.5, "failure_backoff": 0.1, "cooldown": 0.0, "fetch_interval
 def fresh() -> Iterator[FakeIssuer]:
     with FakeIssuer() as fake:
         yield fake
-
-
-def wait_until(predicate: Callable[[], bool], limit: float = 3.0) -> None:
-    end = time.monotonic() + limit
-    while not predicate() and time.monotonic() < end:
-        time.sleep(0.005)
 
 
 def remote(fake: FakeIssuer, **options: Any) -> RemoteKeySet:
