@@ -38,6 +38,7 @@ def test_token_cache_holds_at_most_cache_size_entries(issuer: FakeIssuer) -> Non
     info = verifier.cache_info()
     assert info["tokens"] == 16
     assert info["token_limit"] == 16
+    assert info["headers"] <= 64  # the header memo is bounded too
     # The newest tokens are the ones kept: verifying the last again is a hit.
     claims = verifier.verify(tokens[-1])
     assert verifier.verify(tokens[-1]) is claims

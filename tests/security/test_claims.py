@@ -45,6 +45,10 @@ BAD_TIMES: list[object] = [
     10**400,
     253402300800,
     "",
+    # Also refused (merged from tests/test_verifier.py): other containers, a finite but huge number.
+    [1],
+    {"t": 1},
+    10**20,
 ]
 
 
@@ -78,6 +82,7 @@ def _issuer_lookalikes(real: str) -> list[object]:
         real + "/",
         real.upper(),
         real.replace("http://", "HTTP://"),
+        real.replace("http://", "https://"),
         real.replace("127.0.0.1", "localhost"),
         real + "x",
         real[:-1],
@@ -132,6 +137,8 @@ def _audience_lookalikes(real: str) -> list[tuple[object, str]]:
         (real + " ", mismatch),
         ("", mismatch),
         ([real + "x", "other"], mismatch),
+        (["other"], mismatch),
+        ([real + " "], mismatch),
         (["ari:cloud:bitbucket::workspace/"], mismatch),
         ([], malformed),
         ([[real]], malformed),
