@@ -36,6 +36,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Iterable, Sequence
+from operator import attrgetter
 from typing import Any, TypeAlias, cast
 
 from .claims import PipelineClaims, normalize_uuid, try_normalize_uuid
@@ -79,21 +80,28 @@ def rule_name(rule: object) -> str:
 
 
 def apply_rules(rules: Iterable[Rule], claims: PipelineClaims, context: RequestContext) -> None:
-    """Run ``rules`` in order (all must allow); raise ``PolicyDenied`` on the first denial."""
+    """Run ``rules`` in order (all must allow); raise ``PolicyDenied`` on the first denial.
+
+    A rule that returns ``False`` denies (``policy_denied``); one that raises
+    anything but ``PolicyDenied``, or returns anything but ``None``/``True``,
+    denies with ``policy_error``: bbverify fails closed.
+    """
+    # The fail-closed handling lives here alone; check_rule is this for one rule.
+    # (A try block costs nothing until something raises.)
     for rule in rules:
-        check_rule(rule, claims, context)
+        try:
+            result = rule(claims, context)
+        except PolicyDenied:
+            raise
+        except Exception as exc:
+            raise _rule_failed(rule, exc) from None
+        if result is not None and result is not True:
+            raise _rule_returned(rule, result)
 
 
 def check_rule(rule: Rule, claims: PipelineClaims, context: RequestContext) -> None:
     """Run one rule, turning ``False`` and stray exceptions into ``PolicyDenied``."""
-    try:
-        result = rule(claims, context)
-    except PolicyDenied:
-        raise
-    except Exception as exc:
-        raise _rule_failed(rule, exc) from None
-    if result is not None and result is not True:
-        raise _rule_returned(rule, result)
+    apply_rules((rule,), claims, context)
 
 
 def _rule_failed(rule: Rule, exc: Exception) -> PolicyDenied:
@@ -170,19 +178,29 @@ def _uuid_set(values: tuple[str | Iterable[str], ...], key: str) -> tuple[str, .
 
 
 class _UUIDAllowList(_BuiltinRule):
-    _key = ""
+    """Admit tokens whose UUID claim is one of the configured UUIDs.
+
+    Each subclass names its claim in the class statement
+    (``class Repositories(_UUIDAllowList, claim="repository_uuid")``) and
+    sets ``name``, ``_what`` and ``_code`` for its denials.
+    """
+
     _what = ""
     _code = ""
+    _claim: Callable[[PipelineClaims], str | None]
+
+    def __init_subclass__(cls, *, claim: str = "", **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if claim:
+            # attrgetter reads the claim in C: no method call per request.
+            cls._claim = staticmethod(attrgetter(claim))
 
     def __init__(self, *uuids: str | Iterable[str]) -> None:
-        self.uuids: tuple[str, ...] = _uuid_set(uuids, self._key)
+        self.uuids: tuple[str, ...] = _uuid_set(uuids, self.name)
         self._allowed = frozenset(self.uuids)
 
-    def _claim(self, claims: PipelineClaims) -> str:
-        raise NotImplementedError  # pragma: no cover
-
     def __call__(self, claims: PipelineClaims, context: RequestContext) -> None:
-        value = self._claim(claims)
+        value = self._claim(claims) or ""
         # Bitbucket already writes {lowercase}; normalise only other spellings.
         if value not in self._allowed and try_normalize_uuid(value) not in self._allowed:
             raise self._deny(
@@ -195,7 +213,7 @@ class _UUIDAllowList(_BuiltinRule):
         return f"{type(self).__name__}({', '.join(repr(u) for u in self.uuids)})"
 
 
-class Workspaces(_UUIDAllowList):
+class Workspaces(_UUIDAllowList, claim="workspace_uuid"):
     """Admit only tokens whose ``workspaceUuid`` is one of ``uuids``.
 
     The verifier's ``workspace_uuid`` already pins one workspace; this rule
@@ -203,27 +221,19 @@ class Workspaces(_UUIDAllowList):
     """
 
     name = "workspaces"
-    _key = "workspaces"
     _what = "workspace"
     _code = ErrorCode.WORKSPACE_NOT_ALLOWED
 
-    def _claim(self, claims: PipelineClaims) -> str:
-        return claims.workspace_uuid
 
-
-class Repositories(_UUIDAllowList):
+class Repositories(_UUIDAllowList, claim="repository_uuid"):
     """Admit only tokens whose ``repositoryUuid`` is one of ``uuids`` (braces optional, any case)."""
 
     name = "repositories"
-    _key = "repositories"
     _what = "repository"
     _code = ErrorCode.REPOSITORY_NOT_ALLOWED
 
-    def _claim(self, claims: PipelineClaims) -> str:
-        return claims.repository_uuid
 
-
-class Environments(_UUIDAllowList):
+class Environments(_UUIDAllowList, claim="deployment_environment_uuid"):
     """Admit only deployment steps whose ``deploymentEnvironmentUuid`` is one of ``uuids``.
 
     A token from a step without a deployment environment is denied with
@@ -231,12 +241,8 @@ class Environments(_UUIDAllowList):
     """
 
     name = "environments"
-    _key = "environments"
     _what = "deployment environment"
     _code = ErrorCode.ENVIRONMENT_NOT_ALLOWED
-
-    def _claim(self, claims: PipelineClaims) -> str:
-        return claims.deployment_environment_uuid or ""
 
     def __call__(self, claims: PipelineClaims, context: RequestContext) -> None:
         if claims.deployment_environment_uuid is None:
@@ -245,7 +251,7 @@ class Environments(_UUIDAllowList):
                 "run the step with 'deployment: <environment>' in bitbucket-pipelines.yml",
                 ErrorCode.ENVIRONMENT_REQUIRED,
             )
-        super().__call__(claims, context)
+        _UUIDAllowList.__call__(self, claims, context)
 
 
 _GLOB_CHARS = frozenset("*?[")
