@@ -23,7 +23,7 @@ from typing import Any
 
 from .errors import ConfigurationError, ErrorCode, InvalidToken
 
-__all__ = ["PipelineClaims", "check_claims", "normalize_uuid", "try_normalize_uuid"]
+__all__ = ["PipelineClaims", "check_claims", "normalize_uuid", "recheck_times", "try_normalize_uuid"]
 
 _UUID_RE = re.compile(r"\{?([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})\}?")
 
@@ -190,6 +190,16 @@ def check_claims(
     _validate_bitbucket_claims(payload)
     _validate_sub(payload)
     _validate_workspace(payload, workspace_uuid)
+
+
+def recheck_times(payload: Mapping[str, Any], *, now: float, leeway: float) -> None:
+    """The time checks of :func:`check_claims` alone, again at ``now`` (seconds since the epoch).
+
+    For a payload that passed :func:`check_claims` earlier (before a key
+    fetch, say): its other checks depend only on the payload, so only the
+    time checks can change their answer. Raises ``InvalidToken``.
+    """
+    _validate_times(payload, now, leeway)
 
 
 def _validate_aud(payload: Mapping[str, Any], audiences: Set[str]) -> None:

@@ -484,8 +484,21 @@ class RemoteKeySet:
                 self._launch_if_due(now, "refresh")
         return self._all
 
+    def _ready_key(self, kid: str | None, alg: str) -> VerifyingKey | None:
+        """The key when it is usable and no refresh is due (the usual case), read without the lock."""
+        fetched, fresh_until = self._fetched_at, self._fresh_until
+        if fetched is None or fresh_until is None:
+            return None
+        now = self._now()
+        if now >= fresh_until or now - fetched >= self.max_stale:
+            return None
+        return _select(self._by_kid, self._all, kid, alg)
+
     def get_key(self, kid: str | None, alg: str) -> VerifyingKey:
         """Return the key, waiting (at most ``timeout``) for a fetch if one is needed."""
+        key = self._ready_key(kid, alg)
+        if key is not None:
+            return key
         for _ in range(2):
             key, future = self._resolve(kid, alg)
             if key is not None:
@@ -496,6 +509,9 @@ class RemoteKeySet:
 
     async def aget_key(self, kid: str | None, alg: str) -> VerifyingKey:
         """As :meth:`get_key`, but awaits the shared fetch without blocking the loop."""
+        key = self._ready_key(kid, alg)
+        if key is not None:
+            return key
         for _ in range(2):
             key, future = self._resolve(kid, alg)
             if key is not None:

@@ -29,7 +29,7 @@ import requests
 
 from . import keys as _keys
 from .audit import DecisionHook, record, wanted
-from .claims import PipelineClaims, check_claims
+from .claims import PipelineClaims, check_claims, recheck_times
 from .context import RequestContext
 from .errors import ConfigurationError, ErrorCode, InvalidToken, VerificationError
 from .jwk import SUPPORTED_ALGORITHMS, VerifyingKey
@@ -748,9 +748,10 @@ class _Call:
         trust = self.trust
         assert trust is not None
         jws.verify_signature(key)
-        # Every check again, now on signed claims and at the time after any fetch.
-        self._check_claims(trust)
         payload = jws.payload
+        # The time checks again, at the time after any fetch (the other checks
+        # read only the payload, which the signature has now vouched for).
+        recheck_times(payload, now=self.verifier._clock(), leeway=self.verifier.leeway)
         self.claims = claims = PipelineClaims.from_payload(payload)
         token = self.token
         current = trust.current_keys
@@ -758,7 +759,7 @@ class _Call:
             key_set = current()
             # Cached only under the key set that holds this very key (a refresh may have
             # installed another since the look-up).
-            if key_set is not None and any(k is key for k in key_set):
+            if key_set is not None and key in key_set:  # VerifyingKey compares by identity
                 verifier = self.verifier
                 verifier._cache.put(
                     token, _CacheEntry(claims, float(payload["exp"]) + verifier.leeway, key_set, trust)
