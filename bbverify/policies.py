@@ -177,17 +177,17 @@ def _uuid_set(values: tuple[str | Iterable[str], ...], key: str) -> tuple[str, .
     return tuple(dict.fromkeys(normalised))
 
 
-class _UUIDAllowList(_BuiltinRule):
-    """Admit tokens whose UUID claim is one of the configured UUIDs.
+class _AllowList(_BuiltinRule):
+    """Admit tokens whose claim is one of the configured values.
 
-    Each subclass names its claim in the class statement
-    (``class Repositories(_UUIDAllowList, claim="repository_uuid")``) and
-    sets ``name``, ``_what`` and ``_code`` for its denials.
+    Each subclass names its claim (a :class:`PipelineClaims` field) in the
+    class statement, ``class Issuers(_AllowList, claim="issuer")``, and words
+    its denial in ``_refusal``.
     """
 
-    _what = ""
-    _code = ""
     _claim: Callable[[PipelineClaims], str | None]
+    _values: tuple[str, ...] = ()
+    _allowed: frozenset[str] = frozenset()
 
     def __init_subclass__(cls, *, claim: str = "", **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -195,22 +195,45 @@ class _UUIDAllowList(_BuiltinRule):
             # attrgetter reads the claim in C: no method call per request.
             cls._claim = staticmethod(attrgetter(claim))
 
-    def __init__(self, *uuids: str | Iterable[str]) -> None:
-        self.uuids: tuple[str, ...] = _uuid_set(uuids, self.name)
-        self._allowed = frozenset(self.uuids)
+    def _allow(self, values: tuple[str, ...]) -> None:
+        self._values = values
+        self._allowed = frozenset(values)
+
+    def _admits(self, value: str) -> bool:
+        return value in self._allowed
+
+    def _refusal(self, value: str) -> PolicyDenied:
+        raise NotImplementedError  # pragma: no cover
 
     def __call__(self, claims: PipelineClaims, context: RequestContext) -> None:
         value = self._claim(claims) or ""
-        # Bitbucket already writes {lowercase}; normalise only other spellings.
-        if value not in self._allowed and try_normalize_uuid(value) not in self._allowed:
-            raise self._deny(
-                f"{self._what} {value} is not allowed; add it to the {type(self).__name__} rule "
-                f"if it should have access",
-                self._code,
-            )
+        if not self._admits(value):
+            raise self._refusal(value)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(repr(u) for u in self.uuids)})"
+        return f"{type(self).__name__}({', '.join(repr(v) for v in self._values)})"
+
+
+class _UUIDAllowList(_AllowList):
+    """An allow list of UUIDs, compared in Bitbucket's spelling; subclasses set ``_what`` and ``_code``."""
+
+    _what = ""
+    _code = ""
+
+    def __init__(self, *uuids: str | Iterable[str]) -> None:
+        self.uuids: tuple[str, ...] = _uuid_set(uuids, self.name)
+        self._allow(self.uuids)
+
+    def _admits(self, value: str) -> bool:
+        # Bitbucket already writes {lowercase}; normalise only other spellings.
+        return value in self._allowed or try_normalize_uuid(value) in self._allowed
+
+    def _refusal(self, value: str) -> PolicyDenied:
+        return self._deny(
+            f"{self._what} {value} is not allowed; add it to the {type(self).__name__} rule "
+            f"if it should have access",
+            self._code,
+        )
 
 
 class Workspaces(_UUIDAllowList, claim="workspace_uuid"):
@@ -251,7 +274,7 @@ class Environments(_UUIDAllowList, claim="deployment_environment_uuid"):
                 "run the step with 'deployment: <environment>' in bitbucket-pipelines.yml",
                 ErrorCode.ENVIRONMENT_REQUIRED,
             )
-        _UUIDAllowList.__call__(self, claims, context)
+        super().__call__(claims, context)
 
 
 _GLOB_CHARS = frozenset("*?[")
@@ -469,7 +492,7 @@ class StepDuration(_BuiltinRule):
         return f"StepDuration(max_minutes={self.max_minutes:g}{extra})"
 
 
-class Issuers(_BuiltinRule):
+class Issuers(_AllowList, claim="issuer"):
     """Admit only tokens whose ``iss`` is exactly one of ``issuers``.
 
     For a verifier over several workspaces: a route or policy that admits
@@ -488,18 +511,14 @@ class Issuers(_BuiltinRule):
             if not isinstance(value, str) or not value:
                 raise ConfigurationError(f"{value!r} is not an issuer URL", key=f"workspace[{i}]")
         self.issuers: tuple[str, ...] = tuple(dict.fromkeys(cast(list[str], items)))
-        self._allowed = frozenset(self.issuers)
+        self._allow(self.issuers)
 
-    def __call__(self, claims: PipelineClaims, context: RequestContext) -> None:
-        if claims.issuer not in self._allowed:
-            raise self._deny(
-                f"tokens of workspace issuer {claims.issuer[:200]!r} are not allowed here; "
-                f"allowed issuers: {list(self.issuers)}",
-                ErrorCode.WORKSPACE_NOT_ALLOWED,
-            )
-
-    def __repr__(self) -> str:
-        return f"Issuers({', '.join(repr(i) for i in self.issuers)})"
+    def _refusal(self, value: str) -> PolicyDenied:
+        return self._deny(
+            f"tokens of workspace issuer {value[:200]!r} are not allowed here; "
+            f"allowed issuers: {list(self.issuers)}",
+            ErrorCode.WORKSPACE_NOT_ALLOWED,
+        )
 
 
 #: Claim values a :class:`ClaimMatches` condition may name (JSON scalars; floats excluded:

@@ -1,14 +1,15 @@
-"""The Verifier: every check in order, and the verified-token cache.
+"""The Verifier: orchestrates a token's path in one flow (driven blocking and awaited); caches tokens.
 
-A token travels: size cap and split (:mod:`bbverify.token`), header and
-algorithm allowlist, payload parse, plausibility on the unverified payload
-(the workspace picked by exact ``iss``, ``aud``, ``exp``, ``iat``, ``nbf``,
-Bitbucket claims present and of the right types, ``sub`` agreement, the
-workspace pin: no key fetch for a token that cannot be genuine), key lookup
-in that workspace's key source (:mod:`bbverify.keys`), signature
-(:mod:`bbverify.jwk`), every claim check again, then the rules (:mod:`bbverify.policies`):
-base, the workspace's own, the named policy, per-route, on every call,
-cached or not.
+A token travels (one :class:`_Call`, written once; :meth:`Verifier.verify`
+and :meth:`Verifier.averify` only drive its one network step): the
+verified-token cache; else the JWS layer reads it (:mod:`bbverify.token`),
+the workspace is picked by exact ``iss`` and the claims layer checks every
+claim on the unverified payload (:mod:`bbverify.claims`), so a token that
+cannot be genuine costs no key fetch; the key look-up in that workspace's
+key source (:mod:`bbverify.keys`); the signature (:mod:`bbverify.jwk`) and
+the time checks again; then the rules (:mod:`bbverify.policies`): base, the
+workspace's own, the named policy, per-route, on every call, cached or not.
+Each call ends in one audit record (:func:`bbverify.audit.record`).
 """
 
 from __future__ import annotations
@@ -591,11 +592,14 @@ class Verifier:
         ``TypeError``). The rules see the context with ``now`` from this
         verifier's clock.
         """
-        with _Call(self, token, context, client_ip, method, path, policy, policies) as call:
+        call = _Call(self, token, context, client_ip, method, path, policy, policies)
+        try:
             keys = call.start()
             if keys is not None:
                 call.check_signature(keys.get_key(call.kid, call.alg))
             return call.admit()
+        except Exception as exc:
+            raise call.refused(exc)  # noqa: B904 - the refusal itself, or its fail-closed stand-in
 
     async def averify(
         self,
@@ -609,11 +613,14 @@ class Verifier:
         path: str | None = None,
     ) -> PipelineClaims:
         """As :meth:`verify`, for event loops: a key fetch is awaited, never blocking."""
-        with _Call(self, token, context, client_ip, method, path, policy, policies) as call:
+        call = _Call(self, token, context, client_ip, method, path, policy, policies)
+        try:
             keys = call.start()
             if keys is not None:
                 call.check_signature(await keys.aget_key(call.kid, call.alg))
             return call.admit()
+        except Exception as exc:
+            raise call.refused(exc)  # noqa: B904 - the refusal itself, or its fail-closed stand-in
 
     def cache_info(self) -> dict[str, int]:
         """Sizes of the internal caches (for tests and monitoring)."""
@@ -647,9 +654,9 @@ class _Call:
     the one step that may wait on the network, which the two methods drive
     (blocking or awaited) between :meth:`start` and :meth:`check_signature`;
     then the signature and every claim check again at the time after any
-    fetch; then the rules (:meth:`admit`). Used as a context manager, the
-    call records its refusal (:func:`bbverify.audit.record`) and lets only
-    :class:`~bbverify.errors.VerificationError` out.
+    fetch; then the rules (:meth:`admit`). A failing step ends in
+    :meth:`refused`, which records the refusal (:func:`bbverify.audit.record`)
+    and lets only :class:`~bbverify.errors.VerificationError` out.
     """
 
     __slots__ = (
@@ -699,20 +706,24 @@ class _Call:
         self.trust: _Trust | None = None
         self.claims: PipelineClaims | None = None
 
-    def __enter__(self) -> _Call:
-        return self
+    def refused(self, exc: Exception) -> VerificationError:
+        """Record the refusal of this call; return what to raise: ``exc`` itself, or its fail-closed stand-in.
 
-    def __exit__(self, kind: object, exc: BaseException | None, traceback: object) -> None:
+        Only :class:`~bbverify.errors.VerificationError` leaves the verifier:
+        anything else (a bug, a broken key source) is logged and refused as
+        ``verification_failed``.
+        """
         if isinstance(exc, VerificationError):
             self._record(exc)
-        elif isinstance(exc, Exception):
-            # Should not happen; if it does, refuse the token rather than leak the error.
-            _log.error("unexpected error while verifying a token; refusing it", exc_info=exc)
-            error = InvalidToken(
-                f"token could not be verified ({type(exc).__name__})", code=ErrorCode.VERIFICATION_FAILED
-            )
-            self._record(error)
-            raise error from None
+            return exc
+        # Should not happen; if it does, refuse the token rather than leak the error.
+        _log.error("unexpected error while verifying a token; refusing it", exc_info=exc)
+        error = InvalidToken(
+            f"token could not be verified ({type(exc).__name__})", code=ErrorCode.VERIFICATION_FAILED
+        )
+        error.__suppress_context__ = True  # as 'raise ... from None': the log has the cause
+        self._record(error)
+        return error
 
     @property
     def kid(self) -> str | None:
