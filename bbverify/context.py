@@ -13,7 +13,7 @@ import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .ipranges import IPAddress, parse_client_ip
+from .addresses import IPAddress, parse_client_ip
 
 __all__ = ["RequestContext"]
 
@@ -28,7 +28,7 @@ class RequestContext:
     the trusted-proxy walk of ``X-Forwarded-For``): a ``str``, an
     :class:`ipaddress.IPv4Address` / :class:`~ipaddress.IPv6Address`, or
     ``None`` when unknown. It is parsed once, when the context is built
-    (strictly, see :func:`bbverify.ipranges.parse_client_ip`; an IPv4-mapped
+    (strictly, see :func:`bbverify.addresses.parse_client_ip`; an IPv4-mapped
     IPv6 address becomes the IPv4 address):
 
     * ``client_ip`` keeps the text form (``str(address)`` when an address
