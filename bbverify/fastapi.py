@@ -43,7 +43,7 @@ rules saw is ``bbverify.http.request_client_ip(request)``.
 # string annotations on a callable instance: ``request`` became a required
 # query parameter and every request got 422.
 import json
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -53,21 +53,14 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
 from .asgi import auth_headers, peer_address, scope_path, set_scope_claims
+from .bearer import DEFAULT_REALM, ErrorResponse
 from .claims import PipelineClaims
 from .errors import ConfigurationError, VerificationError
-from .http import (
-    CLAIMS_KEY,
-    DEFAULT_REALM,
-    POLICY_KEY,
-    VERIFIER_KEY,
-    ErrorHandler,
-    ErrorResponse,
-    Guard,
-    TrustedProxiesSpec,
-    check_scope_names,
-    check_scopes,
-)
+from .guard import ErrorHandler, Guard, route_policies
+from .identity import CLAIMS_KEY
 from .policies import Rule
+from .proxies import TrustedProxiesSpec
+from .scopes import check_scope_names, check_scopes
 from .starlette import to_response
 from .verifier import Verifier
 
@@ -103,7 +96,10 @@ class PipelineAuth(HTTPBearer):
 
     Args:
         verifier: the :class:`~bbverify.Verifier`.
-        route_rules: rules for this route, added to the verifier's own.
+        route_rules: rules for this route, added to the verifier's own (the
+            older spelling of ``policies``; give one or the other).
+        policies: rules for this route, added to the verifier's own (the
+            name every adapter uses).
         trusted_proxies: as for :class:`bbverify.asgi.PipelineAuthMiddleware`.
         realm: the ``realm`` of ``WWW-Authenticate``.
         policy: the verifier's named policy for this route
@@ -133,6 +129,7 @@ class PipelineAuth(HTTPBearer):
         self,
         verifier: Verifier,
         *route_rules: Rule,
+        policies: Rule | Sequence[Rule] | None = None,
         trusted_proxies: TrustedProxiesSpec = None,
         realm: str = DEFAULT_REALM,
         on_error: ErrorHandler | None = None,
@@ -146,7 +143,7 @@ class PipelineAuth(HTTPBearer):
         )
         self.guard = Guard(
             verifier,
-            route_rules,
+            route_policies(policies, route_rules),
             trusted_proxies=trusted_proxies,
             realm=realm,
             on_error=on_error,
@@ -163,7 +160,7 @@ class PipelineAuth(HTTPBearer):
         scope = request.scope
         guard = self.guard
         required = check_scope_names(security_scopes.scopes, "Security.scopes")
-        claims = guard.reusable(scope.get(CLAIMS_KEY), scope.get(VERIFIER_KEY), scope.get(POLICY_KEY))
+        claims = guard.reused(scope)
         try:
             if claims is None:
                 authorization, forwarded_for = auth_headers(scope)
@@ -174,11 +171,12 @@ class PipelineAuth(HTTPBearer):
                     authorization, client=client, method=scope.get("method", "GET"), path=scope_path(scope)
                 )
                 if CLAIMS_KEY not in scope:
-                    set_scope_claims(scope, claims, guard.verifier, guard.applied_policy, client)
+                    set_scope_claims(scope, claims, guard, client)
             check_scopes(claims, required, scope)
         except VerificationError as exc:
-            response, native = guard.refusal(exc)
-            raise PipelineAuthError(exc, native if isinstance(native, Response) else response) from None
+            refusal = guard.refusal(exc)
+            native = refusal.native if isinstance(refusal.native, Response) else None
+            raise PipelineAuthError(exc, native or refusal.response) from None
         return claims
 
 

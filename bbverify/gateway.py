@@ -56,6 +56,7 @@ from urllib.parse import quote
 
 from .asgi import Receive, Scope, Send, peer_address
 from .audit import Decision, emit
+from .bearer import DEFAULT_REALM, ErrorResponse, error_response
 from .claims import PipelineClaims
 from .config import load_toml_table, verifier_from_mapping
 from .errors import (
@@ -66,8 +67,9 @@ from .errors import (
     RouteDenied,
     VerificationError,
 )
-from .http import DEFAULT_REALM, ErrorResponse, Guard, TrustedProxiesSpec, error_response
+from .guard import Guard
 from .metrics import VerifierMetrics, key_sources
+from .proxies import TrustedProxiesSpec
 from .routes import RouteMatch, RouteTable
 from .verifier import Verifier
 

@@ -47,9 +47,10 @@ from typing import Any, cast
 
 from asgiref.sync import iscoroutinefunction, sync_to_async
 
+from ..bearer import DEFAULT_REALM
 from ..config import verifier_from_mapping
 from ..errors import ConfigurationError
-from ..http import DEFAULT_REALM, ErrorHandler, Guard
+from ..guard import ErrorHandler, Guard
 from ..verifier import Verifier
 from .views import reset as reset_url_index
 from .views import url_index
