@@ -36,12 +36,12 @@ import logging
 import math
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeAlias, cast
 
 from .claims import PipelineClaims, normalize_uuid, try_normalize_uuid
+from .context import RequestContext
 from .errors import ConfigurationError, ErrorCode, PolicyDenied
-from .ipranges import DEFAULT_FEED_URL, AddressSet, AtlassianIPRanges, IPNetwork, parse_cidr, parse_client_ip
+from .ipranges import DEFAULT_FEED_URL, AddressSet, AtlassianIPRanges, IPNetwork, parse_cidr
 
 __all__ = [
     "UNDECIDED_CODES",
@@ -65,21 +65,6 @@ __all__ = [
 ]
 
 _log = logging.getLogger("bbverify.policies")
-
-
-@dataclass(frozen=True, slots=True)
-class RequestContext:
-    """What a rule may know about the request besides the token.
-
-    ``client_ip`` is the address the adapter resolved (the socket peer, or
-    the trusted-proxy walk of ``X-Forwarded-For``); ``None`` when unknown.
-    ``now`` is the verifier's clock, in seconds since the epoch.
-    """
-
-    client_ip: str | None
-    now: float
-    method: str | None = None
-    path: str | None = None
 
 
 Rule: TypeAlias = Callable[[PipelineClaims, RequestContext], object]
@@ -374,17 +359,16 @@ class IPRanges(_BuiltinRule):
         return cls(extra, feed=feed)
 
     def __call__(self, claims: PipelineClaims, context: RequestContext) -> None:
-        raw = context.client_ip
-        if raw is None:
+        # The context parsed the client IP once; no rule parses it again.
+        address = context.client_address
+        if address is None:
+            if context.client_ip_error is not None:
+                raise self._deny(context.client_ip_error, ErrorCode.CLIENT_IP_INVALID)
             raise self._deny(
                 "the client IP is unknown, so the IP rule cannot admit the request; check that the "
                 "adapter passes client_ip (and its trusted-proxy setting)",
                 ErrorCode.CLIENT_IP_UNKNOWN,
             )
-        try:
-            address = parse_client_ip(raw)
-        except ValueError as exc:
-            raise self._deny(str(exc), ErrorCode.CLIENT_IP_INVALID) from None
         if address in self.static:
             return
         if self.feed is not None:

@@ -30,9 +30,10 @@ import requests
 from . import keys as _keys
 from .audit import Decision, DecisionHook, emit, wanted
 from .claims import PipelineClaims
+from .context import RequestContext
 from .errors import ConfigurationError, ErrorCode, InvalidToken, VerificationError
 from .jwk import SUPPORTED_ALGORITHMS, VerifyingKey
-from .policies import RequestContext, Rule, apply_rules, as_rules
+from .policies import Rule, apply_rules, as_rules
 from .stores import KeyStore
 from .token import (
     DEFAULT_MAX_TOKEN_BYTES,
@@ -609,6 +610,7 @@ class Verifier:
         self,
         token: str | bytes,
         *,
+        context: RequestContext | None = None,
         client_ip: str | None = None,
         policy: str | None = None,
         policies: Rule | Sequence[Rule] | None = None,
@@ -624,8 +626,15 @@ class Verifier:
         :class:`~bbverify.errors.ConfigurationError` for a ``policy`` name
         that is not configured (a programming error; adapters check names
         with :meth:`check_policy` when they are built).
+
+        ``context`` is the request's :class:`~bbverify.context.RequestContext`
+        (client IP, method, path), built once by an adapter; scripts may give
+        ``client_ip=``, ``method=`` and ``path=`` instead (giving both raises
+        ``TypeError``). The rules see the context with ``now`` from this
+        verifier's clock.
         """
         named = self._policy_rules(policy)
+        context = _request_context(context, client_ip, method, path)
         claims: PipelineClaims | None = None
         trust: _Trust | None = None
         try:
@@ -641,18 +650,19 @@ class Verifier:
                 claims = self._finish(token, parsed, header, key, payload, trust)
             else:
                 claims, trust = entry[0], entry[4]
-            self._authorize(claims, trust, client_ip, named, policies, method, path, policy)
+            self._authorize(claims, trust, context, named, policies, policy)
         except VerificationError as exc:
-            self._denied(exc, claims, client_ip, trust, policy, method, path)
+            self._denied(exc, claims, context, trust, policy)
             raise
         except Exception as exc:
-            raise self._internal(exc, claims, client_ip, trust, policy, method, path) from None
+            raise self._internal(exc, claims, context, trust, policy) from None
         return claims
 
     async def averify(
         self,
         token: str | bytes,
         *,
+        context: RequestContext | None = None,
         client_ip: str | None = None,
         policy: str | None = None,
         policies: Rule | Sequence[Rule] | None = None,
@@ -661,6 +671,7 @@ class Verifier:
     ) -> PipelineClaims:
         """As :meth:`verify`, for event loops: a key fetch is awaited, never blocking."""
         named = self._policy_rules(policy)
+        context = _request_context(context, client_ip, method, path)
         claims: PipelineClaims | None = None
         trust: _Trust | None = None
         try:
@@ -675,12 +686,12 @@ class Verifier:
                 claims = self._finish(token, parsed, header, key, payload, trust)
             else:
                 claims, trust = entry[0], entry[4]
-            self._authorize(claims, trust, client_ip, named, policies, method, path, policy)
+            self._authorize(claims, trust, context, named, policies, policy)
         except VerificationError as exc:
-            self._denied(exc, claims, client_ip, trust, policy, method, path)
+            self._denied(exc, claims, context, trust, policy)
             raise
         except Exception as exc:
-            raise self._internal(exc, claims, client_ip, trust, policy, method, path) from None
+            raise self._internal(exc, claims, context, trust, policy) from None
         return claims
 
     def cache_info(self) -> dict[str, int]:
@@ -802,11 +813,9 @@ class Verifier:
         self,
         claims: PipelineClaims,
         trust: _Trust,
-        client_ip: str | None,
+        context: RequestContext,
         named: tuple[Rule, ...],
         extra: Rule | Sequence[Rule] | None,
-        method: str | None,
-        path: str | None,
         policy: str | None,
     ) -> None:
         rules = trust.rules
@@ -815,41 +824,37 @@ class Verifier:
         if extra:
             rules = rules + as_rules(extra)
         if rules:
-            apply_rules(rules, claims, RequestContext(client_ip, self._clock(), method, path))
+            apply_rules(rules, claims, context.at(self._clock()))
         # Building a Decision nobody reads would cost more than a cache hit.
         if wanted(True, self.on_decision):
-            self._record(None, claims, client_ip, trust, policy, method, path)
+            self._record(None, claims, context, trust, policy)
 
     def _denied(
         self,
         exc: VerificationError,
         claims: PipelineClaims | None,
-        client_ip: str | None,
+        context: RequestContext,
         trust: _Trust | None,
         policy: str | None,
-        method: str | None = None,
-        path: str | None = None,
     ) -> None:
         if wanted(False, self.on_decision):
-            self._record(exc, claims, client_ip, trust, policy, method, path)
+            self._record(exc, claims, context, trust, policy)
 
     def _record(
         self,
         error: VerificationError | None,
         claims: PipelineClaims | None,
-        client_ip: str | None,
+        context: RequestContext,
         trust: _Trust | None,
         policy: str | None,
-        method: str | None,
-        path: str | None,
     ) -> None:
         """Emit the audit Decision of one call (an allow when ``error`` is None)."""
         decision = Decision.build(
             claims,
-            client_ip,
+            context.client_ip,
             error,
-            method=method,
-            path=path,
+            method=context.method,
+            path=context.path,
             workspace_name=trust.name if trust is not None else None,
             issuer=trust.issuer if trust is not None else None,
             policy=policy if policy is not None else self.default_policy,
@@ -860,19 +865,36 @@ class Verifier:
         self,
         exc: Exception,
         claims: PipelineClaims | None,
-        client_ip: str | None,
+        context: RequestContext,
         trust: _Trust | None,
         policy: str | None,
-        method: str | None = None,
-        path: str | None = None,
     ) -> InvalidToken:
         # Should not happen; if it does, refuse the token rather than leak the error.
         _log.exception("unexpected error while verifying a token; refusing it")
         error = InvalidToken(
             f"token could not be verified ({type(exc).__name__})", code=ErrorCode.VERIFICATION_FAILED
         )
-        self._denied(error, claims, client_ip, trust, policy, method, path)
+        self._denied(error, claims, context, trust, policy)
         return error
+
+
+# What a call without request details knows: nothing (shared; contexts are frozen).
+_NO_CONTEXT = RequestContext(None, 0.0)
+
+
+def _request_context(
+    context: RequestContext | None, client_ip: str | None, method: str | None, path: str | None
+) -> RequestContext:
+    """The call's request context: the adapter's, or one built from the script keywords."""
+    if context is None:
+        if client_ip is None and method is None and path is None:
+            return _NO_CONTEXT
+        return RequestContext(client_ip, 0.0, method, path)
+    if client_ip is not None or method is not None or path is not None:
+        raise TypeError("give either context= or client_ip=/method=/path=, not both")
+    if not isinstance(context, RequestContext):
+        raise TypeError(f"context must be a RequestContext, not {type(context).__name__}")
+    return context
 
 
 # -- one-call form -------------------------------------------------------------
@@ -929,6 +951,7 @@ def _describe_key_source(keys: object) -> str:
 def verify(
     token: str | bytes,
     *,
+    context: RequestContext | None = None,
     client_ip: str | None = None,
     **options: Any,
 ) -> PipelineClaims:
@@ -946,7 +969,7 @@ def verify(
     """
     verifier = Verifier(**options)
     _shared_keys(verifier, options)
-    return verifier.verify(token, client_ip=client_ip)
+    return verifier.verify(token, context=context, client_ip=client_ip)
 
 
 def _after_fork_in_child() -> None:
