@@ -26,6 +26,7 @@ from typing import Any
 
 from .bearer import DEFAULT_REALM, ErrorResponse
 from .claims import PipelineClaims
+from .context import RequestContext
 from .errors import ConfigurationError, VerificationError
 from .guard import ErrorHandler, Guard, Refusal
 from .identity import PipelineUser
@@ -48,6 +49,7 @@ __all__ = [
     "auth_headers",
     "peer_address",
     "scope_path",
+    "scope_request",
     "scopes_for",
     "send_error",
     "set_scope_claims",
@@ -124,6 +126,19 @@ def peer_address(scope: Scope) -> str | None:
     if client and isinstance(client[0], str) and client[0]:
         return client[0]
     return None
+
+
+def scope_request(guard: Guard, scope: Scope, path: str | None = None) -> tuple[list[bytes], RequestContext]:
+    """The ``Authorization`` lines and the one :class:`~bbverify.context.RequestContext` of an ASGI request.
+
+    The context holds the client address under ``guard``'s trusted proxies,
+    the method (``"GET"`` for a WebSocket handshake) and ``path`` (default:
+    :func:`scope_path`).
+    """
+    authorization, forwarded_for = auth_headers(scope)
+    method = scope.get("method", "GET") if scope.get("type") == "http" else "GET"
+    path = scope_path(scope) if path is None else path
+    return authorization, guard.context(peer_address(scope), forwarded_for, method, path)
 
 
 def scope_path(scope: Scope) -> str:
@@ -227,18 +242,16 @@ class PipelineAuthMiddleware:
             await self.app(scope, receive, send)
             return
         guard = self.guard
-        authorization, forwarded_for = auth_headers(scope)
-        client = guard.client_ip(peer_address(scope), forwarded_for)
-        method = scope.get("method", "GET") if kind == "http" else "GET"
+        authorization, context = scope_request(guard, scope, path)
         try:
-            claims = await guard.averify(authorization, client=client, method=method, path=path)
+            claims = await guard.averify(authorization, context=context)
         except VerificationError as exc:
             if kind == "http":
                 await send_error(guard.refusal(exc), scope, receive, send)
             else:
                 await self._refuse_websocket(exc, scope, receive, send)
             return
-        set_scope_claims(scope, claims, guard, client)
+        set_scope_claims(scope, claims, guard, context.client_ip)
         await self.app(scope, receive, send)
 
     async def _refuse_websocket(

@@ -52,7 +52,7 @@ from fastapi.security import HTTPBearer, SecurityScopes
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
-from .asgi import auth_headers, peer_address, scope_path, set_scope_claims
+from .asgi import scope_request, set_scope_claims
 from .bearer import DEFAULT_REALM, ErrorResponse
 from .claims import PipelineClaims
 from .errors import ConfigurationError, VerificationError
@@ -163,15 +163,12 @@ class PipelineAuth(HTTPBearer):
         claims = guard.reused(scope)
         try:
             if claims is None:
-                authorization, forwarded_for = auth_headers(scope)
+                authorization, context = scope_request(guard, scope)
                 if self.optional and not authorization:
                     return None
-                client = guard.client_ip(peer_address(scope), forwarded_for)
-                claims = await guard.averify(
-                    authorization, client=client, method=scope.get("method", "GET"), path=scope_path(scope)
-                )
+                claims = await guard.averify(authorization, context=context)
                 if CLAIMS_KEY not in scope:
-                    set_scope_claims(scope, claims, guard, client)
+                    set_scope_claims(scope, claims, guard, context.client_ip)
             check_scopes(claims, required, scope)
         except VerificationError as exc:
             refusal = guard.refusal(exc)

@@ -293,14 +293,12 @@ def require_pipeline(
             if optional and not authorization:
                 g.pipeline_claims = None
                 return None
-            client = guard.client_ip(peer, forwarded)
+            context = guard.context(peer, forwarded, request.method, routing_path(request.path))
             try:
-                reused = guard.verify(
-                    authorization, client=client, method=request.method, path=routing_path(request.path)
-                )
+                reused = guard.verify(authorization, context=context)
             except VerificationError as exc:
                 return send_error(guard.refusal(exc))
-            guard.store(environ, reused, client)
+            guard.store(environ, reused, context.client_ip)
         g.pipeline_claims = reused
         return None
 

@@ -59,6 +59,7 @@ from .audit import Decision, emit
 from .bearer import DEFAULT_REALM, ErrorResponse, error_response
 from .claims import PipelineClaims
 from .config import load_toml_table, verifier_from_mapping
+from .context import RequestContext
 from .errors import (
     ConfigurationError,
     ErrorCode,
@@ -449,7 +450,8 @@ class Gateway:
         for k, v in scope.get("headers") or ():
             headers.setdefault(k.lower(), []).append(v)
         guard = self.guard
-        client = guard.client_ip(peer_address(scope), headers.get(b"x-forwarded-for", []))
+        address = guard.client_address(peer_address(scope), headers.get(b"x-forwarded-for", []))
+        client = None if address is None else str(address)
         claims: PipelineClaims | None = None
         match: RouteMatch | None = None
         method = host = target = None
@@ -465,11 +467,10 @@ class Gateway:
                         )
             match = self.settings.routes.match(method, host, target)
             if not match.public:
-                token = guard.token(headers.get(b"authorization", []), client, match.method, match.path)
+                context = RequestContext(address, 0.0, match.method, match.path)
+                token = guard.token(headers.get(b"authorization", []), context)
                 # policy=None: the verifier's default policy (if any); its base rules always apply.
-                claims = await self.verifier.averify(
-                    token, client_ip=client, method=match.method, path=match.path, policy=match.policy
-                )
+                claims = await self.verifier.averify(token, context=context, policy=match.policy)
         except Exception as caught:
             exc = caught if isinstance(caught, VerificationError) else self._internal(caught)
             if isinstance(exc, RouteDenied):

@@ -19,10 +19,12 @@ from typing import TypedDict
 from .audit import Decision, emit
 from .bearer import DEFAULT_REALM, ErrorResponse, bearer_token, error_response, quote_header_value
 from .claims import PipelineClaims
+from .context import RequestContext
 from .errors import ConfigurationError, VerificationError
 from .identity import CLAIMS_KEY, CLIENT_IP_KEY, POLICY_KEY, VERIFIER_KEY
+from .ipranges import IPAddress
 from .policies import Rule, as_rules
-from .proxies import TrustedProxies, TrustedProxiesSpec, client_ip
+from .proxies import TrustedProxies, TrustedProxiesSpec, client_address, client_ip
 from .verifier import Verifier
 
 __all__ = ["ErrorHandler", "Guard", "GuardOptions", "Refusal", "route_policies"]
@@ -43,14 +45,6 @@ class GuardOptions(TypedDict, total=False):
     realm: str
     on_error: ErrorHandler | None
     policy: str | None
-
-
-class _VerifyOptions(TypedDict):
-    client_ip: str | None
-    policy: str | None
-    policies: tuple[Rule, ...] | None
-    method: str | None
-    path: str | None
 
 
 @dataclass(frozen=True)
@@ -175,61 +169,61 @@ class Guard:
         return path in self.exclude_paths or any(path.startswith(p) for p in self.exclude_prefixes)
 
     def client_ip(self, peer: str | bytes | None, forwarded_for: Sequence[str | bytes]) -> str | None:
-        """The client address under this guard's proxy settings."""
+        """The client address under this guard's proxy settings, as text (``None``: unknown)."""
         return client_ip(peer, forwarded_for, self.trusted_proxies)
 
-    def token(
+    def client_address(
+        self, peer: str | bytes | None, forwarded_for: Sequence[str | bytes]
+    ) -> IPAddress | None:
+        """The client address under this guard's proxy settings, as an :mod:`ipaddress` object."""
+        return client_address(peer, forwarded_for, self.trusted_proxies)
+
+    def context(
         self,
-        authorization: Sequence[str | bytes],
-        client: str | None,
-        method: str | None = None,
-        path: str | None = None,
-    ) -> str:
+        peer: str | bytes | None,
+        forwarded_for: Sequence[str | bytes],
+        method: str | None,
+        path: str | None,
+    ) -> RequestContext:
+        """The request's one :class:`~bbverify.context.RequestContext`, built once per request.
+
+        ``peer`` is the socket peer (an address, :data:`~bbverify.proxies.UNIX_SOCKET_PEER`
+        or ``None``) and ``forwarded_for`` the ``X-Forwarded-For`` lines; the
+        client address is the proxy walk's address object
+        (:func:`~bbverify.proxies.client_address`), never re-parsed from text.
+        ``method`` and ``path`` are the request's (the path it routes on).
+        ``now`` is left at 0: the verifier stamps its own clock.
+        """
+        return RequestContext(self.client_address(peer, forwarded_for), 0.0, method, path)
+
+    def token(self, authorization: Sequence[str | bytes], context: RequestContext) -> str:
         """The bearer token; a refusal is audited like the verifier's own."""
         try:
             return bearer_token(authorization)
         except VerificationError as exc:
-            decision = Decision.build(None, client, exc, method=method, path=path, policy=self.applied_policy)
+            decision = Decision.build(
+                None, context.client_ip, exc, method=context.method, path=context.path, policy=self.applied_policy
+            )
             emit(decision, self.verifier.on_decision)
             raise
 
-    def verify(
-        self,
-        authorization: Sequence[str | bytes],
-        *,
-        client: str | None,
-        method: str | None,
-        path: str | None,
-    ) -> PipelineClaims:
-        """Parse the header and verify the token (blocking; for WSGI and Flask).
+    def verify(self, authorization: Sequence[str | bytes], *, context: RequestContext) -> PipelineClaims:
+        """Parse the header and verify the token under ``context`` (blocking; for WSGI and Flask).
 
         Returns the :class:`~bbverify.PipelineClaims`; raises only
         :class:`~bbverify.errors.VerificationError`.
         """
-        token = self.token(authorization, client, method, path)
-        return self.verifier.verify(token, **self._options(client, method, path))
+        token = self.token(authorization, context)
+        extra = self.policies or None
+        return self.verifier.verify(token, context=context, policy=self.policy, policies=extra)
 
     async def averify(
-        self,
-        authorization: Sequence[str | bytes],
-        *,
-        client: str | None,
-        method: str | None,
-        path: str | None,
+        self, authorization: Sequence[str | bytes], *, context: RequestContext
     ) -> PipelineClaims:
         """As :meth:`verify`, awaiting any key fetch (for ASGI)."""
-        token = self.token(authorization, client, method, path)
-        return await self.verifier.averify(token, **self._options(client, method, path))
-
-    def _options(self, client: str | None, method: str | None, path: str | None) -> _VerifyOptions:
-        # The keywords of Verifier.verify/averify for this guard and request, built in one place.
-        return {
-            "client_ip": client,
-            "policy": self.policy,
-            "policies": self.policies or None,
-            "method": method,
-            "path": path,
-        }
+        token = self.token(authorization, context)
+        extra = self.policies or None
+        return await self.verifier.averify(token, context=context, policy=self.policy, policies=extra)
 
     def store(self, carrier: MutableMapping[str, object], claims: PipelineClaims, client: str | None) -> None:
         """Record a verified request in its carrier (ASGI scope, WSGI environ, Django ``META``).

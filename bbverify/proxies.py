@@ -13,15 +13,17 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from .errors import ConfigurationError
-from .ipranges import catch_all_versions, parse_cidr
+from .ipranges import IPAddress, catch_all_versions, parse_cidr
 
 __all__ = [
     "MAX_FORWARDED_ENTRIES",
     "UNIX_SOCKET_PEER",
     "TrustedProxies",
     "TrustedProxiesSpec",
+    "client_address",
     "client_ip",
     "normalize_ip",
+    "parse_address",
     "wsgi_peer",
 ]
 
@@ -51,38 +53,17 @@ def wsgi_peer(remote_addr: object) -> str | None:
         return UNIX_SOCKET_PEER
     return remote_addr
 
+
 # Cap on X-Forwarded-For entries considered; a longer chain is hostile or broken.
 MAX_FORWARDED_ENTRIES = 64
 
-
-
-_NORMALIZED: dict[str, str | None] = {}
-_NORMALIZED_MAX = 1024
+_ADDRESSES: dict[str, IPAddress | None] = {}
+_MEMO_MAX = 1024
 _UNSEEN = object()
 
 
-def normalize_ip(value: str | bytes | None) -> str | None:
-    """Canonical text of one address as proxies write it, or ``None`` if it is not one.
-
-    See :func:`_normalize_ip`. Results for text are memoised: parsing with
-    :mod:`ipaddress` costs more than verifying a cached token, and the same
-    few peers and proxies send every request. The cap bounds the memo
-    whatever addresses arrive.
-    """
-    if not isinstance(value, str):
-        return _normalize_ip(value)
-    hit = _NORMALIZED.get(value, _UNSEEN)
-    if hit is not _UNSEEN:
-        return hit  # type: ignore[return-value]
-    result = _normalize_ip(value)
-    if len(_NORMALIZED) >= _NORMALIZED_MAX:
-        _NORMALIZED.clear()
-    _NORMALIZED[value] = result
-    return result
-
-
-def _normalize_ip(value: str | bytes | None) -> str | None:
-    """Canonical text of one address as proxies write it, or ``None`` if it is not one.
+def parse_address(value: str | bytes | None) -> IPAddress | None:
+    """One address as proxies write it, as an :mod:`ipaddress` object; ``None`` if it is not one.
 
     Accepts ``1.2.3.4``, ``1.2.3.4:8080``, ``2001:db8::1``, ``[2001:db8::1]``
     and ``[2001:db8::1]:8080``. An IPv4-mapped IPv6 address
@@ -92,7 +73,33 @@ def _normalize_ip(value: str | bytes | None) -> str | None:
     names a host only on one interface, so no range can admit it. Anything
     else (``unknown``, obfuscated names, junk) gives ``None``; this function
     never raises.
+
+    Results for text are memoised: parsing with :mod:`ipaddress` costs more
+    than verifying a cached token, and the same few peers and proxies send
+    every request. The cap bounds the memo whatever addresses arrive.
     """
+    if not isinstance(value, str):
+        return _parse_address(value)
+    hit = _ADDRESSES.get(value, _UNSEEN)
+    if hit is not _UNSEEN:
+        return hit  # type: ignore[return-value]
+    result = _parse_address(value)
+    if len(_ADDRESSES) >= _MEMO_MAX:
+        _ADDRESSES.clear()
+    _ADDRESSES[value] = result
+    return result
+
+
+def normalize_ip(value: str | bytes | None) -> str | None:
+    """Canonical text of one address as proxies write it (``str``), or ``None`` if it is not one.
+
+    The text form of :func:`parse_address`; never raises.
+    """
+    address = parse_address(value)
+    return None if address is None else str(address)
+
+
+def _parse_address(value: str | bytes | None) -> IPAddress | None:
     if value is None:
         return None
     if isinstance(value, bytes):
@@ -125,8 +132,8 @@ def _normalize_ip(value: str | bytes | None) -> str | None:
     except ValueError:
         return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
-    return str(address)
+        return address.ipv4_mapped
+    return address
 
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -147,7 +154,7 @@ class TrustedProxies:
     unix: bool = False
     # Memo of _trusted: parsing an address costs more than verifying a cached
     # token, and the same few proxies send every request. Bounded below.
-    _memo: dict[str, bool] = field(default_factory=dict, compare=False, repr=False, hash=False)
+    _memo: dict[IPAddress, bool] = field(default_factory=dict, compare=False, repr=False, hash=False)
 
     @classmethod
     def parse(cls, value: TrustedProxiesSpec) -> TrustedProxies | None:
@@ -210,21 +217,19 @@ class TrustedProxies:
             return None
         return cls(networks=tuple(networks), unix=unix)
 
-    def _trusted(self, address: str) -> bool:
+    def _trusted(self, address: IPAddress) -> bool:
         memo = self._memo
         hit = memo.get(address)
         if hit is not None:
             return hit
-        ip = ipaddress.ip_address(address)
-        result = any(ip.version == net.version and ip in net for net in self.networks)
-        if len(memo) >= _NORMALIZED_MAX:
+        result = any(address.version == net.version and address in net for net in self.networks)
+        if len(memo) >= _MEMO_MAX:
             memo.clear()
         memo[address] = result
         return result
 
-    def resolve(self, peer: str | bytes | None, forwarded_for: Sequence[str | bytes]) -> str | None:
-        """The client address behind these proxies (see :func:`client_ip`)."""
-        peer_ip = normalize_ip(peer)
+    def resolve(self, peer: str | bytes | None, forwarded_for: Sequence[str | bytes]) -> IPAddress | None:
+        """The client address behind these proxies, as an address object (see :func:`client_address`)."""
         entries: list[str] = []
         for line in forwarded_for:
             # Non-ASCII entries survive the split and are judged (as junk) one by one.
@@ -241,17 +246,19 @@ class TrustedProxies:
                 # Fewer entries than proxies: the request did not come the way
                 # the deployment says it must, so no address can be believed.
                 return None
-            return normalize_ip(entries[-self.hops])
+            return parse_address(entries[-self.hops])
+        peer_address = parse_address(peer)
+        candidate: IPAddress | None
         if peer == UNIX_SOCKET_PEER and self.unix:
-            candidate: str | None = None  # the peer is the proxy, but has no address to fall back to
-        elif peer_ip is None:
+            candidate = None  # the peer is the proxy, but has no address to fall back to
+        elif peer_address is None:
             return None
-        elif not self._trusted(peer_ip):
-            return peer_ip  # not from a proxy: the header is the client's own claim
+        elif not self._trusted(peer_address):
+            return peer_address  # not from a proxy: the header is the client's own claim
         else:
-            candidate = peer_ip
+            candidate = peer_address
         for entry in reversed(entries):
-            address = normalize_ip(entry)
+            address = parse_address(entry)
             if address is None:
                 return None
             candidate = address
@@ -264,12 +271,12 @@ class TrustedProxies:
 TrustedProxiesSpec = int | str | Sequence[str] | TrustedProxies | None
 
 
-def client_ip(
+def client_address(
     peer: str | bytes | None,
     forwarded_for: Sequence[str | bytes] = (),
     trusted_proxies: TrustedProxies | None = None,
-) -> str | None:
-    """The client address for IP rules; ``None`` when it cannot be known.
+) -> IPAddress | None:
+    """The client address for IP rules, as an :mod:`ipaddress` object; ``None`` when it cannot be known.
 
     * Without trusted proxies, the socket peer; ``X-Forwarded-For`` is ignored.
     * With a hop count ``N``: the ``N``-th ``X-Forwarded-For`` entry from the
@@ -283,9 +290,21 @@ def client_ip(
     Several ``X-Forwarded-For`` lines are joined in order. Never raises.
     """
     if trusted_proxies is None:
-        return normalize_ip(peer)
+        return parse_address(peer)
     try:
         return trusted_proxies.resolve(peer, forwarded_for)
     except Exception:
         return None
 
+
+def client_ip(
+    peer: str | bytes | None,
+    forwarded_for: Sequence[str | bytes] = (),
+    trusted_proxies: TrustedProxies | None = None,
+) -> str | None:
+    """The client address for IP rules as text (``str``); ``None`` when it cannot be known.
+
+    The text form of :func:`client_address` (same walk, same rules). Never raises.
+    """
+    address = client_address(peer, forwarded_for, trusted_proxies)
+    return None if address is None else str(address)

@@ -41,7 +41,7 @@ from starlette.requests import HTTPConnection
 from starlette.responses import Response
 from starlette.websockets import WebSocket
 
-from .asgi import WS_POLICY_VIOLATION, auth_headers, peer_address, scope_path, set_scope_claims
+from .asgi import WS_POLICY_VIOLATION, scope_request, set_scope_claims
 from .bearer import DEFAULT_REALM, ErrorResponse, error_response, quote_header_value
 from .errors import ConfigurationError, ErrorCode, MissingToken, VerificationError
 from .guard import Guard, route_policies
@@ -115,18 +115,14 @@ class PipelineAuthBackend(AuthenticationBackend):
 
     async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, PipelineUser] | None:
         scope = conn.scope
-        authorization, forwarded_for = auth_headers(scope)
+        authorization, context = scope_request(self.guard, scope)
         if not authorization:
             return None
-        client = self.guard.client_ip(peer_address(scope), forwarded_for)
-        method = scope.get("method", "GET")
         try:
-            claims = await self.guard.averify(
-                authorization, client=client, method=method, path=scope_path(scope)
-            )
+            claims = await self.guard.averify(authorization, context=context)
         except VerificationError as exc:
             raise PipelineAuthenticationError(exc) from None
-        set_scope_claims(scope, claims, self.guard, client)
+        set_scope_claims(scope, claims, self.guard, context.client_ip)
         return AuthCredentials(scopes_for(claims)), PipelineUser(claims)
 
     def on_error(self, conn: HTTPConnection, exc: AuthenticationError) -> Response:

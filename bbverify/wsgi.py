@@ -85,12 +85,10 @@ class PipelineAuthMiddleware:
             return self.app(environ, start_response)
         guard = self.guard
         authorization, peer, forwarded = environ_request(environ)
-        client = guard.client_ip(peer, forwarded)
+        context = guard.context(peer, forwarded, environ.get("REQUEST_METHOD"), path)
         try:
-            claims = guard.verify(
-                authorization, client=client, method=environ.get("REQUEST_METHOD"), path=path
-            )
+            claims = guard.verify(authorization, context=context)
         except VerificationError as exc:
             return send_error(guard.refusal(exc), environ, start_response)
-        guard.store(environ, claims, client)  # read with bbverify.http.request_claims(environ)
+        guard.store(environ, claims, context.client_ip)  # read with bbverify.http.request_claims(environ)
         return self.app(environ, start_response)

@@ -23,6 +23,7 @@ from django.views.decorators.debug import sensitive_variables
 
 from ..bearer import ErrorResponse, bearer_token
 from ..claims import PipelineClaims
+from ..context import RequestContext
 from ..errors import MissingToken, VerificationError
 from ..guard import Guard, Refusal
 from ..identity import CLIENT_IP_KEY
@@ -44,7 +45,7 @@ CLAIMS_ATTR = "pipeline_claims"
 #: ``request.pipeline_client_ip``: the client address the rules saw (``None`` when unknown).
 CLIENT_IP_ATTR = "pipeline_client_ip"
 
-_Begun = tuple[list[str], str | None, str]
+_Begun = tuple[list[str], RequestContext]
 #: Verify one request: ``Guard.verify`` made awaitable, or ``Guard.averify``.
 _Verify = Callable[..., Awaitable[PipelineClaims]]
 _log = logging.getLogger("bbverify")
@@ -107,9 +108,9 @@ def _reused(guard: Guard, request: HttpRequest) -> PipelineClaims | None:
 def _begin(guard: Guard, request: HttpRequest, optional: bool) -> _Begun | None:
     lines, peer, forwarded = environ_request(request.META)
     authorization = _Credentials(lines)
-    client = guard.client_ip(peer, forwarded)
-    setattr(request, CLIENT_IP_ATTR, client)
-    request.META[CLIENT_IP_KEY] = client
+    context = guard.context(peer, forwarded, request.method, request.path_info or "/")
+    setattr(request, CLIENT_IP_ATTR, context.client_ip)
+    request.META[CLIENT_IP_KEY] = context.client_ip
     if optional:
         try:
             bearer_token(authorization)
@@ -119,7 +120,7 @@ def _begin(guard: Guard, request: HttpRequest, optional: bool) -> _Begun | None:
             return None
         except VerificationError:
             pass  # a malformed header: Guard.verify audits and raises it
-    return authorization, client, request.path_info or "/"
+    return authorization, context
 
 
 @_sensitive_async
@@ -136,12 +137,12 @@ async def _flow(guard: Guard, request: HttpRequest, optional: bool, verify: _Ver
         begun = _begin(guard, request, optional)
         if begun is None:
             return None
-        authorization, client, path = begun
-        claims = await verify(authorization, client=client, method=request.method, path=path)
+        authorization, context = begun
+        claims = await verify(authorization, context=context)
     except Exception as exc:
         raise _scrubbed(exc) from None
     setattr(request, CLAIMS_ATTR, claims)
-    guard.store(request.META, claims, client)
+    guard.store(request.META, claims, context.client_ip)
     return claims
 
 
@@ -168,8 +169,8 @@ def verify_request(guard: Guard, request: HttpRequest, *, optional: bool = False
     an error report never shows the token.
     """
 
-    async def verify(authorization: Sequence[str], **request: Any) -> PipelineClaims:
-        return guard.verify(authorization, **request)
+    async def verify(authorization: Sequence[str], *, context: RequestContext) -> PipelineClaims:
+        return guard.verify(authorization, context=context)
 
     return _run_sync(_flow(guard, request, optional, verify))
 
