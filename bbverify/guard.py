@@ -201,9 +201,8 @@ class Guard:
         try:
             return bearer_token(authorization)
         except VerificationError as exc:
-            decision = Decision.build(
-                None, context.client_ip, exc, method=context.method, path=context.path, policy=self.applied_policy
-            )
+            where = {"method": context.method, "path": context.path}
+            decision = Decision.build(None, context.client_ip, exc, **where, policy=self.applied_policy)
             emit(decision, self.verifier.on_decision)
             raise
 
