@@ -72,6 +72,7 @@ from .guard import Guard
 from .metrics import VerifierMetrics, key_sources
 from .proxies import TrustedProxiesSpec
 from .routes import RouteMatch, RouteTable
+from .tables import check_keys
 from .verifier import Verifier
 
 __all__ = [
@@ -85,11 +86,10 @@ __all__ = [
     "split_serve",
 ]
 
-
+PROTOCOLS = ("nginx", "forwarded", "envoy")
+#: One JSON line per check; decisions go to ``bbverify.audit`` as everywhere else.
 ACCESS_LOGGER = logging.getLogger("bbverify.gateway.access")
 _log = logging.getLogger("bbverify.gateway")
-
-PROTOCOLS = ("nginx", "forwarded", "envoy")
 #: Claim (as in ``PipelineClaims.summary()``) -> response header naming it.
 DEFAULT_IDENTITY_HEADERS: Mapping[str, str] = {
     "workspace": "X-Bbverify-Workspace",
@@ -174,12 +174,7 @@ def serve_settings(table: Mapping[str, Any], *, key: str = "serve") -> GatewaySe
     """
     if not isinstance(table, Mapping):
         raise ConfigurationError("must be a table ([bbverify.serve])", key=key)
-    for name in table:
-        if name not in _SERVE_KEYS:
-            raise ConfigurationError(
-                f"unknown setting {name!r}; known settings: {', '.join(sorted(_SERVE_KEYS))}",
-                key=f"{key}.{name}",
-            )
+    check_keys(table, _SERVE_KEYS, lambda name: f"{key}.{name}")
     if "protocol" not in table:
         raise ConfigurationError(f"is required: one of {', '.join(PROTOCOLS)}", key=f"{key}.protocol")
     protocol = table["protocol"]

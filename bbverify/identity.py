@@ -107,23 +107,19 @@ class PipelineUser:
 
     @property
     def identity(self) -> str:
-        """The token's subject (repository, environment and step)."""
+        """The token's subject, ``sub`` (repository, environment and step)."""
         return self.claims.subject
 
-    @property
-    def username(self) -> str:
-        """The token's ``sub`` (``str``)."""
-        return self.claims.subject
+    #: The token's ``sub``, as Django and DRF name a user's login.
+    username = identity
 
     @property
     def pk(self) -> str:
         """The repository UUID (``str``, with braces): DRF's throttles key on it."""
         return self.claims.repository_uuid
 
-    @property
-    def id(self) -> str:
-        """The repository UUID, as :attr:`pk`."""
-        return self.claims.repository_uuid
+    #: The repository UUID, as :attr:`pk`.
+    id = pk
 
     def get_username(self) -> str:
         return self.username

@@ -92,26 +92,21 @@ class PipelineAuthBackend(AuthenticationBackend):
     ``policy`` names the verifier's named policy to apply (``None``: its
     default policy, if any); it is checked when the backend is built.
     ``policies`` are rules added to the verifier's own (the name every
-    adapter uses; extra positional rules, the older spelling, still work
-    and are added after them).
+    adapter uses); extra positional rules, the older spelling, still work
+    (giving both is a :class:`~bbverify.errors.ConfigurationError`).
     """
 
     def __init__(
         self,
         verifier: Verifier,
         *route_rules: Rule,
+        policy: str | None = None,
         policies: Rule | Sequence[Rule] | None = None,
         trusted_proxies: TrustedProxiesSpec = None,
         realm: str = DEFAULT_REALM,
-        policy: str | None = None,
     ) -> None:
-        self.guard = Guard(
-            verifier,
-            route_policies(policies, route_rules),
-            trusted_proxies=trusted_proxies,
-            realm=realm,
-            policy=policy,
-        )
+        rules = route_policies(policies, route_rules)
+        self.guard = Guard(verifier, rules, trusted_proxies=trusted_proxies, realm=realm, policy=policy)
 
     async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, PipelineUser] | None:
         scope = conn.scope
