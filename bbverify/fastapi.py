@@ -111,6 +111,10 @@ class PipelineAuth(HTTPBearer):
         auto_error: ``True`` (default) refuses a request without a token;
             ``False`` returns ``None`` for it (optional authentication, as
             FastAPI's own ``HTTPBearer(auto_error=False)``).
+        optional: ``True`` is ``auto_error=False`` under the name the Flask
+            and Django adapters use; ``None`` (default) leaves it to
+            ``auto_error``. Contradicting ``auto_error`` is a
+            :class:`~bbverify.errors.ConfigurationError`.
         scheme_name: the security scheme's name in the OpenAPI document.
         description: the security scheme's description in the OpenAPI document.
 
@@ -137,6 +141,7 @@ class PipelineAuth(HTTPBearer):
         scheme_name: str | None = "BitbucketPipelinesOIDC",
         description: str | None = "A Bitbucket Pipelines OIDC token ($BITBUCKET_STEP_OIDC_TOKEN).",
         policy: str | None = None,
+        optional: bool | None = None,
     ) -> None:
         super().__init__(
             bearerFormat="JWT", scheme_name=scheme_name, description=description, auto_error=False
@@ -151,6 +156,12 @@ class PipelineAuth(HTTPBearer):
         )
         if not isinstance(auto_error, bool):
             raise ConfigurationError("must be True or False", key="auto_error")
+        if optional is not None:
+            if not isinstance(optional, bool):
+                raise ConfigurationError("must be True or False", key="optional")
+            if not auto_error and not optional:
+                raise ConfigurationError("contradicts auto_error=False; give one of the two", key="optional")
+            auto_error = not optional
         # HTTPBearer's own flag stays False: this class answers every refusal itself.
         self.optional = not auto_error
 

@@ -248,3 +248,24 @@ def test_rules_see_the_adapters_context_without_a_reparse(
     assert context.client_address == ipaddress.IPv4Address("198.51.100.7")
     assert (context.method, context.path) == ("PUT", "/v1/x") and context.now > 0  # the verifier's clock
     assert environ["bbverify.client_ip"] == "198.51.100.7"
+
+
+def test_fastapi_takes_optional(issuer: FakeIssuer) -> None:
+    from fastapi import Depends, FastAPI
+
+    from bbverify.fastapi import PipelineAuth
+
+    app = FastAPI()
+    maybe = PipelineAuth(issuer.verifier(), optional=True)
+
+    @app.get("/")
+    async def home(claims: PipelineClaims | None = Depends(maybe)) -> dict[str, bool]:
+        return {"claims": claims is not None}
+
+    assert _get(app, {}).json() == {"claims": False}
+    assert _get(app, _bearer(issuer.mint())).json() == {"claims": True}
+    assert _get(app, _bearer("not-a-token")).status_code == 401  # a bad token is still refused
+    assert not PipelineAuth(issuer.verifier(), optional=False).optional
+    with pytest.raises(ConfigurationError) as caught:
+        PipelineAuth(issuer.verifier(), optional=False, auto_error=False)
+    assert caught.value.key == "optional"
