@@ -30,6 +30,10 @@ from .verifier import Verifier
 __all__ = ["ErrorHandler", "Guard", "GuardOptions", "Refusal", "route_policies"]
 
 _log = logging.getLogger("bbverify")
+# Bounds of Guard.context's memo: entries, and the characters of one key (a
+# long path or header is built afresh rather than kept).
+_CONTEXT_MEMO_MAX = 1024
+_CONTEXT_KEY_MAX = 512
 
 #: A hook that turns an error into the response to send (see :class:`Guard`).
 ErrorHandler = Callable[[VerificationError], object]
@@ -163,6 +167,7 @@ class Guard:
         if on_error is not None and not callable(on_error):
             raise ConfigurationError("must be a callable", key="on_error")
         self.on_error = on_error
+        self._contexts: dict[tuple[object, ...], RequestContext] = {}
 
     def is_excluded(self, path: str) -> bool:
         """True when ``path`` is served without a token."""
@@ -193,8 +198,21 @@ class Guard:
         (:func:`~bbverify.proxies.client_address`), never re-parsed from text.
         ``method`` and ``path`` are the request's (the path it routes on).
         ``now`` is left at 0: the verifier stamps its own clock.
+
+        Contexts are frozen, so one built for the same peer, header, method
+        and path serves again (a bounded memo of short requests): building
+        one costs more than verifying a cached token.
         """
-        return RequestContext(self.client_address(peer, forwarded_for), 0.0, method, path)
+        key = (peer, method, path, *forwarded_for)
+        contexts = self._contexts
+        context = contexts.get(key)
+        if context is None:
+            context = RequestContext(self.client_address(peer, forwarded_for), 0.0, method, path)
+            if sum(len(part or "") for part in key) <= _CONTEXT_KEY_MAX:
+                if len(contexts) >= _CONTEXT_MEMO_MAX:
+                    contexts.clear()
+                contexts[key] = context
+        return context
 
     def token(self, authorization: Sequence[str | bytes], context: RequestContext) -> str:
         """The bearer token; a refusal is audited like the verifier's own."""

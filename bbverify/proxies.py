@@ -152,9 +152,12 @@ class TrustedProxies:
     hops: int = 0
     networks: tuple[_Network, ...] = field(default=())
     unix: bool = False
-    # Memo of _trusted: parsing an address costs more than verifying a cached
-    # token, and the same few proxies send every request. Bounded below.
-    _memo: dict[IPAddress, bool] = field(default_factory=dict, compare=False, repr=False, hash=False)
+    # Memo of _judge, by the text as it arrived: parsing an address and
+    # matching it costs more than verifying a cached token, and the same few
+    # proxies send every request. Bounded below.
+    _memo: dict[str, tuple[IPAddress | None, bool]] = field(
+        default_factory=dict, compare=False, repr=False, hash=False
+    )
 
     @classmethod
     def parse(cls, value: TrustedProxiesSpec) -> TrustedProxies | None:
@@ -217,16 +220,21 @@ class TrustedProxies:
             return None
         return cls(networks=tuple(networks), unix=unix)
 
-    def _trusted(self, address: IPAddress) -> bool:
+    def _judge(self, value: str | bytes | None) -> tuple[IPAddress | None, bool]:
+        """``(address, trusted)`` for one hop as it arrived (``None``: not an address)."""
         memo = self._memo
-        hit = memo.get(address)
+        hit = memo.get(value) if isinstance(value, str) else None
         if hit is not None:
             return hit
-        result = any(address.version == net.version and address in net for net in self.networks)
-        if len(memo) >= _MEMO_MAX:
-            memo.clear()
-        memo[address] = result
-        return result
+        address = parse_address(value)
+        trusted = address is not None and any(
+            address.version == net.version and address in net for net in self.networks
+        )
+        if isinstance(value, str):
+            if len(memo) >= _MEMO_MAX:
+                memo.clear()
+            memo[value] = (address, trusted)
+        return address, trusted
 
     def resolve(self, peer: str | bytes | None, forwarded_for: Sequence[str | bytes]) -> IPAddress | None:
         """The client address behind these proxies, as an address object (see :func:`client_address`)."""
@@ -247,22 +255,17 @@ class TrustedProxies:
                 # the deployment says it must, so no address can be believed.
                 return None
             return parse_address(entries[-self.hops])
-        peer_address = parse_address(peer)
-        candidate: IPAddress | None
-        if peer == UNIX_SOCKET_PEER and self.unix:
-            candidate = None  # the peer is the proxy, but has no address to fall back to
-        elif peer_address is None:
-            return None
-        elif not self._trusted(peer_address):
-            return peer_address  # not from a proxy: the header is the client's own claim
-        else:
-            candidate = peer_address
+        candidate: IPAddress | None = None
+        if not (peer == UNIX_SOCKET_PEER and self.unix):  # else: the peer is the proxy, with no address
+            candidate, trusted = self._judge(peer)
+            if candidate is None or not trusted:
+                return candidate  # no peer address, or not a proxy: the header is the client's own claim
         for entry in reversed(entries):
-            address = parse_address(entry)
+            address, trusted = self._judge(entry)
             if address is None:
                 return None
             candidate = address
-            if not self._trusted(address):
+            if not trusted:
                 return address
         # Every hop is a trusted proxy: the request started inside, at the leftmost one.
         return candidate

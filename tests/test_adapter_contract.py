@@ -269,3 +269,27 @@ def test_fastapi_takes_optional(issuer: FakeIssuer) -> None:
     with pytest.raises(ConfigurationError) as caught:
         PipelineAuth(issuer.verifier(), optional=False, auto_error=False)
     assert caught.value.key == "optional"
+
+
+def test_guard_context_memo_keys_on_every_input_and_stays_bounded(issuer: FakeIssuer) -> None:
+    guard = Guard(issuer.verifier(), trusted_proxies=1)
+    first = guard.context("10.0.0.1", ["203.0.113.1"], "GET", "/a")
+    assert guard.context("10.0.0.1", ["203.0.113.1"], "GET", "/a") is first  # frozen, so shared
+    others = [
+        guard.context("10.0.0.1", ["203.0.113.2"], "GET", "/a"),
+        guard.context("10.0.0.1", ["203.0.113.1"], "POST", "/a"),
+        guard.context("10.0.0.1", ["203.0.113.1"], "GET", "/b"),
+        guard.context("10.0.0.1", ["203.0.113.1", "198.51.100.1"], "GET", "/a"),
+    ]
+    assert [(c.client_ip, c.method, c.path) for c in others] == [
+        ("203.0.113.2", "GET", "/a"),
+        ("203.0.113.1", "POST", "/a"),
+        ("203.0.113.1", "GET", "/b"),
+        ("198.51.100.1", "GET", "/a"),
+    ]
+    long_path = "/" + "x" * 600
+    built = guard.context("10.0.0.1", [], "GET", long_path)
+    assert guard.context("10.0.0.1", [], "GET", long_path) is not built  # too long to keep
+    for i in range(3000):
+        guard.context("10.0.0.1", [f"203.0.113.{i % 250}"], "GET", f"/{i}")
+    assert len(guard._contexts) <= 1024
