@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+from .checks import seconds
 from .errors import ConfigurationError
 
 __all__ = [
@@ -167,14 +168,6 @@ class BudgetState:
         return state
 
 
-def _seconds(name: str, value: object, *, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-        raise ConfigurationError(f"must be a non-negative number of seconds, not {value!r}", key=name)
-    if positive and value <= 0:
-        raise ConfigurationError("must be positive", key=name)
-    return float(value)
-
-
 class FetchBudget:
     """The policy applied to a :class:`BudgetState` (see the module docs).
 
@@ -202,18 +195,18 @@ class FetchBudget:
         max_retry_after: float = DEFAULT_MAX_RETRY_AFTER,
         rng: random.Random | None = None,
     ) -> None:
-        self.interval = _seconds("fetch_interval", interval, positive=True)
+        self.interval = seconds(interval, "fetch_interval", positive=True)
         if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
             raise ConfigurationError(
                 f"must be a whole number of at least 1, not {burst!r}", key="fetch_burst"
             )
         self.burst = burst
-        self.cooldown = _seconds("cooldown", cooldown)
-        self.failure_backoff = _seconds("failure_backoff", failure_backoff)
-        self.max_backoff = _seconds("max_backoff", max_backoff)
+        self.cooldown = seconds(cooldown, "cooldown")
+        self.failure_backoff = seconds(failure_backoff, "failure_backoff")
+        self.max_backoff = seconds(max_backoff, "max_backoff")
         if self.max_backoff < self.failure_backoff:
             raise ConfigurationError("must be at least failure_backoff", key="max_backoff")
-        self.max_retry_after = _seconds("max_retry_after", max_retry_after)
+        self.max_retry_after = seconds(max_retry_after, "max_retry_after")
         self._rng = rng or random.Random()
 
     def new_state(self) -> BudgetState:

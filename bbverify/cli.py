@@ -1,4 +1,4 @@
-"""The ``bbverify`` command and its subcommands, one function each.
+"""The ``bbverify`` command line: parses the arguments and runs one sub-command, one function each.
 
 Subcommands: ``demo``, ``inspect``, ``verify``, ``ip-ranges``, ``lookup``,
 ``serve``, ``fake-issuer``. Exit status: 0 success (token accepted, demo as expected), 1 rejected or a
@@ -18,7 +18,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -76,11 +76,18 @@ def _err(message: str) -> None:
     print(f"bbverify: {message}", file=sys.stderr)
 
 
-def _read_token(arg: str) -> str:
+def _read_token(arg: str) -> str | None:
+    """The token given (``-``: read from standard input), without a ``Bearer`` prefix.
+
+    ``None`` when there is none, after telling the user how to give one.
+    """
     text = sys.stdin.read() if arg == "-" else arg
     text = text.strip()
     if text.lower().startswith("bearer "):
         text = text[7:].strip()
+    if not text:
+        _err(_EMPTY_INPUT_HELP)
+        return None
     return text
 
 
@@ -124,8 +131,7 @@ def decode_unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
 def _cmd_inspect(args: argparse.Namespace) -> int:
     style = Style(sys.stdout)
     token = _read_token(args.token)
-    if not token:
-        _err(_EMPTY_INPUT_HELP)
+    if token is None:
         return EXIT_USAGE
     try:
         header, payload = decode_unverified(token)
@@ -205,8 +211,7 @@ def _build_verifier(args: argparse.Namespace) -> Any:
 def _cmd_verify(args: argparse.Namespace) -> int:
     style = Style(sys.stdout)
     token = _read_token(args.token)
-    if not token:
-        _err(_EMPTY_INPUT_HELP)
+    if token is None:
         return EXIT_USAGE
     try:
         verifier = _build_verifier(args)
@@ -442,6 +447,102 @@ _EPILOG = """examples:
 """
 
 
+# Each sub-command's text: the one-line summary, a blank line, the
+# description (one paragraph, shown unwrapped), a blank line, the examples.
+_DEMO = """run the end-to-end demo offline (fake issuer + protected app on loopback)
+
+Start a fake Bitbucket issuer and a protected app on 127.0.0.1, send them tokens for several scenarios,
+and print what each got. Exits 0 when every scenario got the expected answer.
+
+example:
+  bbverify demo
+  bbverify demo --json
+"""
+_INSPECT = """decode a token WITHOUT verifying it and show its claims
+
+Decode a token without verifying it: header, claims, dates, the pipeline it names. Nothing is checked;
+use 'verify' for that.
+
+examples:
+  bbverify inspect "$BITBUCKET_STEP_OIDC_TOKEN"
+  bbverify inspect - < token.txt
+"""
+_VERIFY = """fully verify a token with the library's rules
+
+Verify a token exactly as the library would. Settings come from --config (TOML), then BBVERIFY_*
+environment variables, then these flags. Exit 0 accepted, 1 rejected, 2 usage or configuration error.
+
+examples:
+  bbverify verify "$TOKEN" --workspace acme --audience ari:cloud:bitbucket::workspace/<uuid>
+  BBVERIFY_WORKSPACE=acme BBVERIFY_AUDIENCE=... bbverify verify - --json < token.txt
+"""
+_IP_RANGES = """read Atlassian's IP-range feed and print the CIDRs the IP rule uses
+
+Read Atlassian's published IP-range feed (URL or file), filter it by product and direction, and print or
+write the CIDR list.
+
+examples:
+  bbverify ip-ranges --source feed.json
+  bbverify ip-ranges --sample
+  bbverify ip-ranges --source https://ip-ranges.atlassian.com/ --format json -o ranges.json
+"""
+_LOOKUP = """find workspace, repository and deployment environment UUIDs by name (Bitbucket API)
+
+Ask Bitbucket's REST API for the UUIDs tokens carry: the workspace UUID and default audience, each
+repository's UUID and its deployment environments. Prints a table and a ready TOML snippet. Credentials
+come from the environment only: BITBUCKET_EMAIL + BITBUCKET_API_TOKEN (Atlassian API token), or
+BITBUCKET_ACCESS_TOKEN (workspace, project or repository access token), or BITBUCKET_USERNAME +
+BITBUCKET_APP_PASSWORD. BITBUCKET_API_URL overrides https://api.bitbucket.org. Exit 0 found, 1 refused by
+Bitbucket (401, 403, 404, 429, ...), 2 usage or configuration error.
+
+example:
+  export BITBUCKET_EMAIL=me@example.com BITBUCKET_API_TOKEN=...
+  bbverify lookup --workspace acme --repository api --repository web
+"""
+_SERVE = """run the forward-auth gateway for nginx, Traefik, Caddy and Envoy
+
+Answer a reverse proxy's auth checks: route the original request to a named policy, verify its token,
+admit (200 + identity headers) or refuse (401/403 JSON). Settings come from [bbverify] and
+[bbverify.serve] in --config (docs/gateway.md). Listens on 127.0.0.1:9180 unless told otherwise.
+
+examples:
+  bbverify serve --config bbverify.toml
+  bbverify serve --config bbverify.toml --port 9180 --workers 2
+"""
+_FAKE_ISSUER = """run the test kit's fake Bitbucket issuer on loopback, to try a running app by hand
+
+Serve discovery and keys.json of a fake Bitbucket workspace on 127.0.0.1 until stopped (Ctrl-C or
+SIGTERM), and mint tokens on request: GET /mint/<kind> with kind valid, deployment, expired,
+wrong-audience or other-repository. Test keys only: never point a production service at it.
+
+examples:
+  bbverify fake-issuer
+  bbverify fake-issuer --port 8900 --repository-uuid '{1de489be-0b3c-4c26-9f5e-6a1d0f1c2b3a}'
+"""
+
+
+def _command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    func: Callable[[argparse.Namespace], int],
+    text: str,
+    *,
+    allow_abbrev: bool = False,
+) -> argparse.ArgumentParser:
+    """Add the sub-command ``name``, run by ``func`` and described by ``text`` (see above)."""
+    summary, description, epilog = text.split("\n\n")
+    command = sub.add_parser(
+        name,
+        allow_abbrev=allow_abbrev,
+        help=summary,
+        description=" ".join(description.split()),
+        epilog=epilog.rstrip("\n"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    command.set_defaults(func=func)
+    return command
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     # allow_abbrev=False: a flag is spelled exactly (--work is not --workspace),
@@ -456,45 +557,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bbverify {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    demo = sub.add_parser(
-        "demo",
-        allow_abbrev=False,
-        help="run the end-to-end demo offline (fake issuer + protected app on loopback)",
-        description="Start a fake Bitbucket issuer and a protected app on 127.0.0.1, send them "
-        "tokens for several scenarios, and print what each got. Exits 0 when every scenario "
-        "got the expected answer.",
-        epilog="example:\n  bbverify demo\n  bbverify demo --json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    demo = _command(sub, "demo", _cmd_demo, _DEMO)
     demo.add_argument("--verbose", "-v", action="store_true", help="also print each response body")
     demo.add_argument("--json", action="store_true", help="print the results as JSON")
-    demo.set_defaults(func=_cmd_demo)
 
-    inspect = sub.add_parser(
-        "inspect",
-        allow_abbrev=False,
-        help="decode a token WITHOUT verifying it and show its claims",
-        description="Decode a token without verifying it: header, claims, dates, the pipeline it "
-        "names. Nothing is checked; use 'verify' for that.",
-        epilog='examples:\n  bbverify inspect "$BITBUCKET_STEP_OIDC_TOKEN"\n  bbverify inspect - < token.txt',
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    inspect = _command(sub, "inspect", _cmd_inspect, _INSPECT)
     inspect.add_argument("token", help="the token, or - to read it from standard input")
     inspect.add_argument("--json", action="store_true", help="print header and claims as JSON")
-    inspect.set_defaults(func=_cmd_inspect)
 
-    verify = sub.add_parser(
-        "verify",
-        allow_abbrev=False,
-        help="fully verify a token with the library's rules",
-        description="Verify a token exactly as the library would. Settings come from --config "
-        "(TOML), then BBVERIFY_* environment variables, then these flags. Exit 0 accepted, "
-        "1 rejected, 2 usage or configuration error.",
-        epilog="examples:\n"
-        '  bbverify verify "$TOKEN" --workspace acme --audience ari:cloud:bitbucket::workspace/<uuid>\n'
-        "  BBVERIFY_WORKSPACE=acme BBVERIFY_AUDIENCE=... bbverify verify - --json < token.txt",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    verify = _command(sub, "verify", _cmd_verify, _VERIFY)
     verify.add_argument("token", help="the token, or - to read it from standard input")
     verify.add_argument("--workspace", help="workspace slug (derives the issuer)")
     verify.add_argument("--issuer", help="exact issuer URL instead of --workspace")
@@ -504,18 +575,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--client-ip", help="client IP the IP-range rule should see")
     verify.add_argument("--policy", help="named policy to apply (default: the configured default_policy)")
     verify.add_argument("--json", action="store_true", help="machine-readable output")
-    verify.set_defaults(func=_cmd_verify)
 
-    ipr = sub.add_parser(
-        "ip-ranges",
-        allow_abbrev=False,
-        help="read Atlassian's IP-range feed and print the CIDRs the IP rule uses",
-        description="Read Atlassian's published IP-range feed (URL or file), filter it by product "
-        "and direction, and print or write the CIDR list.",
-        epilog="examples:\n  bbverify ip-ranges --source feed.json\n  bbverify ip-ranges --sample\n"
-        "  bbverify ip-ranges --source https://ip-ranges.atlassian.com/ --format json -o ranges.json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    ipr = _command(sub, "ip-ranges", _cmd_ip_ranges, _IP_RANGES)
     ipr.add_argument(
         "--source", default=None, help="feed URL (https) or file path (default: Atlassian's published feed)"
     )
@@ -529,22 +590,8 @@ def build_parser() -> argparse.ArgumentParser:
     ipr.add_argument("--region", help="region to keep (default: all)")
     ipr.add_argument("--format", choices=("text", "json"), default="text", help="output format")
     ipr.add_argument("--output", "-o", help="write to this file instead of standard output")
-    ipr.set_defaults(func=_cmd_ip_ranges)
 
-    look = sub.add_parser(
-        "lookup",
-        help="find workspace, repository and deployment environment UUIDs by name (Bitbucket API)",
-        description="Ask Bitbucket's REST API for the UUIDs tokens carry: the workspace UUID and "
-        "default audience, each repository's UUID and its deployment environments. Prints a table "
-        "and a ready TOML snippet. Credentials come from the environment only: BITBUCKET_EMAIL + "
-        "BITBUCKET_API_TOKEN (Atlassian API token), or BITBUCKET_ACCESS_TOKEN (workspace, project "
-        "or repository access token), or BITBUCKET_USERNAME + BITBUCKET_APP_PASSWORD. "
-        "BITBUCKET_API_URL overrides https://api.bitbucket.org. Exit 0 found, 1 refused by "
-        "Bitbucket (401, 403, 404, 429, ...), 2 usage or configuration error.",
-        epilog="example:\n  export BITBUCKET_EMAIL=me@example.com BITBUCKET_API_TOKEN=...\n"
-        "  bbverify lookup --workspace acme --repository api --repository web",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    look = _command(sub, "lookup", _cmd_lookup, _LOOKUP, allow_abbrev=True)
     look.add_argument("--workspace", required=True, help="workspace slug")
     look.add_argument(
         "--repository", action="append", metavar="SLUG", help="repository slug (repeatable)"
@@ -553,43 +600,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--format", choices=("both", "table", "toml"), default="both", help="what to print (default: both)"
     )
     look.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default 10)")
-    look.set_defaults(func=_cmd_lookup)
 
-    serve = sub.add_parser(
-        "serve",
-        help="run the forward-auth gateway for nginx, Traefik, Caddy and Envoy",
-        description="Answer a reverse proxy's auth checks: route the original request to a named "
-        "policy, verify its token, admit (200 + identity headers) or refuse (401/403 JSON). "
-        "Settings come from [bbverify] and [bbverify.serve] in --config (docs/gateway.md). "
-        "Listens on 127.0.0.1:9180 unless told otherwise.",
-        epilog="examples:\n  bbverify serve --config bbverify.toml\n"
-        "  bbverify serve --config bbverify.toml --port 9180 --workers 2",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    serve = _command(sub, "serve", _cmd_serve, _SERVE, allow_abbrev=True)
     serve.add_argument("--config", required=True, help="TOML file with [bbverify] and [bbverify.serve]")
     serve.add_argument("--host", help="address to listen on (default: serve.host or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default: serve.port or 9180)")
     serve.add_argument("--workers", type=int, help="worker processes (default: serve.workers or 1)")
-    serve.set_defaults(func=_cmd_serve)
 
-    fake = sub.add_parser(
-        "fake-issuer",
-        help="run the test kit's fake Bitbucket issuer on loopback, to try a running app by hand",
-        description="Serve discovery and keys.json of a fake Bitbucket workspace on 127.0.0.1 until "
-        "stopped (Ctrl-C or SIGTERM), and mint tokens on request: GET /mint/<kind> with kind "
-        "valid, deployment, expired, wrong-audience or other-repository. Test keys only: never "
-        "point a production service at it.",
-        epilog="examples:\n  bbverify fake-issuer\n"
-        "  bbverify fake-issuer --port 8900 --repository-uuid '{1de489be-0b3c-4c26-9f5e-6a1d0f1c2b3a}'",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    fake = _command(sub, "fake-issuer", _cmd_fake_issuer, _FAKE_ISSUER, allow_abbrev=True)
     fake.add_argument("--host", default="127.0.0.1", help="loopback address (default: 127.0.0.1)")
     fake.add_argument("--port", type=int, default=0, help="port (default: a free one, printed)")
     fake.add_argument("--workspace", default="demo-workspace", help="workspace slug in the issuer path")
     fake.add_argument("--workspace-uuid", help="workspaceUuid of the tokens (default: random)")
     fake.add_argument("--repository-uuid", help="repositoryUuid of valid tokens (default: random)")
     fake.add_argument("--environment-uuid", help="environment of deployment tokens (default: random)")
-    fake.set_defaults(func=_cmd_fake_issuer)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""``bbverify demo``: the whole flow, offline, in a few seconds.
+"""Runs ``bbverify demo``: the whole flow against a fake issuer on loopback, offline, in seconds.
 
 It starts a fake Bitbucket issuer and a small protected WSGI app on
 127.0.0.1, sends requests carrying tokens for realistic scenarios, and

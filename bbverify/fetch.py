@@ -46,11 +46,13 @@ __all__ = [
     "DeadlineAdapter",
     "FetchError",
     "JsonResponse",
+    "capped_array",
     "check_fetch_url",
     "fetch_json",
     "fetch_json_response",
     "is_loopback_host",
     "private_session",
+    "read_body",
 ]
 
 _HEADERS = {"Accept": "application/json", "Accept-Encoding": "identity", "User-Agent": "bbverify"}
@@ -343,7 +345,7 @@ def fetch_json_response(
     outer = getattr(_CURRENT, "watch", None)
     _CURRENT.watch = watch
     try:
-        status, response_headers, chunks = _get(
+        status, response_headers, body = _get(
             session, url, remaining, deadline, max_bytes, headers, bool(conditional)
         )
     except FetchError:
@@ -363,7 +365,7 @@ def fetch_json_response(
     if status == 304:
         return JsonResponse(304, response_headers, None)
     try:
-        document = json.loads(b"".join(chunks).decode("utf-8"))
+        document = json.loads(body.decode("utf-8"))
     except (ValueError, RecursionError):
         raise FetchError(f"{url} did not return JSON") from None
     return JsonResponse(200, response_headers, document)
@@ -377,12 +379,12 @@ def _get(
     max_bytes: int,
     headers: Mapping[str, str],
     conditional: bool,
-) -> tuple[int, Mapping[str, str], list[bytes]]:
+) -> tuple[int, Mapping[str, str], bytes]:
     with session.get(
         url, timeout=(remaining, remaining), allow_redirects=False, stream=True, headers=headers
     ) as resp:
         if resp.status_code == 304 and conditional:
-            return 304, resp.headers, []
+            return 304, resp.headers, b""
         if resp.status_code != 200:
             raise FetchError(
                 f"{url} answered HTTP {resp.status_code}", status=resp.status_code, headers=resp.headers
@@ -393,24 +395,64 @@ def _get(
         declared = resp.headers.get("Content-Length")
         if declared and declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
             raise FetchError(f"{url} body of {declared} bytes exceeds the cap of {max_bytes}")
-        # read1 (urllib3 >= 2.2) returns whatever has arrived, so the deadline
-        # is also checked between small reads; older urllib3 has only read(),
-        # and the watchdog bounds it.
-        raw = resp.raw
-        read = getattr(raw, "read1", None) or raw.read
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            chunk = read(65536)
-            if not chunk:
-                break
-            size += len(chunk)
-            if size > max_bytes:
-                raise FetchError(f"{url} body exceeds the cap of {max_bytes} bytes")
-            if time.monotonic() > deadline:
-                raise FetchError(f"{url} did not finish in time")
-            chunks.append(chunk)
-        return 200, resp.headers, chunks
+        too_large = FetchError(f"{url} body exceeds the cap of {max_bytes} bytes")
+        too_slow = FetchError(f"{url} did not finish in time")
+        return 200, resp.headers, read_body(resp, max_bytes, deadline, too_large, too_slow)
+
+
+def capped_array(
+    document: object, member: str, cap: int, what: str, error: type[ValueError] = ValueError
+) -> list[Any]:
+    """The array ``document[member]`` of a fetched JSON document, at most ``cap`` entries long.
+
+    Args:
+        document: the parsed JSON document.
+        member: the object member holding the array (``keys`` of a JWKS, RFC 7517
+            section 5; ``items`` of Atlassian's IP-range feed).
+        cap: the most entries accepted (a bound on the work a document can cause).
+        what: the document's name in the error message.
+        error: the ``ValueError`` subclass raised.
+
+    Raises:
+        ValueError: (``error``) ``document`` is not an object with that array, or the array is too long.
+    """
+    if not isinstance(document, dict) or not isinstance(document.get(member), list):
+        raise error(f"{what} is not a JSON object with a '{member}' array")
+    entries: list[Any] = document[member]
+    if len(entries) > cap:
+        raise error(f"{what} has {len(entries)} {member}, more than the cap of {cap}")
+    return entries
+
+
+def read_body(
+    resp: requests.Response, max_bytes: int, deadline: float, too_large: Exception, too_slow: Exception
+) -> bytes:
+    """Read a streamed response's body, at most ``max_bytes`` and until ``deadline``.
+
+    Args:
+        resp: a response made with ``stream=True``.
+        max_bytes: the body cap in bytes.
+        deadline: a :func:`time.monotonic` time in seconds.
+        too_large, too_slow: the error raised past the cap or past the deadline.
+
+    Raises:
+        Exception: ``too_large`` or ``too_slow``; transport errors as ``requests`` raises them.
+    """
+    # read1 (urllib3 >= 2.2) returns whatever has arrived, so the deadline
+    # is also checked between small reads; older urllib3 (which the declared
+    # floors allow) has only read(), bounded by the caller's timeout.
+    raw = resp.raw
+    read = getattr(raw, "read1", None) or raw.read
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := read(65536):
+        size += len(chunk)
+        if size > max_bytes:
+            raise too_large
+        if time.monotonic() > deadline:
+            raise too_slow
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _after_fork_in_child() -> None:

@@ -1,9 +1,7 @@
-"""The networks a client IP is checked against: address sets, configured or from Atlassian's feed.
+"""Loads Atlassian's IP-range feed and keeps the ranges of one product and direction fresh.
 
-:class:`AddressSet` answers "is this address in any of these networks?" in
-O(log n): networks are merged into sorted, non-overlapping integer intervals
-per IP version and searched with :mod:`bisect`, so a feed of thousands of
-ranges costs the same per request as a handful.
+Address parsing and sets live in :mod:`bbverify.addresses`; their names are
+re-exported here for compatibility.
 
 :class:`AtlassianIPRanges` loads ``https://ip-ranges.atlassian.com/`` (or a
 local copy of it), keeps the ranges matching a product, direction and
@@ -24,13 +22,10 @@ optionally region, and refreshes them in the background:
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
-import math
 import os
 import time
-from bisect import bisect_right
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -39,9 +34,18 @@ from typing import TypeAlias
 
 import requests
 
+from .addresses import (
+    AddressSet,
+    IPAddress,
+    IPNetwork,
+    catch_all_versions,
+    parse_cidr,
+    parse_client_ip,
+)
+from .checks import seconds
 from .errors import ConfigurationError, FeedError, FetchError
-from .fetch import check_fetch_url, fetch_json, private_session
-from .refresh import BackgroundLoader, settled
+from .fetch import capped_array, check_fetch_url, fetch_json
+from .refresh import BackgroundLoader, from_loader, settled
 
 __all__ = [
     "DEFAULT_FEED_URL",
@@ -73,159 +77,6 @@ FIRST_USE_WAIT = 2.0
 # the cap only stops a misbehaving server from filling memory.
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_FEED_ITEMS = 200_000
-# Longest textual IPv6 address with an embedded IPv4 part is 45 characters.
-_MAX_IP_TEXT = 64
-
-IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-# -- addresses and networks -----------------------------------------------------
-
-
-# Pipelines call from few addresses, and ipaddress parsing costs more than the
-# rest of the IP rule; successes are remembered, in a bounded map.
-_PARSED: dict[str, IPAddress] = {}
-_PARSED_MAX = 4096
-
-
-def parse_client_ip(value: object) -> IPAddress:
-    """Parse a client address strictly; raise ``ValueError`` saying why not.
-
-    IPv4-mapped IPv6 (``::ffff:192.0.2.1``) becomes the IPv4 address, so a
-    dual-stack socket and an IPv4 allow list agree. Zone ids (``fe80::1%eth0``),
-    brackets, ports and surrounding spaces are refused: an adapter hands over
-    a bare address, and anything else means the address was not resolved.
-    """
-    if not isinstance(value, str):
-        raise ValueError(f"client IP must be a string, not {type(value).__name__}")
-    cached = _PARSED.get(value)
-    if cached is not None:
-        return cached
-    if not value or len(value) > _MAX_IP_TEXT:
-        raise ValueError("client IP is empty or too long")
-    if "%" in value:
-        raise ValueError("client IP carries a zone id (link-local addresses are never admitted)")
-    try:
-        address = ipaddress.ip_address(value)
-    except ValueError:
-        raise ValueError(f"client IP {value[:_MAX_IP_TEXT]!r} is not an IPv4 or IPv6 address") from None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    if len(_PARSED) >= _PARSED_MAX:
-        _PARSED.clear()
-    _PARSED[value] = address
-    return address
-
-
-def parse_cidr(value: object, *, key: str | None = None) -> IPNetwork:
-    """Parse a configured CIDR (``192.0.2.0/24``, ``2001:db8::/32`` or a bare address).
-
-    Host bits set (``192.0.2.7/24``) are an error rather than silently
-    widened or narrowed: the setting is ambiguous, so the operator decides.
-    """
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigurationError(f"{value!r} is not a CIDR string", key=key)
-    text = value.strip()
-    if "%" in text:
-        raise ConfigurationError(f"{text!r}: zone ids are not allowed in ranges", key=key)
-    try:
-        network = ipaddress.ip_network(text, strict=True)
-    except ValueError as exc:
-        # Valid once host bits are allowed: then host bits were strict mode's only objection.
-        try:
-            wide = ipaddress.ip_network(text, strict=False)
-        except ValueError:
-            wide = None
-        if wide is not None:
-            host = text.split("/", 1)[0]
-            raise ConfigurationError(
-                f"{text!r} has host bits set; write {str(wide)!r} for the network "
-                f"or {host + ('/32' if wide.version == 4 else '/128')!r} for the one address",
-                key=key,
-            ) from None
-        raise ConfigurationError(f"{text!r} is not an IPv4 or IPv6 network ({exc})", key=key) from None
-    if isinstance(network, ipaddress.IPv6Network) and network.network_address.ipv4_mapped is not None:
-        # ::ffff:a.b.c.d/n names IPv4 addresses; client IPs are unmapped, so map the range too.
-        if network.prefixlen < 96:
-            raise ConfigurationError(f"{text!r} mixes IPv4-mapped and other IPv6 space", key=key)
-        return ipaddress.IPv4Network((network.network_address.ipv4_mapped, network.prefixlen - 96))
-    return network
-
-
-def _merge(intervals: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
-    intervals.sort()
-    starts: list[int] = []
-    ends: list[int] = []
-    for start, end in intervals:
-        if ends and start <= ends[-1] + 1:
-            ends[-1] = max(ends[-1], end)
-        else:
-            starts.append(start)
-            ends.append(end)
-    return starts, ends
-
-
-def catch_all_versions(networks: Iterable[IPNetwork]) -> tuple[int, ...]:
-    """The IP versions (4, 6) of which ``networks`` together cover every address.
-
-    ``0.0.0.0/0`` does, and so do ``0.0.0.0/1`` + ``128.0.0.0/1`` or any other
-    split: the one coverage check behind the IP-range feed and ``trusted_proxies``.
-    Returns ``()`` when neither version is covered.
-    """
-    by_version: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
-    for n in networks:
-        by_version[n.version].append((int(n.network_address), int(n.broadcast_address)))
-    full = {4: (1 << 32) - 1, 6: (1 << 128) - 1}
-    covered: list[int] = []
-    for version, intervals in by_version.items():
-        starts, ends = _merge(intervals)
-        if starts == [0] and ends == [full[version]]:
-            covered.append(version)
-    return tuple(covered)
-
-
-class AddressSet:
-    """An immutable set of IPv4 and IPv6 networks with O(log n) membership.
-
-    ``address in s`` takes an :class:`ipaddress.IPv4Address` or
-    :class:`~ipaddress.IPv6Address` (see :func:`parse_client_ip`).
-    """
-
-    __slots__ = ("_v4", "_v6", "networks")
-
-    def __init__(self, networks: Iterable[IPNetwork] = ()) -> None:
-        unique = sorted(set(networks), key=lambda n: (n.version, n.network_address, n.prefixlen))
-        #: The networks as given (duplicates removed), for display.
-        self.networks: tuple[IPNetwork, ...] = tuple(unique)
-        v4 = [(int(n.network_address), int(n.broadcast_address)) for n in unique if n.version == 4]
-        v6 = [(int(n.network_address), int(n.broadcast_address)) for n in unique if n.version == 6]
-        self._v4 = _merge(v4)
-        self._v6 = _merge(v6)
-
-    def __contains__(self, address: object) -> bool:
-        if isinstance(address, ipaddress.IPv4Address):
-            starts, ends = self._v4
-        elif isinstance(address, ipaddress.IPv6Address):
-            starts, ends = self._v6
-        else:
-            return False
-        value = int(address)
-        i = bisect_right(starts, value) - 1
-        return i >= 0 and value <= ends[i]
-
-    def __len__(self) -> int:
-        return len(self.networks)
-
-    def __bool__(self) -> bool:
-        return bool(self.networks)
-
-    def __repr__(self) -> str:
-        shown = ", ".join(str(n) for n in self.networks[:4])
-        more = f", ... {len(self.networks) - 4} more" if len(self.networks) > 4 else ""
-        return f"AddressSet([{shown}{more}])"
-
-
 # -- the feed -------------------------------------------------------------------
 
 
@@ -279,11 +130,7 @@ def parse_feed(
         _selector(region, "region"),
         _selector(perimeter, "perimeter"),
     )
-    if not isinstance(document, dict) or not isinstance(document.get("items"), list):
-        raise FeedError("feed is not a JSON object with an 'items' array")
-    items = document["items"]
-    if len(items) > MAX_FEED_ITEMS:
-        raise FeedError(f"feed has {len(items)} items, more than the cap of {MAX_FEED_ITEMS}")
+    items = capped_array(document, "items", MAX_FEED_ITEMS, "feed", FeedError)
     networks: list[IPNetwork] = []
     skipped = 0
     for item in items:
@@ -323,7 +170,7 @@ def parse_feed(
             "feed lists no usable range for "
             + ", ".join(f"{n}={sorted(w)}" for n, w in zip(_FILTERS, wanted, strict=True) if w is not None)
         )
-    date = document.get("creationDate")
+    date = document.get("creationDate") if isinstance(document, dict) else None
     return FeedSnapshot(AddressSet(networks), skipped, date if isinstance(date, str) else None)
 
 
@@ -339,15 +186,7 @@ def _on_event_loop() -> bool:
     return True
 
 
-def _number(value: object, key: str, *, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigurationError(f"must be a number of seconds, not {value!r}", key=key)
-    if value < 0 or (positive and value == 0):
-        raise ConfigurationError(f"must be {'positive' if positive else 'non-negative'}", key=key)
-    return float(value)
-
-
-class AtlassianIPRanges(BackgroundLoader[FeedSnapshot]):
+class AtlassianIPRanges:
     """Atlassian's IP ranges for one product and direction, kept fresh.
 
     Args:
@@ -365,8 +204,6 @@ class AtlassianIPRanges(BackgroundLoader[FeedSnapshot]):
         session: a ``requests.Session`` (proxies, CA bundle); redirects stay off.
         clock: monotonic seconds; injectable for tests.
     """
-
-    _thread_name = "bbverify-ipranges"
 
     def __init__(
         self,
@@ -396,23 +233,26 @@ class AtlassianIPRanges(BackgroundLoader[FeedSnapshot]):
         self.direction = _selector(direction, "direction")
         self.region = _selector(region, "region")
         self.perimeter = _selector(perimeter, "perimeter")
-        self.refresh_interval = _number(refresh_interval, "refresh_interval", positive=True)
-        self.timeout = _number(timeout, "timeout", positive=True)
-        self.failure_backoff = _number(failure_backoff, "failure_backoff")
+        self.refresh_interval = seconds(refresh_interval, "refresh_interval", positive=True)
+        self.timeout = seconds(timeout, "timeout", positive=True)
+        self.failure_backoff = seconds(failure_backoff, "failure_backoff")
         if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int) or max_body_bytes < 1024:
             raise ConfigurationError("must be an integer of at least 1024", key="max_body_bytes")
         self.max_body_bytes = max_body_bytes
-        self._session = session
-        self._own_session = session is None
         self._clock = clock
 
-        self._init_loader(clock)
+        # The single-flight load (deadline, fork safety) is the loader's;
+        # when a refresh is due is this class's.
+        self._loader: BackgroundLoader[FeedSnapshot] = BackgroundLoader(
+            self._load, self._install, self._failed, session=session, timeout=self.timeout, clock=clock,
+            name="bbverify-ipranges",
+        )
         self._snapshot: FeedSnapshot | None = None
         self._loaded_at: float | None = None
 
         if not lazy and not self.refresh():
             raise ConfigurationError(
-                f"could not load IP ranges from {self.source}: {self._last_error}", key="ip_ranges_feed"
+                f"could not load IP ranges from {self.source}: {self.last_error}", key="ip_ranges_feed"
             )
 
     # -- public -----------------------------------------------------------------
@@ -422,10 +262,9 @@ class AtlassianIPRanges(BackgroundLoader[FeedSnapshot]):
         """The URL or path the ranges come from."""
         return self._url if self._url is not None else str(self._path)
 
-    @property
-    def last_error(self) -> str | None:
-        """Why the last load failed, while none has succeeded since."""
-        return self._last_error
+    last_error: str | None = from_loader("last_error", "Why the last load failed, if none succeeded since.")
+    fetch_count: int = from_loader("fetch_count", "How many loads were started.")
+    failure_count: int = from_loader("failure_count", "How many loads failed (for :mod:`bbverify.metrics`).")
 
     @property
     def loaded_at(self) -> float | None:
@@ -453,11 +292,11 @@ class AtlassianIPRanges(BackgroundLoader[FeedSnapshot]):
         if snap is not None:
             loaded = self._loaded_at
             assert loaded is not None
-            if self._clock() - loaded >= self.refresh_interval and self._inflight is None:
-                with self._lock:
+            if self._clock() - loaded >= self.refresh_interval and self._loader.inflight is None:
+                with self._loader.lock:
                     self._start_locked(self._clock(), force=False)
             return snap.ranges
-        with self._lock:
+        with self._loader.lock:
             future = self._start_locked(self._clock(), force=False)
         if not _on_event_loop():
             # A worker thread may wait briefly; then the request is denied.
@@ -467,13 +306,13 @@ class AtlassianIPRanges(BackgroundLoader[FeedSnapshot]):
 
     def refresh(self, timeout: float | None = None) -> bool:
         """Load now (ignoring the interval and backoff) and wait; True on success."""
-        with self._lock:
+        with self._loader.lock:
             future = self._start_locked(self._clock(), force=True)
         return self._wait(future, self.timeout if timeout is None else timeout)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for a load in progress, if any; True when the ranges are loaded."""
-        future = self._inflight
+        future = self._loader.inflight
         if future is not None:
             self._wait(future, self.timeout if timeout is None else timeout)
         return self._snapshot is not None
@@ -486,17 +325,17 @@ class AtlassianIPRanges(BackgroundLoader[FeedSnapshot]):
     # -- internals --------------------------------------------------------------
 
     def _start_locked(self, now: float, *, force: bool) -> Future[bool]:
-        if self._inflight is not None:
-            return self._inflight
-        if not force and self._in_backoff(now, self.failure_backoff):
+        if self._loader.inflight is not None:
+            return self._loader.inflight
+        if not force and self._loader.in_backoff(now, self.failure_backoff):
             return settled(False)
         if not force and self._loaded_at is not None and now - self._loaded_at < self.refresh_interval:
             return settled(True)
-        return self._launch_locked(now)
+        return self._loader.launch_locked(now)
 
-    @classmethod
-    def _wait(cls, future: Future[bool], timeout: float) -> bool:
-        return bool(cls._wait_for(future, timeout))
+    @staticmethod
+    def _wait(future: Future[bool], timeout: float) -> bool:
+        return bool(BackgroundLoader.wait_for(future, timeout))
 
     def _load(self) -> FeedSnapshot:
         document = self._read_url() if self._url is not None else self._read_file()
@@ -522,11 +361,6 @@ class AtlassianIPRanges(BackgroundLoader[FeedSnapshot]):
         _log.warning("loading IP ranges from %s failed (%s): %s", self.source, kept, message)
         return message
 
-    def _after_fork(self) -> None:
-        # Pooled connections are shared with the parent after a fork.
-        if self._own_session:
-            self._session = None
-
     def _read_file(self) -> object:
         assert self._path is not None
         with self._path.open("rb") as fh:
@@ -540,11 +374,10 @@ class AtlassianIPRanges(BackgroundLoader[FeedSnapshot]):
 
     def _read_url(self) -> object:
         assert self._url is not None
-        if self._session is None:
-            self._session = private_session()
         deadline = time.monotonic() + self.timeout
         try:
-            return fetch_json(self._session, self._url, deadline=deadline, max_bytes=self.max_body_bytes)
+            session = self._loader.session()
+            return fetch_json(session, self._url, deadline=deadline, max_bytes=self.max_body_bytes)
         except FetchError as exc:
             raise FeedError(str(exc)) from None
 

@@ -1,4 +1,4 @@
-"""The issuer's signing keys: discovery, fetch, cache, fetch budget, shared stores.
+"""Serves the issuer's signing keys (JWKS) to the verifier: discovered, fetched, cached, kept fresh.
 
 :class:`RemoteKeySet` behaves like a careful remote JWKS client:
 
@@ -31,6 +31,7 @@ import asyncio
 import json
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
@@ -40,6 +41,7 @@ from typing import Any, Protocol, TypeAlias
 import requests
 
 from . import budget as _budget
+from .checks import seconds
 from .errors import (
     ConfigurationError,
     ErrorCode,
@@ -51,13 +53,13 @@ from .errors import (
 )
 from .fetch import (
     JsonResponse,
+    capped_array,
     check_fetch_url,
     fetch_json_response,
     is_loopback_host,
-    private_session,
 )
 from .jwk import SUPPORTED_ALGORITHMS, VerifyingKey, parse_jwk
-from .refresh import BackgroundLoader, settled
+from .refresh import BackgroundLoader, from_loader, settled
 from .stores import KeyStore
 
 __all__ = ["KeySource", "RemoteKeySet", "StaticKeySet", "check_fetch_url", "is_loopback_host"]
@@ -129,11 +131,7 @@ def build_key_index(
     document: object, allowed_algorithms: frozenset[str], *, min_rsa_bits: int, max_keys: int, source: str
 ) -> KeyIndex:
     """Parse a JWKS document into usable keys; raise ``ValueError`` if none."""
-    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
-        raise ValueError("JWKS is not a JSON object with a 'keys' array")
-    entries = document["keys"]
-    if len(entries) > max_keys:
-        raise ValueError(f"JWKS holds {len(entries)} keys, more than the cap of {max_keys}")
+    entries = capped_array(document, "keys", max_keys, "JWKS")
     keys: list[VerifyingKey] = []
     for i, entry in enumerate(entries):
         try:
@@ -240,7 +238,7 @@ class _Entry:
     kept: Mapping[str, Any] | None = None
 
 
-class RemoteKeySet(BackgroundLoader[_Outcome]):
+class RemoteKeySet:
     """The issuer's JWKS, fetched over HTTPS and cached (see the module docs).
 
     Give ``jwks_url`` to skip discovery; otherwise the key set's address comes
@@ -268,8 +266,6 @@ class RemoteKeySet(BackgroundLoader[_Outcome]):
     Raises:
         ConfigurationError: for any unusable setting.
     """
-
-    _thread_name = "bbverify-jwks"
 
     def __init__(
         self,
@@ -312,15 +308,8 @@ class RemoteKeySet(BackgroundLoader[_Outcome]):
             ("failure_backoff", failure_backoff),
             ("store_poll", store_poll),
         ):
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not math.isfinite(value)
-                or value < 0
-            ):
-                raise ConfigurationError(f"must be a non-negative number of seconds, not {value!r}", key=name)
-        if timeout <= 0:
-            raise ConfigurationError("must be positive", key="timeout")
+            seconds(value, name)
+        seconds(timeout, "timeout", positive=True)
         if min_cache_ttl > max_cache_ttl:
             raise ConfigurationError("must not exceed max_cache_ttl", key="min_cache_ttl")
         if min_rsa_bits < 2048:
@@ -363,13 +352,16 @@ class RemoteKeySet(BackgroundLoader[_Outcome]):
         self.max_body_bytes = int(max_body_bytes)
         self.max_keys = int(max_keys)
         self.min_rsa_bits = int(min_rsa_bits)
-        self._session = session
-        self._own_session = session is None
         self._now = monotonic
         self._wall = clock
         self._store_name: str = self._jwks_url or str(issuer)
 
-        self._init_loader(monotonic)
+        # The single-flight load (deadline, fork safety) is the loader's;
+        # when a load is due, and what it does, is this class's.
+        self._loader: BackgroundLoader[_Outcome] = BackgroundLoader(
+            self._load, self._install, self._failed, session=session, timeout=self.timeout, clock=monotonic,
+            name="bbverify-jwks",
+        )
         self._by_kid: dict[str, VerifyingKey] = {}
         self._all: tuple[VerifyingKey, ...] = ()
         self._document: object = None
@@ -387,15 +379,19 @@ class RemoteKeySet(BackgroundLoader[_Outcome]):
 
     # -- public -------------------------------------------------------------
 
+    fetch_count: int = from_loader("fetch_count", "How many loads were started (store or issuer).")
+    failure_count: int = from_loader("failure_count", "How many loads failed (for :mod:`bbverify.metrics`).")
+    last_error: str | None = from_loader("last_error", "Why the last fetch failed, if none succeeded since.")
+    # The loader's lock guards this object's state too (a load installs under
+    # it); it is replaced after a fork, so it is read through, never copied.
+    _lock: threading.RLock = from_loader("lock", "The lock of this key set's state.")
+    _inflight: Future[bool] | None = from_loader("inflight", "The load under way, if any.")
+    _wait_for = staticmethod(BackgroundLoader.wait_for)
+
     @property
     def jwks_url(self) -> str | None:
         """The key set's URL: configured, or found by discovery (else ``None``)."""
         return self._jwks_url
-
-    @property
-    def last_error(self) -> str | None:
-        """Why the last fetch failed, while it has not succeeded since."""
-        return self._last_error
 
     def status(self) -> dict[str, Any]:
         """A snapshot for monitoring (:mod:`bbverify.metrics`, the gateway's ``/readyz``).
@@ -417,7 +413,7 @@ class RemoteKeySet(BackgroundLoader[_Outcome]):
             "keys": len(self._all),
             "fetches": self.fetch_count,
             "failures": self.failure_count,
-            "last_error": self._last_error,
+            "last_error": self._loader.last_error,
             "budget_remaining": self._local_budget.tokens,
         }
 
@@ -510,7 +506,7 @@ class RemoteKeySet(BackgroundLoader[_Outcome]):
         wait = max(1.0, self.budget.wait(self._local_budget, now))
         if self.key_store is not None:
             wait = max(1.0, min(wait, self.store_poll))
-        reason = self._last_error or "no key set has been fetched yet"
+        reason = self._loader.last_error or "no key set has been fetched yet"
         return KeysUnavailable(
             f"the issuer's signing keys are unavailable ({reason})", retry_after=math.ceil(wait)
         )
@@ -558,10 +554,10 @@ class RemoteKeySet(BackgroundLoader[_Outcome]):
         self._reason = reason
         if self.key_store is not None:
             self._store_checked_at = now
-        return self._launch_locked(now)
+        return self._loader.launch_locked(now)
 
     def _wait(self, future: Future[bool]) -> None:
-        if self._wait_for(future, self.timeout) is None:
+        if self._loader.wait_for(future, self.timeout) is None:
             raise self._too_slow()
 
     async def _await(self, future: Future[bool]) -> None:
@@ -943,22 +939,12 @@ class RemoteKeySet(BackgroundLoader[_Outcome]):
 
     # -- fetching -------------------------------------------------------------
 
-    def _after_fork(self) -> None:
-        # Pooled connections are shared with the parent after a fork: a
-        # session we made is replaced; a caller's session is the caller's.
-        if self._own_session:
-            self._session = None
-
-    def _http(self) -> requests.Session:
-        if self._session is None:
-            self._session = private_session()
-        return self._session
-
     def _get(self, url: str, deadline: float, conditional: Mapping[str, str] | None = None) -> JsonResponse:
         with self._lock:
             self.request_count += 1
+        session = self._loader.session()
         return fetch_json_response(
-            self._http(), url, deadline=deadline, max_bytes=self.max_body_bytes, conditional=conditional
+            session, url, deadline=deadline, max_bytes=self.max_body_bytes, conditional=conditional
         )
 
     def _fetch(self, deadline: float, conditional: Mapping[str, str]) -> JsonResponse:

@@ -44,7 +44,7 @@ import requests
 
 from .claims import try_normalize_uuid
 from .errors import ConfigurationError, LookupFailed
-from .fetch import check_fetch_url, private_session
+from .fetch import check_fetch_url, private_session, read_body
 from .workspaces import bitbucket_audience, bitbucket_issuer
 
 __all__ = [
@@ -168,6 +168,7 @@ class _Client:
             "User-Agent": "bbverify",
         }
         deadline = time.monotonic() + self.timeout
+        answer = f"Bitbucket's answer for {what}"
         try:
             with self.session.get(
                 url, headers=headers, timeout=self.timeout, allow_redirects=False, stream=True
@@ -175,22 +176,13 @@ class _Client:
                 status = resp.status_code
                 if status != 200:
                     raise _refusal(status, what, _retry_after(resp.headers.get("Retry-After")))
-                chunks: list[bytes] = []
-                size = 0
-                # read1 exists only from urllib3 2.2; older releases (which the
-                # declared floors allow) have read(), bounded by the timeout.
-                read = getattr(resp.raw, "read1", None) or resp.raw.read
-                while chunk := read(65536):
-                    size += len(chunk)
-                    if size > MAX_BODY_BYTES:
-                        raise LookupFailed(f"Bitbucket's answer for {what} exceeds {MAX_BODY_BYTES} bytes")
-                    if time.monotonic() > deadline:
-                        raise LookupFailed(f"Bitbucket's answer for {what} took more than {self.timeout:g} s")
-                    chunks.append(chunk)
+                too_large = LookupFailed(f"{answer} exceeds {MAX_BODY_BYTES} bytes")
+                too_slow = LookupFailed(f"{answer} took more than {self.timeout:g} s")
+                body = read_body(resp, MAX_BODY_BYTES, deadline, too_large, too_slow)
         except requests.RequestException as exc:
             raise LookupFailed(f"cannot reach {self.base} for {what}: {type(exc).__name__}") from None
         try:
-            data = json.loads(b"".join(chunks))
+            data = json.loads(body)
         except (ValueError, RecursionError):
             raise LookupFailed(f"Bitbucket's answer for {what} is not JSON", status=status) from None
         if not isinstance(data, dict):
