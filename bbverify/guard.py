@@ -16,13 +16,13 @@ from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import TypedDict
 
+from .addresses import IPAddress
 from .audit import Decision, emit
 from .bearer import DEFAULT_REALM, ErrorResponse, bearer_token, error_response, quote_header_value
 from .claims import PipelineClaims
 from .context import RequestContext
 from .errors import ConfigurationError, VerificationError
 from .identity import CLAIMS_KEY, CLIENT_IP_KEY, POLICY_KEY, VERIFIER_KEY
-from .ipranges import IPAddress
 from .policies import Rule, as_rules
 from .proxies import TrustedProxies, TrustedProxiesSpec, client_address, client_ip
 from .verifier import Verifier

@@ -12,8 +12,8 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from .addresses import IPAddress, catch_all_versions, parse_cidr
 from .errors import ConfigurationError
-from .ipranges import IPAddress, catch_all_versions, parse_cidr
 
 __all__ = [
     "MAX_FORWARDED_ENTRIES",
