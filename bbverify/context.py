@@ -10,9 +10,10 @@ once: rules read :attr:`RequestContext.client_address`, an
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .ipranges import IPAddress, parse_client_ip
+from .addresses import IPAddress, parse_client_ip
 
 __all__ = ["RequestContext"]
 
@@ -27,7 +28,7 @@ class RequestContext:
     the trusted-proxy walk of ``X-Forwarded-For``): a ``str``, an
     :class:`ipaddress.IPv4Address` / :class:`~ipaddress.IPv6Address`, or
     ``None`` when unknown. It is parsed once, when the context is built
-    (strictly, see :func:`bbverify.ipranges.parse_client_ip`; an IPv4-mapped
+    (strictly, see :func:`bbverify.addresses.parse_client_ip`; an IPv4-mapped
     IPv6 address becomes the IPv4 address):
 
     * ``client_ip`` keeps the text form (``str(address)`` when an address
@@ -77,23 +78,37 @@ class RequestContext:
             # Not a client IP at all: kept as given so the IP rule refuses it as malformed.
             text = client_ip
             error = f"client IP must be a string, not {type(client_ip).__name__}"
-        setattr_ = object.__setattr__
-        setattr_(self, "client_ip", text)
-        setattr_(self, "now", now)
-        setattr_(self, "method", method)
-        setattr_(self, "path", path)
-        setattr_(self, "client_address", address)
-        setattr_(self, "client_ip_error", error)
+        # Straight into the slots: the frozen class's __setattr__ refuses, and
+        # object.__setattr__ would cost twice as much (one context per request).
+        _set_client_ip(self, text)
+        _set_now(self, now)
+        _set_method(self, method)
+        _set_path(self, path)
+        _set_client_address(self, address)
+        _set_client_ip_error(self, error)
 
     def at(self, now: float) -> RequestContext:
         """This context with ``now`` (seconds since the epoch) instead; the client IP is not parsed again."""
         if now == self.now:
             return self
         copy = object.__new__(RequestContext)
-        for name in _SLOTS:
-            object.__setattr__(copy, name, getattr(self, name))
-        object.__setattr__(copy, "now", now)
+        _set_client_ip(copy, self.client_ip)
+        _set_now(copy, now)
+        _set_method(copy, self.method)
+        _set_path(copy, self.path)
+        _set_client_address(copy, self.client_address)
+        _set_client_ip_error(copy, self.client_ip_error)
         return copy
 
 
-_SLOTS = RequestContext.__slots__
+def _slot_setter(name: str) -> Callable[[RequestContext, object], None]:
+    setter: Callable[[RequestContext, object], None] = vars(RequestContext)[name].__set__
+    return setter
+
+
+_set_client_ip = _slot_setter("client_ip")
+_set_now = _slot_setter("now")
+_set_method = _slot_setter("method")
+_set_path = _slot_setter("path")
+_set_client_address = _slot_setter("client_address")
+_set_client_ip_error = _slot_setter("client_ip_error")

@@ -156,3 +156,17 @@ def test_one_call_verify_takes_a_context(issuer: FakeIssuer) -> None:
         policies=lambda c, r: seen.append(r),
     )
     assert [(c.client_ip, c.method, c.path) for c in seen] == [("203.0.113.9", "GET", "/one")]
+
+
+def test_audit_record_builds_the_decision_from_the_context() -> None:
+    from bbverify.audit import Decision, record
+    from bbverify.errors import ErrorCode, InvalidToken
+
+    seen: list[Decision] = []
+    ctx = RequestContext("203.0.113.10", 0.0, "GET", "/x")
+    record(InvalidToken("no token", code=ErrorCode.MISSING_TOKEN), ctx, seen.append, policy="deploy")
+    record(None, ctx, seen.append, workspace_name="acme", issuer="https://issuer.example")
+    assert [(d.allowed, d.code, d.client_ip, d.method, d.path, d.policy, d.workspace_name) for d in seen] == [
+        (False, "missing_token", "203.0.113.10", "GET", "/x", "deploy", None),
+        (True, "ok", "203.0.113.10", "GET", "/x", None, "acme"),
+    ]
