@@ -55,7 +55,7 @@ from typing import Any
 from urllib.parse import quote
 
 from .asgi import Receive, Scope, Send, peer_address
-from .audit import Decision, emit
+from .audit import record
 from .bearer import DEFAULT_REALM, ErrorResponse, error_response
 from .claims import PipelineClaims
 from .config import load_toml_table, verifier_from_mapping
@@ -474,7 +474,7 @@ class Gateway:
                 # spaces or controls in it cannot fake fields of the audit line.
                 path = quote((target or "").split("?", 1)[0][:512], safe=_URI_SAFE) or None
                 said = quote(method[:32], safe=_URI_SAFE) if method else None
-                emit(Decision.build(None, client, exc, method=said, path=path), self.verifier.on_decision)
+                record(exc, RequestContext(address, 0.0, said, path), self.verifier.on_decision)
             response = self._refusal(exc)
             elapsed = time.perf_counter() - start
             if match is not None and not match.public:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TypedDict
 
 from .addresses import IPAddress
-from .audit import Decision, emit
+from .audit import record
 from .bearer import DEFAULT_REALM, ErrorResponse, bearer_token, error_response, quote_header_value
 from .claims import PipelineClaims
 from .context import RequestContext
@@ -219,9 +219,7 @@ class Guard:
         try:
             return bearer_token(authorization)
         except VerificationError as exc:
-            where = {"method": context.method, "path": context.path}
-            decision = Decision.build(None, context.client_ip, exc, **where, policy=self.applied_policy)
-            emit(decision, self.verifier.on_decision)
+            record(exc, context, self.verifier.on_decision, policy=self.applied_policy)
             raise
 
     def verify(self, authorization: Sequence[str | bytes], *, context: RequestContext) -> PipelineClaims:

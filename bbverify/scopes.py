@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from .audit import Decision, emit
+from .audit import record
 from .claims import PipelineClaims
+from .context import RequestContext
 from .errors import ConfigurationError, ErrorCode, PolicyDenied
 from .identity import VERIFIER_KEY, request_client_ip
 from .paths import routing_path, wsgi_path
@@ -65,16 +66,12 @@ def check_scopes(
             method = carrier.get("method", carrier.get("REQUEST_METHOD"))
             path = carrier.get("path") if "path" in carrier else wsgi_path(carrier.get("PATH_INFO"))
             root = carrier.get("root_path")
-            decision = Decision.build(
-                claims,
-                request_client_ip(carrier),
-                exc,
-                method=method if isinstance(method, str) else None,
-                path=routing_path(
-                    path if isinstance(path, str) else None, root if isinstance(root, str) else None
-                ),
+            routed = routing_path(
+                path if isinstance(path, str) else None, root if isinstance(root, str) else None
             )
-            emit(decision, verifier.on_decision)
+            method = method if isinstance(method, str) else None
+            context = RequestContext(request_client_ip(carrier), 0.0, method, routed)
+            record(exc, context, verifier.on_decision, claims=claims)
         raise
 
 
