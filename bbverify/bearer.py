@@ -30,6 +30,7 @@ from .errors import (
     PolicyDenied,
     VerificationError,
 )
+from .token import pasting_mistake
 
 __all__ = [
     "DEFAULT_REALM",
@@ -108,7 +109,8 @@ def bearer_token(authorization: Sequence[str | bytes]) -> str:
     if scheme.lower() != "bearer":
         if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+\-.^_`|~]+", scheme):
             raise InvalidRequest(
-                "the Authorization header is malformed", code=ErrorCode.MALFORMED_AUTHORIZATION
+                "the Authorization header is malformed" + _scheme_hint(scheme),
+                code=ErrorCode.MALFORMED_AUTHORIZATION,
             )
         raise MissingToken("the Authorization scheme is not Bearer", code=ErrorCode.UNSUPPORTED_SCHEME)
     credentials = credentials.strip(" \t")
@@ -127,10 +129,33 @@ def bearer_token(authorization: Sequence[str | bytes]) -> str:
                 "the request has more than one Authorization header (joined by the server)",
                 code=ErrorCode.MULTIPLE_AUTHORIZATION,
             )
-        raise InvalidRequest(
-            "the Bearer token has characters a token cannot have", code=ErrorCode.MALFORMED_AUTHORIZATION
-        )
+        raise InvalidRequest(_bad_credentials(credentials), code=ErrorCode.MALFORMED_AUTHORIZATION)
     return credentials
+
+
+def _scheme_hint(scheme: str) -> str:
+    """Why a first word that is no auth-scheme (RFC 9110 11.4 token) is wrong, for the usual slips."""
+    word = scheme.lower().rstrip(":")
+    if word == "authorization":
+        return " (its value repeats the header name): send 'Authorization: Bearer <token>'"
+    if word == "bearer":
+        return " (a colon after 'Bearer'): send 'Bearer <token>', separated by a space"
+    return ""
+
+
+def _bad_credentials(credentials: str) -> str:
+    """The refusal for credentials that are not a b64token (RFC 6750 section 2.1).
+
+    The usual pasting mistakes are named (the scheme given twice, quotes, a
+    newline, an unexpanded variable; :func:`bbverify.token.pasting_mistake`),
+    so the user learns the fix; the credentials themselves are never repeated.
+    """
+    if credentials[:7].lower() == "bearer ":
+        return "the Authorization header gives the Bearer scheme twice: send 'Bearer <token>' once"
+    mistake = pasting_mistake(credentials)
+    if mistake is not None:
+        return "the Bearer token " + mistake
+    return "the Bearer token has characters a token cannot have"
 
 
 # ", <scheme> <credentials>" after a first credential: a second header line joined to the first.

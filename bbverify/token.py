@@ -38,6 +38,7 @@ __all__ = [
     "loads_strict",
     "parse_header",
     "parse_json_object",
+    "pasting_mistake",
     "split",
 ]
 
@@ -205,7 +206,7 @@ def split(token: object, max_bytes: int = DEFAULT_MAX_TOKEN_BYTES) -> ParsedToke
     if len(token) > max_bytes:
         raise InvalidToken("token is larger than the size cap", code=ErrorCode.TOKEN_TOO_LARGE)
     if not token.isascii():
-        raise _malformed("token is not ASCII")
+        raise _malformed(_likely_mistake(token) or "token is not ASCII")
     raw = token.encode("ascii")
     # Fast path, one C pass over the whole token: nothing but the alphabet and
     # exactly two dots means every alphabet check below would pass, so only
@@ -229,18 +230,52 @@ def split(token: object, max_bytes: int = DEFAULT_MAX_TOKEN_BYTES) -> ParsedToke
     )
 
 
+# A shell variable that reached us unexpanded ('$BITBUCKET_STEP_OIDC_TOKEN' in single quotes).
+_UNEXPANDED_VARIABLE_RE = re.compile(r"\$\{?[A-Za-z_][A-Za-z0-9_]*\}?")
+# ASCII quotes and the typographic ones a chat tool or word processor puts in.
+_QUOTES = "\"'`\u201c\u201d\u2018\u2019"
+
+
+def pasting_mistake(text: str) -> str | None:
+    """Name the usual mistake when a token was pasted or passed wrongly, else ``None``.
+
+    ``text`` is what arrived where a compact JWS was expected (the argument of
+    ``verify()``, or the credentials after ``Bearer`` in an ``Authorization``
+    header). The result is a phrase to put after "token" ("is wrapped in
+    quotes; ..."); it never repeats ``text``, which may be a real token. The
+    usual mistakes: the value is empty, still starts with the ``Bearer`` scheme
+    (given twice), is wrapped in quotes, has whitespace around or inside it (a
+    newline from a file or ``echo``, a wrapped line), is an unexpanded shell
+    variable or a ``<placeholder>``, or starts with the header name.
+    """
+    if not text:
+        return "is empty"
+    lowered = text[:14].lower()
+    if lowered[:7] == "bearer ":
+        return "starts with 'Bearer ': pass the token alone, without the Authorization scheme"
+    if lowered.startswith("authorization:"):
+        return "starts with 'Authorization:': pass the token alone, without the header name and scheme"
+    if text != text.strip():
+        return "has leading or trailing whitespace (a newline from a file or echo?); strip it"
+    if text[0] in _QUOTES or text[-1] in _QUOTES:
+        return "is wrapped in quotes (copied from a shell or JSON string?); give it without them"
+    if _UNEXPANDED_VARIABLE_RE.fullmatch(text):
+        return (
+            "is the name of a shell variable, not its value (single quotes stop the shell from "
+            "expanding it; in Bitbucket Pipelines use \"$BITBUCKET_STEP_OIDC_TOKEN\" on a step "
+            "with 'oidc: true')"
+        )
+    if text[0] == "<" and text[-1] == ">":
+        return "is a placeholder ('<...>'), not a token; give the token itself"
+    if any(ch.isspace() for ch in text):
+        return "has whitespace inside it (a line wrapped when it was copied?); remove it"
+    return None
+
+
 def _likely_mistake(token: str) -> str | None:
     """Name the usual token-passing mistakes instead of a base64url complaint."""
-    if not token:
-        return "token is empty"
-    if token[:7].lower() == "bearer ":
-        return "token starts with 'Bearer ': pass the token alone, without the Authorization scheme"
-    if token != token.strip():
-        return (
-            "token has leading or trailing whitespace (a newline from a file or echo?); "
-            "strip it before verifying"
-        )
-    return None
+    mistake = pasting_mistake(token)
+    return None if mistake is None else "token " + mistake
 
 
 def _split_checked(token: str) -> ParsedToken:

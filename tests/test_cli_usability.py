@@ -191,3 +191,14 @@ def test_fake_issuer_refuses_a_non_loopback_host() -> None:
     assert "loopback only" in result.stderr
     bad = run("fake-issuer", "--repository-uuid", "nope")
     assert bad.returncode == 2 and "--repository-uuid" in bad.stderr
+
+
+@pytest.mark.parametrize(("wrap", "expected"), [('"{}"', "wrapped in quotes"), ("Bearer Bearer {}", "Bearer")])
+def test_verify_names_a_quoted_or_twice_prefixed_token(issuer: FakeIssuer, wrap: str, expected: str) -> None:
+    token = issuer.mint()
+    result = run("verify", wrap.format(token), "--issuer", issuer.issuer, "--audience", issuer.audience)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "REJECTED (401 malformed)" in result.stdout
+    assert expected in result.stdout
+    assert "base64url" not in result.stdout
+    assert token.split(".")[2] not in result.stdout + result.stderr

@@ -405,3 +405,55 @@ def test_a_comma_alone_is_still_malformed() -> None:
     with pytest.raises(InvalidRequest) as info:
         bearer_token(["Bearer a,b"])
     assert info.value.code == "malformed_authorization"
+
+
+# -- token-pasting mistakes get a message naming the fix (finding f06) --------------------
+
+JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzZWNyZXQtY2xhaW0ifQ.c2lnbmF0dXJl"
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (f"Bearer Bearer {JWT}", "Bearer scheme twice"),
+        (f"bearer BEARER {JWT}", "Bearer scheme twice"),
+        (f'Bearer "{JWT}"', "wrapped in quotes"),
+        (f"Bearer '{JWT}'", "wrapped in quotes"),
+        (f'Bearer "{JWT}', "wrapped in quotes"),
+        (f"Bearer {JWT}\n", "trailing whitespace (a newline"),
+        (f"Bearer {JWT}\r\n", "trailing whitespace (a newline"),
+        (f"Bearer {JWT[:20]}\n{JWT[20:]}", "whitespace inside it"),
+        (f"Bearer {JWT[:20]} {JWT[20:]}", "whitespace inside it"),
+        ("Bearer $BITBUCKET_STEP_OIDC_TOKEN", "name of a shell variable, not its value"),
+        ("Bearer ${BITBUCKET_STEP_OIDC_TOKEN}", "name of a shell variable, not its value"),
+        ("Bearer <token>", "placeholder"),
+        (f"Authorization: Bearer {JWT}", "repeats the header name"),
+        (f"Bearer: {JWT}", "a colon after 'Bearer'"),
+    ],
+)
+def test_bearer_pasting_mistakes_name_the_fix(header: str, expected: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        bearer_token([header])
+    error = info.value
+    # Only the wording improves: the RFC 6750 status and code stay those of a malformed header.
+    assert error.code == "malformed_authorization"
+    assert expected in error.message
+    assert "characters a token cannot have" not in error.message
+    resp = error_response(error)
+    assert resp.status == 400
+    challenge = resp.header("WWW-Authenticate") or ""
+    assert 'error="invalid_request"' in challenge
+    assert "\n" not in challenge and "\r" not in challenge
+    # The credentials are never echoed back (not even a fragment of the token).
+    for text in (error.message, challenge, resp.body.decode()):
+        assert JWT[:20] not in text and JWT[20:] not in text
+        assert "BITBUCKET_STEP_OIDC_TOKEN" not in text or "shell variable" in text
+
+
+def test_other_bad_characters_keep_the_generic_message() -> None:
+    for header in ("Bearer abc=def", "Bearer a,b", "Bearer tökén"):
+        with pytest.raises(InvalidRequest) as info:
+            bearer_token([header])
+        assert info.value.code == "malformed_authorization"
+        assert "Bearer scheme twice" not in info.value.message
+        assert "quotes" not in info.value.message

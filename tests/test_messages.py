@@ -51,15 +51,26 @@ def test_real_audiences_still_build() -> None:
         (lambda t: t + "\n", "trailing whitespace"),
         (lambda t: " " + t, "leading or trailing whitespace"),
         (lambda t: "", "token is empty"),
+        (lambda t: "Bearer Bearer " + t, "starts with 'Bearer '"),
+        (lambda t: f'"{t}"', "wrapped in quotes"),
+        (lambda t: f"'{t}'", "wrapped in quotes"),
+        (lambda t: t + '"', "wrapped in quotes"),
+        (lambda t: f"\u201c{t}\u201d", "wrapped in quotes"),
+        (lambda t: t[:30] + "\n" + t[30:], "whitespace inside it"),
+        (lambda t: "$BITBUCKET_STEP_OIDC_TOKEN", "name of a shell variable"),
+        (lambda t: "<token>", "placeholder"),
+        (lambda t: "Authorization: Bearer " + t, "without the header name"),
     ],
 )
 def test_token_passing_mistakes_name_the_cause(issuer: FakeIssuer, mangle, expected: str) -> None:
     verifier = issuer.verifier()
+    token = issuer.mint()
     with pytest.raises(InvalidToken) as caught:
-        verifier.verify(mangle(issuer.mint()))
+        verifier.verify(mangle(token))
     assert caught.value.code == "malformed"
     assert expected in caught.value.message
     assert "base64url" not in caught.value.message
+    assert token[:30] not in caught.value.message and token[-30:] not in caught.value.message
 
 
 def test_leeway_accepts_a_timedelta(issuer: FakeIssuer) -> None:
