@@ -394,6 +394,7 @@ def check_document_tables(document: Mapping[str, Any], source: str = "") -> None
             f"table [{nested}]{where} is not read by bbverify; it reads only the top-level [{ROOT_TABLE}]",
             key=nested,
         )
+    _check_top_level_keys(document, where)
     for name in document:
         if not isinstance(name, str) or name == ROOT_TABLE:
             continue
@@ -405,15 +406,80 @@ def check_document_tables(document: Mapping[str, Any], source: str = "") -> None
             raise ConfigurationError(
                 f"table [{name}]{where} is not read by bbverify; did you mean {meant}?", key=name
             )
-        fuzzy = [t for t in KNOWN_TABLES if t not in _EXACT_ONLY]
-        sub = next((t for t in KNOWN_TABLES if _normal(t) == normal), None) or _suggest(
-            name, fuzzy, cutoff=0.7
-        )
+        sub = _known_table_like(name)
         if sub is not None:
+            # A plain key (not a table) named like a table: say "key", not "table [..]".
+            what = f"table [{name}]" if _is_table(document[name]) else f"top-level key {name!r}"
             raise ConfigurationError(
-                f"table [{name}]{where} is not read by bbverify; did you mean [{ROOT_TABLE}.{sub}]?",
+                f"{what}{where} is not read by bbverify; did you mean [{ROOT_TABLE}.{sub}]?",
                 key=name,
             )
+
+
+def _is_table(value: object) -> bool:
+    """Whether a TOML value is a table (``[name]``) or an array of tables (``[[name]]``), not a key."""
+    if isinstance(value, Mapping):
+        return True
+    return isinstance(value, list) and bool(value) and all(isinstance(v, Mapping) for v in value)
+
+
+def _home_of(name: str) -> tuple[str, str] | None:
+    """``(setting, table)`` for a key that is, or nearly is, a bbverify setting, else ``None``.
+
+    ``table`` is where the setting is written: ``[bbverify]`` for verifier
+    settings, ``[bbverify.rules]`` for rule settings.
+    """
+    for known, table in ((_VERIFIER, f"[{ROOT_TABLE}]"), (_RULES, f"[{ROOT_TABLE}.rules]")):
+        setting = _suggest(name, known, cutoff=0.85)
+        if setting is not None:
+            return setting, table
+    return None
+
+
+def _check_top_level_keys(document: Mapping[str, Any], where: str) -> None:
+    """Refuse bbverify settings written as top-level keys (above ``[bbverify]``, or with it forgotten).
+
+    TOML puts every key written above the first table header at the top level,
+    where bbverify never reads it. Without a ``[bbverify]`` table any
+    top-level key named (nearly) like a setting is such a mistake. Beside a
+    ``[bbverify]`` table, generic names (``timeout``) may belong to the
+    application sharing the file, so only the names that already looked like
+    one of bbverify's tables (``workspace``) are refused, now as keys.
+    """
+    has_root = isinstance(document.get(ROOT_TABLE), Mapping)
+    misplaced: dict[str, list[str]] = {}  # table -> what the user wrote
+    first: str | None = None
+    for name, value in document.items():
+        if not isinstance(name, str) or name == ROOT_TABLE or _is_table(value):
+            continue
+        home = _home_of(name)
+        if home is None:
+            continue
+        if has_root and _known_table_like(name) is None:
+            continue
+        setting, table = home
+        spelled = repr(name) if setting == name else f"{name!r} (did you mean {setting!r}?)"
+        misplaced.setdefault(table, []).append(spelled)
+        first = first or name
+    if first is None:
+        return
+    count = sum(len(names) for names in misplaced.values())
+    noun = "key" if count == 1 else "keys"
+    verb = "is" if count == 1 else "are"
+    fix = " and ".join(f"{', '.join(names)} under {table}" for table, names in misplaced.items())
+    raise ConfigurationError(
+        f"{noun} {', '.join(n for names in misplaced.values() for n in names)}{where} {verb} outside "
+        f"[{ROOT_TABLE}] (TOML keys written above the first table header, or with no [{ROOT_TABLE}] "
+        f"header, are top-level and not read by bbverify): put {fix}",
+        key=first,
+    )
+
+
+def _known_table_like(name: str) -> str | None:
+    """The one of :data:`KNOWN_TABLES` a top-level name is spelled like, else ``None``."""
+    normal = _normal(name)
+    fuzzy = [t for t in KNOWN_TABLES if t not in _EXACT_ONLY]
+    return next((t for t in KNOWN_TABLES if _normal(t) == normal), None) or _suggest(name, fuzzy, cutoff=0.7)
 
 
 def _nested_root(table: Mapping[str, Any], path: tuple[str, ...], depth: int) -> str | None:

@@ -241,3 +241,60 @@ def test_layers_structured_variables(issuer: FakeIssuer, tmp_path: Path) -> None
     with pytest.raises(ConfigurationError) as info:
         verifier_from_layers(path, {"BBVERIFY_POLICIES": bad})
     assert (info.value.key or "").startswith("BBVERIFY_POLICIES.deploy.allow[0]")
+
+
+# -- keys written outside [bbverify] are called keys and sent to their table (finding f04) ------------
+
+UUID = "0f2b0d1e-8c4e-4b9a-9a57-5a3c2d1e0f00"
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "expected"),
+    [
+        # [bbverify] forgotten altogether.
+        (
+            f'workspace = "acme"\nworkspace_uuid = "{UUID}"\n',
+            "workspace",
+            "keys 'workspace', 'workspace_uuid' in {src} are outside [bbverify]",
+        ),
+        (f'leeway = 5\nrepositories = ["{OTHER_REPO}"]\n', "leeway", "'repositories' under [bbverify.rules]"),
+        ('workspce = "acme"\n', "workspce", "'workspce' (did you mean 'workspace'?) under [bbverify]"),
+        # Written above the [bbverify] header, so TOML puts them at the top level.
+        (f'workspace = "acme"\n[bbverify]\nworkspace_uuid = "{UUID}"\n', "workspace", "key 'workspace'"),
+    ],
+)
+def test_toml_keys_outside_bbverify_are_keys_with_their_table(
+    tmp_path: Path, text: str, key: str, expected: str
+) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigurationError) as info:
+        verifier_from_toml(path)
+    message = str(info.value)
+    assert info.value.key == key
+    assert expected.format(src=repr(str(path))) in message
+    assert "outside [bbverify]" in message
+    assert "[bbverify.workspaces]" not in message and "table [" not in message
+
+
+def test_toml_generic_top_level_keys_beside_bbverify_are_left_alone(issuer: FakeIssuer, tmp_path: Path) -> None:
+    # An application sharing the file may have its own top-level timeout or name.
+    path = tmp_path / "app.toml"
+    path.write_text(f'timeout = 30\nname = "app"\n[bbverify]\nissuer = "{issuer.issuer}"\naudience = "x"\n')
+    assert verifier_from_toml(path).issuer == issuer.issuer
+
+
+def test_toml_key_named_like_a_table_is_called_a_key(issuer: FakeIssuer, tmp_path: Path) -> None:
+    path = write(tmp_path, issuer, "")
+    path.write_text('rules = "strict"\n' + path.read_text())
+    with pytest.raises(ConfigurationError, match=r"top-level key 'rules' .*did you mean \[bbverify\.rules\]"):
+        verifier_from_toml(path)
+
+
+def test_cli_verify_names_keys_outside_bbverify(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(f'workspace = "acme"\nworkspace_uuid = "{UUID}"\n')
+    result = cli("verify", "x.y.z", "--config", str(path))
+    assert result.returncode == 2
+    assert "outside [bbverify]" in result.stderr and "under [bbverify]" in result.stderr
+    assert "bbverify.workspaces]" not in result.stderr
