@@ -336,21 +336,96 @@ def _ip_rule(
     return make
 
 
-def _rule_values(mapping: Mapping[str, Any], names: _Names, *, parse_strings: bool) -> dict[str, Any]:
+def _rule_values(
+    mapping: Mapping[str, Any], names: _Names, *, parse_strings: bool, workspace_at: str | None = None
+) -> dict[str, Any]:
+    """Check and coerce a rules table; ``workspace_at`` (``workspaces[0]``) when it is a workspace's."""
     values: dict[str, Any] = {}
     for name, raw in mapping.items():
         setting = _RULES.get(name) if isinstance(name, str) else None
         if setting is None:
-            raise ConfigurationError(_unknown(name, _RULES), key=names.key(str(name), rule=True))
+            place = _Place("rules", "" if workspace_at is None else workspace_at)
+            raise ConfigurationError(_unknown(name, _RULES, place), key=names.key(str(name), rule=True))
         values[name] = _coerce(raw, setting, names.key(name, rule=True), parse_strings=parse_strings)
     return values
 
 
-def _unknown(name: object, known: Iterable[str]) -> str:
+@dataclass(frozen=True, slots=True)
+class _Place:
+    """Which table an unknown key was found in, to say where it belongs instead.
+
+    ``table`` is ``root`` ([bbverify]), ``rules`` ([bbverify.rules], or a
+    workspace's rules when ``at`` names the workspace), ``workspace`` (an item
+    of [[bbverify.workspaces]], ``at`` = ``workspaces[0]``), ``policy`` (a
+    named policy, ``at`` = ``policies.deploy``) or ``entry`` (an item of its
+    ``allow`` list).
+    """
+
+    table: str
+    at: str = ""
+
+
+_ONLY_IN_ENTRIES = frozenset(s.name for s in ENTRY_CONDITIONS) - set(_VERIFIER)
+_STORE_ONLY = frozenset().union(*STORE_SETTINGS.values()) - set(_VERIFIER)
+
+
+def _belongs(name: str, place: _Place) -> str | None:
+    """Where ``name``, a setting of another table, is written instead; ``None`` if it is no one's.
+
+    Settings keep one spelling everywhere but live in different tables
+    (``docs/configuration.md``); the environment spells them all flat
+    (``BBVERIFY_REPOSITORIES``), which makes writing one in the wrong table easy.
+    """
+    if name in _VERIFIER and place.table != "root":
+        if place.at.startswith("workspaces[") and name in WORKSPACE_SETTINGS:
+            return f"{name!r} is a workspace setting: put it in the workspace's own table ({place.at}.{name})"
+        if place.table == "workspace":
+            return f"{name!r} applies to every workspace: put it under [{ROOT_TABLE}] ({name})"
+        what = "a condition" if place.table == "entry" else "a rule"
+        return f"{name!r} is a verifier setting, not {what}: put it under [{ROOT_TABLE}] ({name})"
+    if name in _RULES and place.table not in ("rules", "entry"):
+        if place.table == "workspace":
+            return f"{name!r} is a rule setting: put it under the workspace's rules ({place.at}.rules.{name})"
+        if place.table == "policy":
+            # The TOML header only for a TOML path (BBVERIFY_POLICIES.deploy is JSON).
+            header = f"[[{ROOT_TABLE}.{place.at}.allow]], " if place.at.startswith("policies.") else ""
+            return (
+                f"{name!r} is a condition: put it in an entry of the policy's allow list "
+                f"({header}{place.at}.allow[0].{name})"
+            )
+        return (
+            f"{name!r} is a rule setting: put it under [{ROOT_TABLE}.rules] (rules.{name}), "
+            f"or in an entry of a named policy"
+        )
+    if name in _ONLY_IN_ENTRIES and place.table != "entry":
+        return f"{name!r} is a condition of a named policy's entry ([[{ROOT_TABLE}.policies.<name>.allow]])"
+    if name in _STORE_ONLY and place.table == "root":
+        return f"{name!r} is a key-store setting: put it under [{ROOT_TABLE}.key_store] (key_store.{name})"
+    return None
+
+
+def _unknown(name: object, known: Iterable[str], place: _Place, noun: str = "setting") -> str:
+    """The message for a key ``known`` lacks: where it belongs, else its likely spelling.
+
+    A setting of another table (``repositories`` under [bbverify]) is sent
+    there; a misspelling gets "did you mean", looked for among the names of
+    this table first and then among every other table's.
+    """
     names = sorted(known)
-    hint = _suggest(name, names)
-    did_you_mean = f"; did you mean {hint!r}?" if hint else ""
-    return f"unknown setting {name!r}{did_you_mean} known settings: {', '.join(names)}"
+    listing = f"known {noun}s: {', '.join(names)}"
+    if not isinstance(name, str):
+        return f"unknown {noun} {name!r}; {listing}"
+    home = _belongs(name, place)
+    if home is not None:
+        return f"unknown {noun} {name!r} here; {home}"
+    meant = _suggest(name, names)
+    if meant is not None:
+        return f"unknown {noun} {name!r}; did you mean {meant!r}? {listing}"
+    elsewhere = _suggest(name, sorted({*_VERIFIER, *_RULES, *_ONLY_IN_ENTRIES, *_STORE_ONLY}))
+    home = _belongs(elsewhere, place) if elsewhere is not None else None
+    if home is not None:
+        return f"unknown {noun} {name!r}; did you mean {elsewhere!r}? {home}"
+    return f"unknown {noun} {name!r}; {listing}"
 
 
 def _normal(name: str) -> str:
@@ -640,15 +715,14 @@ def _build_workspaces(items: Any, at: str, build: _Build) -> list[WorkspaceSpec]
                 if not isinstance(raw, Mapping):
                     raise ConfigurationError("must be a table of rule settings", key=f"{key}.rules")
                 names = _Names(None, f"{key}.rules.")
-                rules = _build_rules(_rule_values(raw, names, parse_strings=False), names, build.feeds)
+                values_ = _rule_values(raw, names, parse_strings=False, workspace_at=key)
+                rules = _build_rules(values_, names, build.feeds)
             elif name == "name":
                 values["name"] = check_name(raw, f"{key}.name")
             elif name in WORKSPACE_SETTINGS:
                 values[name] = _coerce(raw, _VERIFIER[name], f"{key}.{name}", parse_strings=False)
             else:
-                raise ConfigurationError(
-                    f"unknown setting {name!r}; known settings: {', '.join(known)}", key=f"{key}.{name}"
-                )
+                raise ConfigurationError(_unknown(name, known, _Place("workspace", key)), key=f"{key}.{name}")
         try:
             spec = WorkspaceSpec(**values, policies=rules)
         except ConfigurationError as exc:
@@ -711,8 +785,7 @@ def _build_entry(entry: Any, at: str, build: _Build) -> Rule:
     for name in entry:
         if name not in _ENTRY_KEYS:
             raise ConfigurationError(
-                f"unknown condition {name!r}; known conditions: {', '.join(sorted(_ENTRY_KEYS))}",
-                key=f"{at}.{name}",
+                _unknown(name, _ENTRY_KEYS, _Place("entry", at), noun="condition"), key=f"{at}.{name}"
             )
     conditions = dict(entry)
     rules: list[Rule] = []
@@ -737,7 +810,8 @@ def _build_policies(table: Mapping[Any, Any], at: str, build: _Build) -> dict[st
         for extra in body:
             if extra != "allow":
                 raise ConfigurationError(
-                    f"unknown setting {extra!r}; a policy has only 'allow'", key=f"{key}.{extra}"
+                    _unknown(extra, ["allow"], _Place("policy", key)),
+                    key=f"{key}.{extra}",
                 )
         if "allow" not in body:
             raise ConfigurationError(
@@ -913,7 +987,9 @@ def verifier_from_mapping(mapping: Mapping[str, Any], **overrides: Any) -> Verif
         setting = _VERIFIER.get(name) if isinstance(name, str) else None
         if setting is None:
             hint = " (pass the [bbverify] table itself)" if name == "bbverify" else ""
-            raise ConfigurationError(_unknown(name, [*_VERIFIER, *KNOWN_TABLES]) + hint, key=str(name))
+            raise ConfigurationError(
+                _unknown(name, [*_VERIFIER, *KNOWN_TABLES], _Place("root")) + hint, key=str(name)
+            )
         verifier_values[name] = _coerce(raw, setting, name, parse_strings=False)
     return _assemble(verifier_values, rules, names, dict(overrides), workspaces, policies)
 

@@ -193,7 +193,9 @@ def test_fake_issuer_refuses_a_non_loopback_host() -> None:
     assert bad.returncode == 2 and "--repository-uuid" in bad.stderr
 
 
-@pytest.mark.parametrize(("wrap", "expected"), [('"{}"', "wrapped in quotes"), ("Bearer Bearer {}", "Bearer")])
+@pytest.mark.parametrize(
+    ("wrap", "expected"), [('"{}"', "wrapped in quotes"), ("Bearer Bearer {}", "starts with 'Bearer '")]
+)
 def test_verify_names_a_quoted_or_twice_prefixed_token(issuer: FakeIssuer, wrap: str, expected: str) -> None:
     token = issuer.mint()
     result = run("verify", wrap.format(token), "--issuer", issuer.issuer, "--audience", issuer.audience)

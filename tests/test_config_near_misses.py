@@ -277,7 +277,9 @@ def test_toml_keys_outside_bbverify_are_keys_with_their_table(
     assert "[bbverify.workspaces]" not in message and "table [" not in message
 
 
-def test_toml_generic_top_level_keys_beside_bbverify_are_left_alone(issuer: FakeIssuer, tmp_path: Path) -> None:
+def test_toml_generic_top_level_keys_beside_bbverify_are_left_alone(
+    issuer: FakeIssuer, tmp_path: Path
+) -> None:
     # An application sharing the file may have its own top-level timeout or name.
     path = tmp_path / "app.toml"
     path.write_text(f'timeout = 30\nname = "app"\n[bbverify]\nissuer = "{issuer.issuer}"\naudience = "x"\n')
@@ -298,3 +300,101 @@ def test_cli_verify_names_keys_outside_bbverify(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "outside [bbverify]" in result.stderr and "under [bbverify]" in result.stderr
     assert "bbverify.workspaces]" not in result.stderr
+
+
+# -- a setting written in another table's place is sent there; misspellings get "did you mean" (f05) --
+
+REPO = "{1de489be-0b3c-4c26-9f5e-6a1d0f1c2b3a}"
+ONE = {"workspace": "acme", "workspace_uuid": UUID}
+
+
+def one_workspace(**extra: Any) -> dict[str, Any]:
+    return {"workspaces": [{"workspace": "acme", "workspace_uuid": UUID, **extra}]}
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "expected"),
+    [
+        # Rule settings in the wrong table (the environment spells them flat, BBVERIFY_REPOSITORIES).
+        ({**ONE, "repositories": [REPO]}, "repositories", "under [bbverify.rules] (rules.repositories)"),
+        ({**ONE, "max_step_minutes": 20}, "max_step_minutes", "(rules.max_step_minutes)"),
+        (one_workspace(branches=["main"]), "workspaces[0].branches", "(workspaces[0].rules.branches)"),
+        (
+            {**ONE, "policies": {"deploy": {"repositories": [REPO]}}},
+            "policies.deploy.repositories",
+            "[[bbverify.policies.deploy.allow]], policies.deploy.allow[0].repositories",
+        ),
+        # Verifier, workspace, key-store settings and conditions in the wrong table.
+        (
+            {**ONE, "rules": {"audience": "x"}},
+            "rules.audience",
+            "verifier setting, not a rule: put it under [bbverify]",
+        ),
+        (
+            one_workspace(rules={"issuer": "x"}),
+            "workspaces[0].rules.issuer",
+            "workspace setting: put it in the workspace's own table (workspaces[0].issuer)",
+        ),
+        (
+            one_workspace(leeway=3),
+            "workspaces[0].leeway",
+            "applies to every workspace: put it under [bbverify]",
+        ),
+        (
+            {**ONE, "policies": {"deploy": {"allow": [{"leeway": 3}]}}},
+            "policies.deploy.allow[0].leeway",
+            "verifier setting, not a condition",
+        ),
+        ({**ONE, "url": "redis://127.0.0.1"}, "url", "under [bbverify.key_store] (key_store.url)"),
+        ({**ONE, "rules": {"claims": {"a": "b"}}}, "rules.claims", "condition of a named policy's entry"),
+        # Misspellings, in every table, point at the spelling meant (and its table when it is another's).
+        ({**ONE, "rules": {"repositorys": [REPO]}}, "rules.repositorys", "did you mean 'repositories'?"),
+        (
+            {**ONE, "policies": {"deploy": {"allow": [{"repositorys": [REPO]}]}}},
+            "policies.deploy.allow[0].repositorys",
+            "unknown condition 'repositorys'; did you mean 'repositories'?",
+        ),
+        (
+            {**ONE, "policies": {"deploy": {"allow": [{"branch": ["main"]}]}}},
+            "policies.deploy.allow[0].branch",
+            "did you mean 'branches'?",
+        ),
+        (
+            {**ONE, "policies": {"deploy": {"allows": [{"branches": ["main"]}]}}},
+            "policies.deploy.allows",
+            "did you mean 'allow'?",
+        ),
+        (one_workspace(isuer="x"), "workspaces[0].isuer", "did you mean 'issuer'?"),
+        (
+            {**ONE, "repositorys": [REPO]},
+            "repositorys",
+            "did you mean 'repositories'? 'repositories' is a rule setting: put it under [bbverify.rules]",
+        ),
+    ],
+)
+def test_settings_in_the_wrong_table_say_where_they_belong(
+    table: dict[str, Any], key: str, expected: str
+) -> None:
+    from bbverify.config import verifier_from_mapping
+
+    with pytest.raises(ConfigurationError) as info:
+        verifier_from_mapping(table)
+    assert info.value.key == key
+    assert expected in info.value.detail
+
+
+def test_policy_settings_from_the_environment_keep_their_variable_name(issuer: FakeIssuer) -> None:
+    env = {**base_env(issuer), "BBVERIFY_POLICIES": json.dumps({"deploy": {"repositories": [REPO]}})}
+    with pytest.raises(ConfigurationError) as info:
+        verifier_from_env(env)
+    assert info.value.key == "BBVERIFY_POLICIES.deploy.repositories"
+    assert "BBVERIFY_POLICIES.deploy.allow[0].repositories" in info.value.detail
+    assert "[[bbverify" not in info.value.detail  # JSON, not TOML: no table header to write
+
+
+def test_cli_verify_sends_a_flat_rule_setting_to_its_table(tmp_path: Path) -> None:
+    path = tmp_path / "a.toml"
+    path.write_text(f'[bbverify]\nworkspace = "acme"\nworkspace_uuid = "{UUID}"\nrepositories = ["{REPO}"]\n')
+    result = cli("verify", "x.y.z", "--config", str(path))
+    assert result.returncode == 2
+    assert "put it under [bbverify.rules] (rules.repositories)" in result.stderr
