@@ -204,8 +204,26 @@ def _build_verifier(args: argparse.Namespace) -> Any:
         overrides["audience"] = args.audience if len(args.audience) > 1 else args.audience[0]
     if args.jwks_url:
         overrides["jwks_url"] = args.jwks_url
+    if args.workspace_uuid:
+        overrides["workspace_uuid"] = args.workspace_uuid
     # File, then environment, then flags, as --help and the README say.
     return config.verifier_from_layers(args.config, os.environ, **overrides)
+
+
+#: The settings ``verify`` takes as flags (``docs/configuration.md`` spells them as in Python).
+_VERIFY_FLAGS = {
+    "workspace": "--workspace",
+    "issuer": "--issuer",
+    "audience": "--audience",
+    "workspace_uuid": "--workspace-uuid",
+    "jwks_url": "--jwks-url",
+}
+
+
+def _from_flag(exc: ConfigurationError, args: argparse.Namespace) -> bool:
+    """Whether ``exc`` is about a setting given as a flag (its key names the setting, never parsed text)."""
+    setting = re.split(r"[\[.]", exc.key or "", maxsplit=1)[0]
+    return setting in _VERIFY_FLAGS and bool(getattr(args, setting, None))
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -217,6 +235,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         verifier = _build_verifier(args)
     except (ConfigurationError, OSError) as exc:
         _err(f"configuration error: {safe_text(exc)}")
+        if isinstance(exc, ConfigurationError) and _from_flag(exc, args):
+            # The advice names settings as Verifier arguments; say how this command spells them.
+            _err("on this command line, " + ", ".join(f"{s} is {f}" for s, f in _VERIFY_FLAGS.items()))
         return EXIT_USAGE
     try:
         verifier.check_policy(args.policy)
@@ -571,6 +592,11 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--issuer", help="exact issuer URL instead of --workspace")
     verify.add_argument("--audience", action="append", help="accepted audience (repeatable)")
     verify.add_argument("--jwks-url", help="fetch keys here instead of using discovery")
+    verify.add_argument(
+        "--workspace-uuid",
+        help="workspace UUID: the token's workspaceUuid must be it, and the audience defaults to "
+        "Bitbucket's ari:cloud:bitbucket::workspace/<uuid>",
+    )
     verify.add_argument("--config", help="TOML configuration file (see docs/configuration.md)")
     verify.add_argument("--client-ip", help="client IP the IP-range rule should see")
     verify.add_argument("--policy", help="named policy to apply (default: the configured default_policy)")

@@ -204,3 +204,29 @@ def test_verify_names_a_quoted_or_twice_prefixed_token(issuer: FakeIssuer, wrap:
     assert expected in result.stdout
     assert "base64url" not in result.stdout
     assert token.split(".")[2] not in result.stdout + result.stderr
+
+
+def test_verify_bare_uuid_audience_advice_names_the_flags() -> None:
+    uuid = "0f2b0d1e-8c4e-4b9a-9a57-5a3c2d1e0f00"
+    result = run("verify", "x.y.z", "--workspace", "acme", "--audience", uuid)
+    assert result.returncode == 2
+    assert "bare UUID" in result.stderr
+    # The advice can be followed on this command line: both settings it names are flags here.
+    assert "workspace_uuid is --workspace-uuid" in result.stderr
+    assert "audience is --audience" in result.stderr
+    assert "--workspace-uuid" in run("verify", "--help").stdout
+    # The same mistake in a variable is not about a flag: no flag line.
+    env = {"BBVERIFY_WORKSPACE": "acme", "BBVERIFY_AUDIENCE": uuid}
+    from_env = run("verify", "x.y.z", env=env)
+    assert from_env.returncode == 2 and "bare UUID" in from_env.stderr
+    assert "--workspace-uuid" not in from_env.stderr
+
+
+def test_verify_workspace_uuid_flag_pins_the_workspace_and_sets_the_audience(issuer: FakeIssuer) -> None:
+    token = issuer.mint()
+    accepted = run("verify", token, "--issuer", issuer.issuer, "--workspace-uuid", issuer.workspace_uuid)
+    assert accepted.returncode == 0, accepted.stdout + accepted.stderr
+    other = "{00000000-0000-0000-0000-000000000001}"
+    refused = run("verify", token, "--issuer", issuer.issuer, "--workspace-uuid", other, "--json")
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert json.loads(refused.stdout)["accepted"] is False
