@@ -377,7 +377,7 @@ def _belongs(name: str, place: _Place) -> str | None:
     (``BBVERIFY_REPOSITORIES``), which makes writing one in the wrong table easy.
     """
     if name in _VERIFIER and place.table != "root":
-        if place.at.startswith("workspaces[") and name in WORKSPACE_SETTINGS:
+        if place.table == "rules" and place.at and name in WORKSPACE_SETTINGS:  # a workspace's rules
             return f"{name!r} is a workspace setting: put it in the workspace's own table ({place.at}.{name})"
         if place.table == "workspace":
             return f"{name!r} applies to every workspace: put it under [{ROOT_TABLE}] ({name})"

@@ -398,3 +398,14 @@ def test_cli_verify_sends_a_flat_rule_setting_to_its_table(tmp_path: Path) -> No
     result = cli("verify", "x.y.z", "--config", str(path))
     assert result.returncode == 2
     assert "put it under [bbverify.rules] (rules.repositories)" in result.stderr
+
+
+def test_workspace_rules_from_the_environment_send_workspace_settings_to_the_workspace(
+    issuer: FakeIssuer,
+) -> None:
+    items = [{"issuer": issuer.issuer, "audience": issuer.audience, "rules": {"workspace_uuid": UUID}}]
+    with pytest.raises(ConfigurationError) as info:
+        verifier_from_env({"BBVERIFY_WORKSPACE_LIST": json.dumps(items)})
+    assert info.value.key == "BBVERIFY_WORKSPACE_LIST[0].rules.workspace_uuid"
+    expected = "put it in the workspace's own table (BBVERIFY_WORKSPACE_LIST[0].workspace_uuid)"
+    assert expected in info.value.detail
