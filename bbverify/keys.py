@@ -374,6 +374,9 @@ class RemoteKeySet:
         self._reason = "required"
         self._store_checked_at: float | None = None  # monotonic
         self._store_entry: _Entry | None = None
+        # The fleet's budget as this process last saw it in the store (wall
+        # clock); None until then, and again while the store is unavailable.
+        self._store_budget: _budget.BudgetState | None = None
         #: Requests this key source sent to the issuer (discovery and key set).
         self.request_count = 0
 
@@ -401,8 +404,10 @@ class RemoteKeySet:
         being unreachable or a refresh under way), ``age_seconds`` (float or
         ``None`` before the first good fetch), ``keys`` (int), ``fetches`` and
         ``failures`` (ints since start), ``last_error`` (str or ``None``),
-        ``budget_remaining`` (float: fetch tokens left in this process's
-        bucket; with a shared store the fleet's bucket lives in the store).
+        ``budget_remaining`` (float: fetch tokens left now: the fleet's
+        bucket as last read from or written to the shared store, or this
+        process's own bucket when there is no store or the last load had to
+        do without it), ``budget_source`` (``"store"`` or ``"process"``).
         """
         fetched = self._fetched_at
         age = None if fetched is None else max(0.0, self._now() - fetched)
@@ -414,7 +419,16 @@ class RemoteKeySet:
             "fetches": self.fetch_count,
             "failures": self.failure_count,
             "last_error": self._loader.last_error,
-            "budget_remaining": self._local_budget.tokens,
+            **self._budget_status(),
+        }
+
+    def _budget_status(self) -> dict[str, Any]:
+        shared = self._store_budget
+        if shared is not None:
+            return {"budget_remaining": self.budget.remaining(shared, self._wall()), "budget_source": "store"}
+        return {
+            "budget_remaining": self.budget.remaining(self._local_budget, self._now()),
+            "budget_source": "process",
         }
 
     @property
@@ -588,6 +602,7 @@ class RemoteKeySet:
                 # Never fail a request because the store is down: this
                 # process fetches on its own, within its own budget.
                 _log.warning("key store unavailable, fetching without it: %s", exc)
+                self._store_budget = None
         return self._load_local(reason, deadline)
 
     def _load_local(self, reason: str, deadline: float) -> _Outcome:
@@ -598,7 +613,9 @@ class RemoteKeySet:
                 self._local_budget, now, unknown_kid=unknown_kid, forced=reason == "warm_up"
             ):
                 return _Outcome()  # the budget is spent; the current keys stay
-            self.budget.spend(self._local_budget, now, requests=self._requests_needed())
+            # One token per attempt: a failed discovery never pays for the key
+            # set it did not ask for (see bbverify.budget on the first discovery).
+            self.budget.spend(self._local_budget, now)
             conditional = self._conditional(self._etag, self._last_modified, self._document)
             previous = self._document
         try:
@@ -644,7 +661,7 @@ class RemoteKeySet:
                 return self._from_entry(entry) if entry is not None and entry.index else _Outcome()
             if entry is not None and entry.jwks_url and self._jwks_url is None:
                 self._adopt_jwks_url(entry.jwks_url)
-            self.budget.spend(state, wall, requests=self._requests_needed())
+            self.budget.spend(state, wall)
             # Record the spending before the request, so a crash mid-fetch still counts.
             self._write_entry(store, name, entry, state)
             previous = entry.document if entry is not None and entry.index else None
@@ -678,9 +695,6 @@ class RemoteKeySet:
         if reason == "warm_up":
             return self._fetched_wall is None or entry.fetched_wall > self._fetched_wall
         return True  # required: anything usable beats nothing; a refresh follows
-
-    def _requests_needed(self) -> int:
-        return 1 if self._jwks_url is not None else 2
 
     @staticmethod
     def _conditional(etag: str | None, modified: str | None, document: object) -> dict[str, str]:
@@ -755,6 +769,7 @@ class RemoteKeySet:
             return None
         cached = self._store_entry
         if cached is not None and cached.raw == raw:
+            self._store_budget = cached.budget
             return cached
         try:
             entry = self._parse_entry(raw, name)
@@ -763,8 +778,11 @@ class RemoteKeySet:
             # ignored (and overwritten by the next fetch), but its budget
             # counts as spent, so garbage never refills the fleet's bucket.
             _log.warning("ignoring the key store's entry for %s: %s", name, exc)
-            return self._keyless_entry(raw, self.budget.spent_state(self._wall()))
+            entry = self._keyless_entry(raw, self.budget.spent_state(self._wall()))
+            self._store_budget = entry.budget
+            return entry
         self._store_entry = entry
+        self._store_budget = entry.budget
         return entry
 
     def _parse_entry(self, raw: bytes, name: str) -> _Entry:
@@ -899,6 +917,7 @@ class RemoteKeySet:
             data.update(entry.kept)
         data["budget"] = state.to_dict()
         store.write(name, json.dumps(data, separators=(",", ":")).encode("utf-8"))
+        self._store_budget = _budget.BudgetState(**state.to_dict())
 
     # -- installing ---------------------------------------------------------
 

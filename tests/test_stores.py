@@ -198,6 +198,44 @@ def test_a_corrupt_or_foreign_entry_is_ignored_and_logged(
     assert json.loads(store.read(ks.source_name) or b"")["format"] == ENTRY_FORMAT  # and repaired
 
 
+def stored_tokens(directory: Path) -> float:
+    (entry,) = directory.glob("*.json")
+    return float(json.loads(entry.read_text())["budget"]["tokens"])
+
+
+def test_status_reports_the_fleet_budget_held_in_the_store(fake: FakeIssuer, tmp_path: Path) -> None:
+    """/metrics' budget gauge reads status(): with a store, the store's bucket, not the idle local one (f03)."""
+    clock = Clock()
+    first = keyset(fake, clock, FileKeyStore(tmp_path))
+    first.warm_up()
+    spent = stored_tokens(tmp_path)
+    assert spent == pytest.approx(2.0)  # one attempt: discovery rode on the key-set request's token
+    assert first.status()["budget_remaining"] == pytest.approx(spent)
+    assert first.status()["budget_source"] == "store"
+    # Another process that only read the entry reports the same fleet budget.
+    second = keyset(fake, clock, FileKeyStore(tmp_path))
+    second.warm_up()
+    assert fake.jwks_requests == 1
+    assert second.status()["budget_remaining"] == pytest.approx(spent)
+    # The figure is as of now: the bucket refills on the wall clock.
+    clock.advance(90)
+    assert second.status()["budget_remaining"] == pytest.approx(spent + 0.5)
+
+
+def test_status_reports_the_process_budget_while_the_store_is_unavailable(fake: FakeIssuer) -> None:
+    clock = Clock()
+    store = MemoryKeyStore()
+    ks = keyset(fake, clock, store)
+
+    def down(name: str) -> bytes | None:
+        raise StoreUnavailable("down")
+
+    store.read = down  # type: ignore[method-assign]
+    ks.warm_up()
+    assert ks.status()["budget_source"] == "process"
+    assert ks.status()["budget_remaining"] == pytest.approx(2.0)
+
+
 # -- Redis ------------------------------------------------------------------------------------
 
 
