@@ -377,6 +377,9 @@ class RemoteKeySet:
         # The fleet's budget as this process last saw it in the store (wall
         # clock); None until then, and again while the store is unavailable.
         self._store_budget: _budget.BudgetState | None = None
+        # Why the last load had to do without the store (None: it answered).
+        self._store_failure: StoreUnavailable | None = None
+        self._store_used = False
         #: Requests this key source sent to the issuer (discovery and key set).
         self.request_count = 0
 
@@ -407,7 +410,13 @@ class RemoteKeySet:
         ``budget_remaining`` (float: fetch tokens left now: the fleet's
         bucket as last read from or written to the shared store, or this
         process's own bucket when there is no store or the last load had to
-        do without it), ``budget_source`` (``"store"`` or ``"process"``).
+        do without it), ``budget_source`` (``"store"`` or ``"process"``),
+        ``key_store`` (``None`` without a store; ``"unknown"`` before its
+        first use, ``"ok"`` when it last answered, ``"unavailable"`` when the
+        last load fell back to this process's own budget because of an
+        outage, ``"misconfigured"`` when it fell back because the store
+        refused this process: credentials, ACL permissions, file ownership)
+        and ``key_store_error`` (str or ``None``: why).
         """
         fetched = self._fetched_at
         age = None if fetched is None else max(0.0, self._now() - fetched)
@@ -420,7 +429,19 @@ class RemoteKeySet:
             "failures": self.failure_count,
             "last_error": self._loader.last_error,
             **self._budget_status(),
+            **self._store_status(),
         }
+
+    def _store_status(self) -> dict[str, Any]:
+        if self.key_store is None:
+            return {"key_store": None, "key_store_error": None}
+        failure = self._store_failure
+        if failure is not None:
+            return {
+                "key_store": "misconfigured" if failure.permanent else "unavailable",
+                "key_store_error": str(failure),
+            }
+        return {"key_store": "ok" if self._store_used else "unknown", "key_store_error": None}
 
     def _budget_status(self) -> dict[str, Any]:
         shared = self._store_budget
@@ -601,8 +622,12 @@ class RemoteKeySet:
             except StoreUnavailable as exc:
                 # Never fail a request because the store is down: this
                 # process fetches on its own, within its own budget.
-                _log.warning("key store unavailable, fetching without it: %s", exc)
+                if exc.permanent:
+                    _log.error("key store refused this process (fix its settings), fetching alone: %s", exc)
+                else:
+                    _log.warning("key store unavailable, fetching without it: %s", exc)
                 self._store_budget = None
+                self._store_failure = exc
         return self._load_local(reason, deadline)
 
     def _load_local(self, reason: str, deadline: float) -> _Outcome:
@@ -631,6 +656,8 @@ class RemoteKeySet:
     def _load_shared(self, store: KeyStore, reason: str, deadline: float) -> _Outcome:
         name = self.source_name
         entry = self._read_entry(store, name)
+        self._store_failure = None  # the store answered
+        self._store_used = True
         if entry is not None and self._serves(entry, reason):
             return self._from_entry(entry)
         # Without usable keys, wait for another process's fetch (or for the

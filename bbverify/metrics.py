@@ -1,4 +1,4 @@
-"""Prometheus metrics for any app that verifies tokens (``pip install 'bbverify[metrics]'``).
+"""Prometheus metrics for any app that verifies tokens (``pip install '.[metrics]'`` in a checkout).
 
 ::
 

@@ -13,7 +13,7 @@ or belongs to another key source.
 * :class:`FileKeyStore`: per host; a directory owned by this user and not
   writable by others, atomic replace, ``flock`` for the lock. Survives
   restarts, so a restarted service verifies before its first fetch.
-* :class:`RedisKeyStore`: per fleet (``pip install 'bbverify[redis]'``);
+* :class:`RedisKeyStore`: per fleet (``pip install '.[redis]'`` in a checkout);
   ``SET NX PX`` lock (redis-py's :class:`redis.lock.Lock`), a short timeout
   on every call.
 * :class:`MemoryKeyStore`: per process (several verifiers, tests).
@@ -81,6 +81,14 @@ class KeyStore(Protocol):
         ``False`` when it timed out (another process is fetching).
         """
         ...
+
+
+#: OS errors retrying cannot mend: the directory's or file's owner, mode or kind.
+_PERMANENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.ELOOP, errno.EROFS})
+
+
+def _os_failure(what: str, path: str, exc: OSError) -> StoreUnavailable:
+    return StoreUnavailable(f"cannot {what} {path}: {exc.strerror}", permanent=exc.errno in _PERMANENT_ERRNOS)
 
 
 def _digest(name: str) -> str:
@@ -181,11 +189,13 @@ class FileKeyStore:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise StoreUnavailable(f"cannot open {path}: {exc.strerror}") from None
+            raise _os_failure("open", path, exc) from None
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
-                raise StoreUnavailable(f"{path} is not a regular file of this user, private to it")
+                raise StoreUnavailable(
+                    f"{path} is not a regular file of this user, private to it", permanent=True
+                )
             signature = (info.st_ino, info.st_mtime_ns, info.st_size)
             cached = self._last.get(name)
             if cached is not None and cached[0] == signature:
@@ -195,7 +205,7 @@ class FileKeyStore:
             with os.fdopen(fd, "rb", closefd=False) as fh:
                 data = fh.read(MAX_ENTRY_BYTES + 1)
         except OSError as exc:
-            raise StoreUnavailable(f"cannot read {path}: {exc.strerror}") from None
+            raise _os_failure("read", path, exc) from None
         finally:
             os.close(fd)
         if len(data) > MAX_ENTRY_BYTES:
@@ -215,7 +225,7 @@ class FileKeyStore:
             os.replace(tmp_name, path)
             tmp_name = None
         except OSError as exc:
-            raise StoreUnavailable(f"cannot write {path}: {exc.strerror}") from None
+            raise _os_failure("write", path, exc) from None
         finally:
             if tmp_name is not None:
                 with contextlib.suppress(OSError):
@@ -227,7 +237,7 @@ class FileKeyStore:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as exc:
-            raise StoreUnavailable(f"cannot open {path}: {exc.strerror}") from None
+            raise _os_failure("open", path, exc) from None
         self._lock_fds.add(fd)
         held = False
         try:
@@ -240,7 +250,7 @@ class FileKeyStore:
                     break
                 except OSError as exc:
                     if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                        raise StoreUnavailable(f"cannot lock {path}: {exc.strerror}") from None
+                        raise _os_failure("lock", path, exc) from None
                 if time.monotonic() >= deadline:
                     break
                 time.sleep(self._poll)
@@ -255,7 +265,7 @@ class FileKeyStore:
 
 
 class RedisKeyStore:
-    """A fleet-wide store in Redis (``pip install 'bbverify[redis]'``).
+    """A fleet-wide store in Redis (``pip install '.[redis]'`` in a checkout of bbverify).
 
     Each key source has one Redis key holding its entry (key set, fetch time,
     validators and budget) and one lock key set with ``SET NX PX`` through
@@ -290,12 +300,25 @@ class RedisKeyStore:
             import redis as redis_module
         except ImportError:  # pragma: no cover - depends on the install
             raise ConfigurationError(
-                "the Redis key store needs redis-py: pip install 'bbverify[redis]'", key="key_store.kind"
+                "the Redis key store needs redis-py: pip install '.[redis]' in a checkout of bbverify",
+                key="key_store.kind",
             ) from None
         # Any exception at all: redis-py raises AttributeError, TypeError or
         # ValueError on replies it did not expect, and every one of them must
         # become StoreUnavailable (a per-process fallback), never a 503.
         self._errors: tuple[type[BaseException], ...] = (Exception,)
+        # Refused credentials or ACL permissions: no retry mends them
+        # (AuthorizationError is missing from older redis-py).
+        self._refusals: tuple[type[BaseException], ...] = tuple(
+            getattr(redis_module.exceptions, name)
+            for name in (
+                "AuthenticationError",
+                "AuthorizationError",
+                "AuthenticationWrongNumberOfArgsError",
+                "NoPermissionError",
+            )
+            if hasattr(redis_module.exceptions, name)
+        )
         if not isinstance(timeout, int | float) or isinstance(timeout, bool) or not 0 < timeout <= 1:
             raise ConfigurationError("must be more than 0 and at most 1 second", key="key_store.timeout")
         if (url is None) == (client is None):
@@ -337,6 +360,10 @@ class RedisKeyStore:
             if self._client.pttl(key) == -1:
                 self._client.pexpire(key, int(self._lock_ttl * 1000))
 
+    def _failure(self, operation: str, exc: BaseException) -> StoreUnavailable:
+        refused = isinstance(exc, self._refusals)
+        return StoreUnavailable(f"Redis {operation} failed: {type(exc).__name__}: {exc}", permanent=refused)
+
     def _key(self, kind: str, name: str) -> str:
         return f"{self.prefix}{kind}:{_digest(name)}"
 
@@ -344,7 +371,7 @@ class RedisKeyStore:
         try:
             value: Any = self._client.get(self._key("jwks", name))
         except self._errors as exc:
-            raise StoreUnavailable(f"Redis GET failed: {type(exc).__name__}: {exc}") from None
+            raise self._failure("GET", exc) from None
         if value is None:
             return None
         if not isinstance(value, bytes):
@@ -357,7 +384,7 @@ class RedisKeyStore:
         try:
             self._client.set(self._key("jwks", name), data, ex=self._entry_ttl)
         except self._errors as exc:
-            raise StoreUnavailable(f"Redis SET failed: {type(exc).__name__}: {exc}") from None
+            raise self._failure("SET", exc) from None
 
     @contextlib.contextmanager
     def lock(self, name: str, timeout: float) -> Iterator[bool]:
@@ -372,7 +399,7 @@ class RedisKeyStore:
         try:
             held = bool(lock.acquire())
         except self._errors as exc:
-            raise StoreUnavailable(f"Redis lock failed: {type(exc).__name__}: {exc}") from None
+            raise self._failure("lock", exc) from None
         if not held:
             self._expire_if_persistent(self._key("lock", name))
         try:

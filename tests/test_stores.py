@@ -204,7 +204,7 @@ def stored_tokens(directory: Path) -> float:
 
 
 def test_status_reports_the_fleet_budget_held_in_the_store(fake: FakeIssuer, tmp_path: Path) -> None:
-    """/metrics' budget gauge reads status(): with a store, the store's bucket, not the idle local one (f03)."""
+    """/metrics' budget gauge reads status(): with a store, the store's bucket, not the local one (f03)."""
     clock = Clock()
     first = keyset(fake, clock, FileKeyStore(tmp_path))
     first.warm_up()
@@ -259,6 +259,69 @@ def test_redis_down_falls_back_to_fetching_alone(fake: FakeIssuer, caplog: pytes
     with caplog.at_level(logging.WARNING, logger="bbverify.keys"):
         assert v.verify(fake.mint(issued_at=clock())).workspace_uuid == fake.workspace_uuid
     assert any("key store unavailable" in r.message for r in caplog.records)
+
+
+def with_credentials(redis_url: str, user: str, password: str) -> str:
+    return redis_url.replace("redis://", f"redis://{user}:{password}@", 1)
+
+
+def test_redis_credentials_and_acl_user_in_the_url_work(fake: FakeIssuer, redis_url: str) -> None:
+    """The syntax docs/configuration.md gives for a Redis ACL user and password (f09)."""
+    import redis
+
+    prefix = f"acl{free_port()}:"
+    admin = redis.Redis.from_url(redis_url)
+    admin.acl_setuser("bbverify-ok", enabled=True, passwords=["+s3cret/pw"], keys=[f"{prefix}*"],
+                      commands=["+get", "+set", "+pttl", "+pexpire", "+evalsha", "+eval", "+script", "+del"])
+    url = with_credentials(redis_url, "bbverify-ok", "s3cret%2Fpw")  # percent-encoded "/"
+    ks = keyset(fake, Clock(), RedisKeyStore(url, prefix=prefix))
+    ks.warm_up()
+    assert ks.status()["key_store"] == "ok" and ks.status()["budget_source"] == "store"
+    assert admin.keys(f"{prefix}*")
+
+
+@pytest.mark.parametrize("problem", ["wrong password", "no permission"])
+def test_a_redis_store_that_refuses_us_shows_as_misconfigured_and_we_still_verify(
+    problem: str, fake: FakeIssuer, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A permanent refusal differs from an outage in status() (f06); requests never fail because of it."""
+    import redis
+
+    admin = redis.Redis.from_url(redis_url)
+    admin.acl_setuser("bbverify-nokeys", enabled=True, passwords=["+right"], keys=["elsewhere:*"],
+                      commands=["+@all"])
+    password = "wrong" if problem == "wrong password" else "right"
+    clock = Clock()
+    ks = keyset(fake, clock, RedisKeyStore(with_credentials(redis_url, "bbverify-nokeys", password)))
+    v = fake.verifier(keys=ks, clock=clock)
+    with caplog.at_level(logging.WARNING, logger="bbverify.keys"):
+        assert v.verify(fake.mint(issued_at=clock())).workspace_uuid == fake.workspace_uuid
+    status = ks.status()
+    assert status["key_store"] == "misconfigured", status
+    assert status["key_store_error"] and status["budget_source"] == "process"
+    assert any(r.levelno == logging.ERROR and "refused" in r.message for r in caplog.records)
+
+
+def test_a_redis_outage_shows_as_unavailable_not_misconfigured(fake: FakeIssuer) -> None:
+    clock = Clock()
+    ks = keyset(fake, clock, RedisKeyStore(f"redis://127.0.0.1:{free_port()}/0", timeout=0.2))
+    assert ks.status()["key_store"] == "unknown"
+    ks.warm_up()
+    assert ks.status()["key_store"] == "unavailable"
+    assert keyset(fake, clock).status()["key_store"] is None  # no store at all
+
+
+def test_a_file_store_entry_others_could_write_shows_as_misconfigured(
+    fake: FakeIssuer, tmp_path: Path
+) -> None:
+    clock = Clock()
+    keyset(fake, clock, FileKeyStore(tmp_path)).warm_up()
+    (entry,) = tmp_path.glob("*.json")
+    os.chmod(entry, 0o666)  # not private: refused until someone fixes the mode
+    ks = keyset(fake, clock, FileKeyStore(tmp_path))
+    ks.warm_up()
+    assert ks.status()["key_store"] == "misconfigured"
+    assert "not a regular file of this user" in ks.status()["key_store_error"]
 
 
 def test_redis_client_without_timeouts_is_refused() -> None:
