@@ -242,7 +242,7 @@ def test_serve_without_the_serve_extra_is_one_line_naming_it_and_exit_2(
     config.write_text(
         '[bbverify]\nissuer = "http://127.0.0.1:9/2.0/workspaces/acme/pipelines-config/identity/oidc"\n'
         'workspace_uuid = "{0f2b0d1e-8c4e-4b9a-9a57-5a3c2d1e0f00}"\n'
-        "[bbverify.serve]\nprotocol = \"nginx\"\n[[bbverify.serve.routes]]\npath_prefix = \"/\"\n"
+        '[bbverify.serve]\nprotocol = "nginx"\n[[bbverify.serve.routes]]\npath_prefix = "/"\n'
     )
     # Hide the module as an install without it would, and drop bbverify's
     # modules that import it so that they are imported again.

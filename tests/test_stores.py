@@ -271,8 +271,13 @@ def test_redis_credentials_and_acl_user_in_the_url_work(fake: FakeIssuer, redis_
 
     prefix = f"acl{free_port()}:"
     admin = redis.Redis.from_url(redis_url)
-    admin.acl_setuser("bbverify-ok", enabled=True, passwords=["+s3cret/pw"], keys=[f"{prefix}*"],
-                      commands=["+get", "+set", "+pttl", "+pexpire", "+evalsha", "+eval", "+script", "+del"])
+    admin.acl_setuser(
+        "bbverify-ok",
+        enabled=True,
+        passwords=["+s3cret/pw"],
+        keys=[f"{prefix}*"],
+        commands=["+get", "+set", "+pttl", "+pexpire", "+evalsha", "+eval", "+script", "+del"],
+    )
     url = with_credentials(redis_url, "bbverify-ok", "s3cret%2Fpw")  # percent-encoded "/"
     ks = keyset(fake, Clock(), RedisKeyStore(url, prefix=prefix))
     ks.warm_up()
@@ -288,8 +293,9 @@ def test_a_redis_store_that_refuses_us_shows_as_misconfigured_and_we_still_verif
     import redis
 
     admin = redis.Redis.from_url(redis_url)
-    admin.acl_setuser("bbverify-nokeys", enabled=True, passwords=["+right"], keys=["elsewhere:*"],
-                      commands=["+@all"])
+    admin.acl_setuser(
+        "bbverify-nokeys", enabled=True, passwords=["+right"], keys=["elsewhere:*"], commands=["+@all"]
+    )
     password = "wrong" if problem == "wrong password" else "right"
     clock = Clock()
     ks = keyset(fake, clock, RedisKeyStore(with_credentials(redis_url, "bbverify-nokeys", password)))
