@@ -35,6 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import parse_qs, urlsplit
 
 from .errors import ConfigurationError, StoreUnavailable
 
@@ -89,6 +90,12 @@ _PERMANENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.ELOOP, errno.ERO
 
 def _os_failure(what: str, path: str, exc: OSError) -> StoreUnavailable:
     return StoreUnavailable(f"cannot {what} {path}: {exc.strerror}", permanent=exc.errno in _PERMANENT_ERRNOS)
+
+
+#: redis-py URL options that would replace the deadlines bbverify sets.
+_REDIS_DEADLINE_OPTIONS = frozenset(
+    {"socket_timeout", "socket_connect_timeout", "retry_on_timeout", "retry_on_error", "timeout"}
+)
 
 
 def _digest(name: str) -> str:
@@ -327,13 +334,29 @@ class RedisKeyStore:
             assert url is not None
             if not isinstance(url, str) or url.split("://", 1)[0] not in ("redis", "rediss", "unix"):
                 raise ConfigurationError("must be a redis://, rediss:// or unix:// URL", key="key_store.url")
-            client = redis_module.Redis.from_url(
-                url,
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
-                retry_on_timeout=False,
-                health_check_interval=0,
-            )
+            # redis-py lets URL options replace keyword arguments: a timeout
+            # there would undo key_store.timeout, so it is not accepted.
+            query = parse_qs(urlsplit(url).query, keep_blank_values=True)
+            overriding = sorted(set(query) & _REDIS_DEADLINE_OPTIONS)
+            if overriding:
+                raise ConfigurationError(
+                    f"must not set {', '.join(overriding)}: use key_store.timeout", key="key_store.url"
+                )
+            try:
+                client = redis_module.Redis.from_url(
+                    url,
+                    socket_timeout=timeout,
+                    socket_connect_timeout=timeout,
+                    retry_on_timeout=False,
+                    health_check_interval=0,
+                )
+                # Build (not connect) one connection now, so that a misspelt URL
+                # option is a start-up error rather than a store that never works.
+                pool = client.connection_pool
+                pool.connection_class(**pool.connection_kwargs)
+            except (TypeError, ValueError) as exc:
+                # The message names the option, never the URL (it may hold a password).
+                raise ConfigurationError(f"unusable Redis URL: {exc}", key="key_store.url") from None
         else:
             configured = client.connection_pool.connection_kwargs.get("socket_timeout")
             if not isinstance(configured, int | float) or not 0 < configured <= 1:

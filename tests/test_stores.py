@@ -330,6 +330,26 @@ def test_a_file_store_entry_others_could_write_shows_as_misconfigured(
     assert "not a regular file of this user" in ks.status()["key_store_error"]
 
 
+def test_redis_tls_options_in_the_url_reach_the_client() -> None:
+    """The documented rediss:// options (f09) are passed on; nothing connects yet."""
+    store = RedisKeyStore(
+        "rediss://user:pw@127.0.0.1:1/0?ssl_ca_certs=/etc/ssl/redis-ca.pem&ssl_check_hostname=true"
+    )
+    options = store._client.connection_pool.connection_kwargs
+    assert options["ssl_ca_certs"] == "/etc/ssl/redis-ca.pem" and options["username"] == "user"
+    assert options["socket_timeout"] == 0.25
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["socket_timeout=30", "socket_connect_timeout=30", "retry_on_timeout=true", "ssl_ca_cert=/x", "db=zero"],
+)
+def test_redis_url_options_that_undo_our_deadlines_or_do_not_exist_are_start_up_errors(query: str) -> None:
+    with pytest.raises(ConfigurationError) as exc:
+        RedisKeyStore(f"redis://:secret@127.0.0.1:1/0?{query}")
+    assert exc.value.key == "key_store.url" and "secret" not in str(exc.value)
+
+
 def test_redis_client_without_timeouts_is_refused() -> None:
     import redis
 
