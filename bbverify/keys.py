@@ -217,6 +217,8 @@ class _Outcome:
     last_modified: str | None = None
     document: object = None
     error: str | None = None
+    #: Read from the shared key store (another process fetched them), not fetched here.
+    from_store: bool = False
 
 
 @dataclass(frozen=True)
@@ -783,6 +785,7 @@ class RemoteKeySet:
             etag=entry.etag,
             last_modified=entry.last_modified,
             document=entry.document,
+            from_store=True,
         )
 
     def _adopt_jwks_url(self, url: str) -> None:
@@ -962,7 +965,10 @@ class RemoteKeySet:
         self._fetched_wall = value.fetched_wall
         self._fresh_until = self._fetched_at + value.ttl
         self._etag, self._last_modified = value.etag, value.last_modified
-        if changed:
+        if changed and value.from_store:
+            count, url = len(self._all), self._jwks_url
+            _log.info("installed %d usable key(s) from the key store (fetched from %s)", count, url)
+        elif changed:
             _log.info("installed %d usable key(s) from %s", len(self._all), self._jwks_url)
 
     def _failed(self, exc: BaseException) -> str:
