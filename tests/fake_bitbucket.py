@@ -3,20 +3,20 @@
 Serves the shapes of ``GET /2.0/workspaces/{workspace}``,
 ``/2.0/repositories/{workspace}/{repo_slug}`` and
 ``/2.0/repositories/{workspace}/{repo_slug}/environments`` (paginated with
-``page``/``pagelen`` and an absolute ``next`` URL, as Bitbucket does).
+``page``/``pagelen`` and an absolute ``next`` URL, as Bitbucket does), through
+the suite's loopback harness (``tests/loopback.py``).
 """
 
 from __future__ import annotations
 
 import base64
-import json
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from loopback import Answer, JSONServer, Request, json_answer
 
 
 def braced() -> str:
@@ -41,8 +41,7 @@ class FakeBitbucket:
         self.delay = 0.0
         self.pagelen = pagelen
         self.requests: list[tuple[str, str | None]] = []  # (path, Authorization)
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server = JSONServer(respond=self._respond)
 
     def add_workspace(self, slug: str, repos: list[FakeRepo]) -> str:
         ws_uuid = braced()
@@ -57,42 +56,22 @@ class FakeBitbucket:
 
     @property
     def url(self) -> str:
-        assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return self._server.url
 
     def __enter__(self) -> FakeBitbucket:
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                fake.requests.append((self.path, self.headers.get("Authorization")))
-                if fake.delay:
-                    time.sleep(fake.delay)
-                status, body, headers = fake.answer(self.path, self.headers.get("Authorization"))
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(data)
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05})
-        self._thread.daemon = True
-        self._thread.start()
+        self._server.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        assert self._server is not None and self._thread is not None
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=10)
+        self._server.__exit__(*exc)
+
+    def _respond(self, request: Request) -> Answer:
+        authorization = request.headers.get("Authorization")
+        self.requests.append((request.path, authorization))
+        if self.delay:
+            time.sleep(self.delay)
+        status, body, headers = self.answer(request.path, authorization)
+        return json_answer(body, status, headers)
 
     def answer(self, raw_path: str, authorization: str | None) -> tuple[int, Any, dict[str, str]]:
         if self.mode is not None:

@@ -100,29 +100,29 @@ def make_app() -> Starlette:
 
 
 @pytest.fixture(scope="module")
-def verifier(issuer: FakeIssuer) -> Verifier:
+def gated_verifier(issuer: FakeIssuer) -> Verifier:
     return issuer.verifier(policies=[deny_forbidden_branch, ip_gate])
 
 
 @pytest.fixture(scope="module")
-def direct(verifier: Verifier) -> Iterator[str]:
+def direct(gated_verifier: Verifier) -> Iterator[str]:
     app = PipelineAuthMiddleware(
-        make_app(), verifier=verifier, exclude_paths=["/healthz"], exclude_prefixes=["/public/"]
+        make_app(), verifier=gated_verifier, exclude_paths=["/healthz"], exclude_prefixes=["/public/"]
     )
     with serve_asgi(app) as url:
         yield url
 
 
 @pytest.fixture(scope="module")
-def behind_cidr(verifier: Verifier) -> Iterator[str]:
-    app = PipelineAuthMiddleware(make_app(), verifier=verifier, trusted_proxies=["127.0.0.0/8"])
+def behind_cidr(gated_verifier: Verifier) -> Iterator[str]:
+    app = PipelineAuthMiddleware(make_app(), verifier=gated_verifier, trusted_proxies=["127.0.0.0/8"])
     with serve_asgi(app) as url:
         yield url
 
 
 @pytest.fixture(scope="module")
-def behind_one_hop(verifier: Verifier) -> Iterator[str]:
-    app = PipelineAuthMiddleware(make_app(), verifier=verifier, trusted_proxies=1)
+def behind_one_hop(gated_verifier: Verifier) -> Iterator[str]:
+    app = PipelineAuthMiddleware(make_app(), verifier=gated_verifier, trusted_proxies=1)
     with serve_asgi(app) as url:
         yield url
 
@@ -292,8 +292,8 @@ def test_websocket_without_token_is_refused(issuer: FakeIssuer, direct: str) -> 
         assert info.value.response.status_code == 403
 
 
-def test_websocket_http_denial(issuer: FakeIssuer, verifier: Verifier) -> None:
-    app = PipelineAuthMiddleware(make_app(), verifier=verifier, websocket_denial="http")
+def test_websocket_http_denial(issuer: FakeIssuer, gated_verifier: Verifier) -> None:
+    app = PipelineAuthMiddleware(make_app(), verifier=gated_verifier, websocket_denial="http")
     with serve_asgi(app) as url:
         ws_url = url.replace("http://", "ws://") + "/ws"
         with pytest.raises(InvalidStatus) as info, connect(ws_url, open_timeout=5):
@@ -306,12 +306,12 @@ def test_websocket_http_denial(issuer: FakeIssuer, verifier: Verifier) -> None:
             assert ws.recv(timeout=5) == issuer.repository_uuid
 
 
-def test_websocket_close_code_is_1008(verifier: Verifier) -> None:
+def test_websocket_close_code_is_1008(gated_verifier: Verifier) -> None:
     # Drive the ASGI protocol directly (no server offers the HTTP-denial extension here).
     async def reached(scope: Any, receive: Any, send: Any) -> None:
         raise AssertionError("the app must not be reached")
 
-    middleware = PipelineAuthMiddleware(reached, verifier=verifier)
+    middleware = PipelineAuthMiddleware(reached, verifier=gated_verifier)
     sent: list[dict[str, Any]] = []
     incoming = [{"type": "websocket.connect"}]
 
@@ -383,13 +383,15 @@ def test_slow_jwks_blocks_nothing_and_is_fetched_once(issuer: FakeIssuer) -> Non
 # -- error override ------------------------------------------------------------------------------------
 
 
-def test_on_error_hook_overrides_answer(issuer: FakeIssuer, verifier: Verifier, http: httpx.Client) -> None:
+def test_on_error_hook_overrides_answer(
+    issuer: FakeIssuer, gated_verifier: Verifier, http: httpx.Client
+) -> None:
     def plain(error: Any) -> Any:
         if error.code == "missing_token":
             return PlainTextResponse("log in first", status_code=401, headers={"WWW-Authenticate": "Bearer"})
         return ErrorResponse(418, (("Content-Type", "text/plain"),), b"teapot")
 
-    app = PipelineAuthMiddleware(make_app(), verifier=verifier, on_error=plain)
+    app = PipelineAuthMiddleware(make_app(), verifier=gated_verifier, on_error=plain)
     with serve_asgi(app) as url:
         missing = http.get(url + "/whoami")
         assert (missing.status_code, missing.text) == (401, "log in first")
@@ -410,8 +412,8 @@ async def pipeline_only(request: Request) -> JSONResponse:
     return JSONResponse({"user": request.user.display_name, "has_claims": "bbverify.claims" in request.scope})
 
 
-def test_starlette_backend(issuer: FakeIssuer, verifier: Verifier, http: httpx.Client) -> None:
-    backend = PipelineAuthBackend(verifier)
+def test_starlette_backend(issuer: FakeIssuer, gated_verifier: Verifier, http: httpx.Client) -> None:
+    backend = PipelineAuthBackend(gated_verifier)
     app = Starlette(
         routes=[Route("/maybe", maybe_user), Route("/pipeline", pipeline_only)],
         middleware=[Middleware(AuthenticationMiddleware, backend=backend, on_error=backend.on_error)],

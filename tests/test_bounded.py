@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import Iterator
 
 import pytest
+from clock import FakeClock
 
 from bbverify import InvalidToken, RemoteKeySet, VerificationError, Verifier
 from bbverify.testing import FakeIssuer
@@ -19,24 +19,7 @@ from bbverify.testing import FakeIssuer
 COOLDOWN = 30.0
 
 
-class Clock:
-    """A monotonic clock that moves only when told to."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def fresh_issuer() -> Iterator[FakeIssuer]:
-    # Tests here rotate keys and count requests: they need an issuer of their own.
-    with FakeIssuer() as fake:
-        yield fake
-
-
-def _verifier(issuer: FakeIssuer, clock: Clock, **options: object) -> Verifier:
+def _verifier(issuer: FakeIssuer, clock: FakeClock, **options: object) -> Verifier:
     # The bucket refills fast here: these tests are about the cooldown floor.
     keys = RemoteKeySet(jwks_url=issuer.jwks_url, cooldown=COOLDOWN, fetch_interval=1.0, monotonic=clock)
     verifier = issuer.verifier(keys=keys, **options)
@@ -55,6 +38,7 @@ def test_token_cache_holds_at_most_cache_size_entries(issuer: FakeIssuer) -> Non
     info = verifier.cache_info()
     assert info["tokens"] == 16
     assert info["token_limit"] == 16
+    assert info["headers"] <= 64  # the header memo is bounded too
     # The newest tokens are the ones kept: verifying the last again is a hit.
     claims = verifier.verify(tokens[-1])
     assert verifier.verify(tokens[-1]) is claims
@@ -83,7 +67,7 @@ def test_header_cache_is_capped_under_many_distinct_headers(issuer: FakeIssuer) 
 # -- JWKS fetches --------------------------------------------------------------------------
 
 
-def _needs_new_key(issuer: FakeIssuer, clock: Clock) -> tuple[Verifier, str, int]:
+def _needs_new_key(issuer: FakeIssuer, clock: FakeClock) -> tuple[Verifier, str, int]:
     verifier = _verifier(issuer, clock)
     clock.now += COOLDOWN + 1  # a real rotation comes long after the last fetch
     token = issuer.mint(key=issuer.rotate())
@@ -92,7 +76,7 @@ def _needs_new_key(issuer: FakeIssuer, clock: Clock) -> tuple[Verifier, str, int
 
 
 def test_one_fetch_for_many_threads_needing_the_same_new_key(fresh_issuer: FakeIssuer) -> None:
-    verifier, token, before = _needs_new_key(fresh_issuer, Clock())
+    verifier, token, before = _needs_new_key(fresh_issuer, FakeClock())
     callers = 40
     gate = threading.Barrier(callers)
     verified: list[str] = []
@@ -117,7 +101,7 @@ def test_one_fetch_for_many_threads_needing_the_same_new_key(fresh_issuer: FakeI
 
 
 def test_one_fetch_for_many_coroutines_needing_the_same_new_key(fresh_issuer: FakeIssuer) -> None:
-    verifier, token, before = _needs_new_key(fresh_issuer, Clock())
+    verifier, token, before = _needs_new_key(fresh_issuer, FakeClock())
 
     async def all_at_once() -> list[object]:
         return await asyncio.gather(*(verifier.averify(token) for _ in range(40)), return_exceptions=True)
@@ -129,7 +113,7 @@ def test_one_fetch_for_many_coroutines_needing_the_same_new_key(fresh_issuer: Fa
 
 
 def test_random_kid_flood_fetches_at_most_once_per_cooldown(fresh_issuer: FakeIssuer) -> None:
-    clock = Clock()
+    clock = FakeClock()
     verifier = _verifier(fresh_issuer, clock)
     flood = [fresh_issuer.mint(header={"kid": uuid.uuid4().hex}) for _ in range(100)]
     before = fresh_issuer.jwks_requests

@@ -3,34 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from cli_runner import run_cli as run
 
 from bbverify.testing import FakeIssuer
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def run(
-    *args: str, stdin: str | None = None, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BBVERIFY_")}
-    full_env.update(env or {})
-    full_env["NO_COLOR"] = "1"
-    return subprocess.run(
-        [sys.executable, "-m", "bbverify", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=full_env,
-        cwd=ROOT,
-    )
 
 
 def test_help_lists_every_command_with_examples() -> None:

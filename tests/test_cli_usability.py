@@ -6,7 +6,6 @@ Pipes, exit codes, what it shows, and ``fake-issuer``.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,6 +15,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cli_runner import cli_env
+from cli_runner import run_cli as run
 
 from bbverify import InvalidToken, PolicyDenied
 from bbverify.policies import Repositories
@@ -24,31 +25,13 @@ from bbverify.testing import FakeIssuer
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BBVERIFY_")}
-    env["NO_COLOR"] = "1"
-    return env
-
-
-def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bbverify", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=_env(),
-        cwd=ROOT,
-    )
-
-
 def test_broken_pipe_is_quiet() -> None:
     # The reader is gone before the command writes anything: every write meets EPIPE.
     proc = subprocess.Popen(
         [sys.executable, "-m", "bbverify", "ip-ranges", "--sample"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=_env(),
+        env=cli_env(),
         cwd=ROOT,
     )
     assert proc.stdout is not None and proc.stderr is not None
@@ -133,7 +116,7 @@ def fake_issuer_process() -> Iterator[tuple[subprocess.Popen[str], dict[str, str
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=_env(),
+        env=cli_env(),
         cwd=ROOT,
     )
     assert proc.stdout is not None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -34,20 +33,14 @@ from bbverify.django import PipelineAuthMiddleware, get_config, get_verifier  # 
 from bbverify.django.checks import check_settings  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def other() -> Iterator[FakeIssuer]:
-    with FakeIssuer(workspace="other-workspace") as fake:
-        yield fake
-
-
 def _headers(authorization: str | None) -> dict[str, dict[str, str]]:
     """Keyword arguments for Client/AsyncClient requests carrying ``authorization``."""
     return {"headers": {} if authorization is None else {"Authorization": authorization}}
 
 
 @pytest.fixture
-def cases(issuer: FakeIssuer, other: FakeIssuer) -> list[Case]:
-    return refusal_cases(issuer, other)
+def cases(issuer: FakeIssuer, other_issuer: FakeIssuer) -> list[Case]:
+    return refusal_cases(issuer, other_issuer)
 
 
 # -- settings ------------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,17 +17,11 @@ pytest.importorskip("rest_framework")
 pytest.importorskip("gunicorn")
 
 from django_support import Case, assert_refusal, refusal_cases
-from servers import bearer
+from servers import bearer, free_port
 
 from bbverify.testing import FakeIssuer
 
 TESTS = Path(__file__).resolve().parent
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _command(kind: str, port: int) -> list[str]:
@@ -39,16 +32,10 @@ def _command(kind: str, port: int) -> list[str]:
             "warning", "--no-proxy-headers", "--lifespan", "off", "djangoproj.asgi:application"]
 
 
-@pytest.fixture(scope="module")
-def other() -> Iterator[FakeIssuer]:
-    with FakeIssuer(workspace="other-workspace") as fake:
-        yield fake
-
-
 @pytest.fixture(scope="module", params=["gunicorn", "uvicorn"])
-def server(request: pytest.FixtureRequest, issuer: FakeIssuer) -> Iterator[tuple[str, str]]:
+def django_server(request: pytest.FixtureRequest, issuer: FakeIssuer) -> Iterator[tuple[str, str]]:
     kind = str(request.param)
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BBVERIFY_", "DJANGO"))}
     env.update(
         DJANGO_SETTINGS_MODULE="djangoproj.settings",
@@ -85,8 +72,10 @@ def server(request: pytest.FixtureRequest, issuer: FakeIssuer) -> Iterator[tuple
             proc.wait(timeout=10)
 
 
-def test_valid_token_everywhere(server: tuple[str, str], issuer: FakeIssuer, http: httpx.Client) -> None:
-    kind, base = server
+def test_valid_token_everywhere(
+    django_server: tuple[str, str], issuer: FakeIssuer, http: httpx.Client
+) -> None:
+    kind, base = django_server
     token = issuer.mint()
     for path in ("/plain", "/plain-async", "/decorated", "/decorated-async", "/api/whoami", "/api/default"):
         response = http.get(base + path, headers=bearer(token))
@@ -100,12 +89,12 @@ def test_valid_token_everywhere(server: tuple[str, str], issuer: FakeIssuer, htt
 
 
 def test_every_refusal(
-    server: tuple[str, str], issuer: FakeIssuer, other: FakeIssuer, http: httpx.Client
+    django_server: tuple[str, str], issuer: FakeIssuer, other_issuer: FakeIssuer, http: httpx.Client
 ) -> None:
-    kind, base = server
+    kind, base = django_server
     cases: list[Case] = [
         # gunicorn refuses header lines over 8190 bytes itself, before the app.
-        c for c in refusal_cases(issuer, other) if c.code != "token_too_large"
+        c for c in refusal_cases(issuer, other_issuer) if c.code != "token_too_large"
     ]
     for case in cases:
         headers = {} if case.authorization is None else {"Authorization": case.authorization}

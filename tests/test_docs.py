@@ -383,3 +383,39 @@ def test_env_sample(block: Block, offline: responses.RequestsMock) -> None:
 def test_offline_refuses_the_internet(offline: responses.RequestsMock) -> None:
     with pytest.raises(requests.ConnectionError):
         requests.get("https://example.com/", timeout=5)
+
+
+# -- samples that must stay ------------------------------------------------------------------------
+
+# One marker per sample that documents a recipe or an API (issue 11): test_python_sample runs each of
+# them; this checks that each is still there, exactly once, and not skipped.
+DOCUMENTED_SAMPLES = {
+    "adapters.md": [
+        "from bbverify.starlette import PipelineAuthBackend, requires",
+        "maybe = PipelineAuth(verifier, auto_error=False)",
+        "request_client_ip(environ)",
+        "def make_app() -> PipelineAuthMiddleware:",
+    ],
+    "configuration.md": ["verifier_from_layers(path, environ, leeway=2)"],
+}
+
+
+@pytest.mark.parametrize(("doc", "marker"), [(d, m) for d, ms in DOCUMENTED_SAMPLES.items() for m in ms])
+def test_documented_sample_is_present_and_run(doc: str, marker: str) -> None:
+    # A chain is a block and the "continue" blocks run after it, in one namespace.
+    found = [b for b in PYTHON_BLOCKS if b.path.name == doc for part in b.chain if marker in part.text]
+    assert len(found) == 1, f"{doc}: no single sample containing {marker!r}"
+    assert all(part.marker != "skip" for part in found[0].chain), f"{found[0].id} is skipped"
+
+
+def test_nginx_recipe_is_the_tested_config() -> None:
+    # The nginx lines of docs/adapters.md are the ones tests/servers.py gives nginx in test_proxies.
+    from servers import nginx_config
+
+    text = (ROOT / "docs" / "adapters.md").read_text()
+    recipe = re.search(r"```nginx\n(.*?)```", text, flags=re.S)
+    assert recipe is not None
+    tested = nginx_config("/tmp/x", 1, "unix:/run/app/app.sock")
+    for line in recipe.group(1).splitlines():
+        if line.strip() and line.strip() not in ("location / {", "}"):
+            assert line.strip() in tested, line

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 
@@ -22,15 +21,9 @@ from rest_framework.test import APIClient  # noqa: E402
 from bbverify.drf import HasPipelinePolicy, PipelineUser  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def other() -> Iterator[FakeIssuer]:
-    with FakeIssuer(workspace="other-workspace") as fake:
-        yield fake
-
-
 @pytest.fixture
-def cases(issuer: FakeIssuer, other: FakeIssuer) -> list[Case]:
-    return refusal_cases(issuer, other)
+def cases(issuer: FakeIssuer, other_issuer: FakeIssuer) -> list[Case]:
+    return refusal_cases(issuer, other_issuer)
 
 
 def _client(authorization: str | None = None) -> APIClient:

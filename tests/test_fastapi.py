@@ -75,13 +75,13 @@ def build_app(verifier: Verifier, *, handler: bool = True, middleware: bool = Fa
 
 
 @pytest.fixture(scope="module")
-def verifier(issuer: FakeIssuer) -> Verifier:
+def app_verifier(issuer: FakeIssuer) -> Verifier:
     return issuer.verifier()
 
 
 @pytest.fixture(scope="module")
-def url(verifier: Verifier) -> Iterator[str]:
-    with serve_asgi(build_app(verifier)) as base:
+def url(app_verifier: Verifier) -> Iterator[str]:
+    with serve_asgi(build_app(app_verifier)) as base:
         yield base
 
 
@@ -160,8 +160,8 @@ def test_keys_down_is_503(issuer: FakeIssuer, http: httpx.Client) -> None:
     assert resp.json()["code"] == "keys_unavailable"
 
 
-def test_without_handler_detail_wraps_same_body(verifier: Verifier, http: httpx.Client) -> None:
-    with serve_asgi(build_app(verifier, handler=False)) as base:
+def test_without_handler_detail_wraps_same_body(app_verifier: Verifier, http: httpx.Client) -> None:
+    with serve_asgi(build_app(app_verifier, handler=False)) as base:
         resp = http.get(base + "/whoami")
     assert resp.status_code == 401
     assert resp.headers["www-authenticate"] == 'Bearer realm="bbverify"'
@@ -174,8 +174,8 @@ def test_without_handler_detail_wraps_same_body(verifier: Verifier, http: httpx.
     }
 
 
-def test_middleware_claims_are_reused(issuer: FakeIssuer, verifier: Verifier, http: httpx.Client) -> None:
-    with serve_asgi(build_app(verifier, middleware=True)) as base:
+def test_middleware_claims_are_reused(issuer: FakeIssuer, app_verifier: Verifier, http: httpx.Client) -> None:
+    with serve_asgi(build_app(app_verifier, middleware=True)) as base:
         resp = http.get(base + "/whoami", headers=bearer(issuer.mint()))
         assert resp.json() == {"repository": issuer.repository_uuid, "same_as_scope": True}
         # The route's own rule still applies on top of the middleware's check.
@@ -184,7 +184,7 @@ def test_middleware_claims_are_reused(issuer: FakeIssuer, verifier: Verifier, ht
         assert http.get(base + "/open").json() == {"ok": "open"}
 
 
-def test_on_error_hook(issuer: FakeIssuer, verifier: Verifier, http: httpx.Client) -> None:
+def test_on_error_hook(issuer: FakeIssuer, app_verifier: Verifier, http: httpx.Client) -> None:
     app = FastAPI()
     install_error_handler(app)
     seen: list[str] = []
@@ -193,7 +193,7 @@ def test_on_error_hook(issuer: FakeIssuer, verifier: Verifier, http: httpx.Clien
         seen.append(error.code)
         return PlainTextResponse("nope", status_code=error.status_code)
 
-    guard = PipelineAuth(verifier, on_error=on_error)
+    guard = PipelineAuth(app_verifier, on_error=on_error)
 
     @app.get("/x")
     async def x(claims: Annotated[PipelineClaims, Depends(guard)]) -> str:

@@ -326,12 +326,12 @@ def test_cidr_walk_never_returns_spoofed_entry(spoof: list[str], client: str) ->
 
 
 @pytest.fixture(scope="module")
-def verifier() -> Verifier:
+def offline_verifier() -> Verifier:
     return Verifier(issuer="https://issuer.example/oidc", audience="aud")
 
 
-def test_guard_exclusions(verifier: Verifier) -> None:
-    guard = Guard(verifier, exclude_paths=["/healthz"], exclude_prefixes=["/public/"])
+def test_guard_exclusions(offline_verifier: Verifier) -> None:
+    guard = Guard(offline_verifier, exclude_paths=["/healthz"], exclude_prefixes=["/public/"])
     assert guard.is_excluded("/healthz")
     assert not guard.is_excluded("/healthz/")
     assert not guard.is_excluded("/healthzz")
@@ -352,23 +352,23 @@ def test_guard_exclusions(verifier: Verifier) -> None:
         {"on_error": "nope"},
     ],
 )
-def test_guard_refuses_bad_settings(verifier: Verifier, kwargs: dict[str, object]) -> None:
+def test_guard_refuses_bad_settings(offline_verifier: Verifier, kwargs: dict[str, object]) -> None:
     with pytest.raises(ConfigurationError):
-        Guard(verifier, **kwargs)  # type: ignore[arg-type]
+        Guard(offline_verifier, **kwargs)  # type: ignore[arg-type]
 
 
-def test_guard_refuses_non_verifier_and_non_rules(verifier: Verifier) -> None:
+def test_guard_refuses_non_verifier_and_non_rules(offline_verifier: Verifier) -> None:
     with pytest.raises(ConfigurationError):
         Guard("verifier")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError):
-        Guard(verifier, ["not callable"])  # type: ignore[list-item]
+        Guard(offline_verifier, ["not callable"])  # type: ignore[list-item]
 
 
-def test_on_error_failure_falls_back(verifier: Verifier) -> None:
+def test_on_error_failure_falls_back(offline_verifier: Verifier) -> None:
     def broken(error: object) -> object:
         raise RuntimeError("boom")
 
-    guard = Guard(verifier, on_error=broken)
+    guard = Guard(offline_verifier, on_error=broken)
     assert guard.custom_error(MissingToken("x")) is None
 
 

@@ -7,11 +7,12 @@ import json
 import random
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from clock import FakeClock
+from loopback import Answer, JSONServer
 
 from bbverify.errors import ConfigurationError
 from bbverify.ipranges import (
@@ -274,92 +275,39 @@ def test_load_cidrs_and_packaged_sample() -> None:
 # -- real loopback HTTP -----------------------------------------------------------------
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+FAILURES: dict[str, Answer] = {
+    "500": (500, {"Content-Type": "application/json"}, b"oops"),
+    "garbage": (200, {"Content-Type": "application/json"}, b"<html>"),
+    "redirect": (302, {"Content-Type": "application/json", "Location": "https://evil.example/"}, b""),
+    "huge": (200, {"Content-Type": "application/json"}, b'{"items": [' + b" " * (3 * 1024 * 1024) + b"]}"),
+}
 
 
-class FeedServer:
-    """Serves a feed document on 127.0.0.1; ``mode`` makes it misbehave."""
-
-    def __init__(self) -> None:
-        self.document: Any = FEED
-        self.mode = "ok"
-        self.requests = 0
-        self.release = threading.Event()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                outer.requests += 1
-                if outer.mode == "500":
-                    return self._send(500, b"oops")
-                if outer.mode == "garbage":
-                    return self._send(200, b"<html>")
-                if outer.mode == "redirect":
-                    return self._send(302, b"", {"Location": "https://evil.example/"})
-                if outer.mode == "slow":
-                    outer.release.wait(5)
-                if outer.mode == "huge":
-                    return self._send(200, b'{"items": [' + b" " * (3 * 1024 * 1024) + b"]}")
-                self._send(200, json.dumps(outer.document).encode())
-
-            def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05})
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/"
-
-    def __enter__(self) -> FeedServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
+def misbehave(server: JSONServer, mode: str) -> None:
+    """Make the feed server answer as ``mode``: a failure above, ``"slow"`` (held by a gate) or ``"ok"``."""
+    answer = FAILURES.get(mode)
+    server.respond = None if answer is None else (lambda request: answer)
+    server.gate = threading.Event() if mode == "slow" else None
 
 
 @pytest.fixture
-def server() -> Iterator[FeedServer]:
-    with FeedServer() as s:
+def server() -> Iterator[JSONServer]:
+    """The feed, served on 127.0.0.1 by the suite's loopback harness."""
+    with JSONServer(FEED) as s:
         yield s
 
 
-def test_http_load_and_background_refresh(server: FeedServer) -> None:
+def test_http_load_and_background_refresh(server: JSONServer) -> None:
     clock = FakeClock()
-    feed = AtlassianIPRanges(server.url, refresh_interval=600, clock=clock)
-    assert server.requests == 1
+    feed = AtlassianIPRanges(server.url + "/", refresh_interval=600, clock=clock)
+    assert server.hits == 1
     ranges = feed.ranges()
     assert ranges is not None and ip("34.199.54.113") in ranges
 
     # Within the interval nothing is fetched.
     clock.advance(599)
     feed.ranges()
-    assert server.requests == 1
+    assert server.hits == 1
 
     # Atlassian adds a range; after the interval the next use refreshes in the background.
     server.document = {
@@ -372,15 +320,15 @@ def test_http_load_and_background_refresh(server: FeedServer) -> None:
     old = feed.ranges()
     assert old is ranges  # the request was answered with what was there
     assert feed.wait(5)
-    assert server.requests == 2
+    assert server.hits == 2
     new = feed.ranges()
     assert new is not None and ip("198.51.100.7") in new
 
 
 @pytest.mark.parametrize("mode", ["500", "garbage", "redirect", "huge", "empty", "no-match"])
-def test_http_refresh_failure_keeps_last_good(server: FeedServer, mode: str) -> None:
+def test_http_refresh_failure_keeps_last_good(server: JSONServer, mode: str) -> None:
     clock = FakeClock()
-    feed = AtlassianIPRanges(server.url, refresh_interval=60, failure_backoff=30, clock=clock)
+    feed = AtlassianIPRanges(server.url + "/", refresh_interval=60, failure_backoff=30, clock=clock)
     good = feed.ranges()
     assert good is not None
     if mode == "empty":
@@ -388,11 +336,11 @@ def test_http_refresh_failure_keeps_last_good(server: FeedServer, mode: str) -> 
     elif mode == "no-match":
         server.document = {"items": [i for i in FEED["items"] if "bitbucket" not in i["product"]]}
     else:
-        server.mode = mode
+        misbehave(server, mode)
     clock.advance(61)
     feed.ranges()
     feed.wait(5)
-    assert server.requests == 2
+    assert server.hits == 2
     assert feed.last_error is not None
     assert feed.ranges() is good
     assert ip("34.199.54.113") in good
@@ -400,56 +348,57 @@ def test_http_refresh_failure_keeps_last_good(server: FeedServer, mode: str) -> 
     clock.advance(10)
     feed.ranges()
     feed.wait(5)
-    assert server.requests == 2
+    assert server.hits == 2
     # ...and after it, a healthy server is picked up again.
-    server.mode = "ok"
+    misbehave(server, "ok")
     server.document = FEED
     clock.advance(25)
     feed.ranges()
     assert feed.wait(5)
-    assert server.requests == 3
+    assert server.hits == 3
     assert feed.last_error is None
 
 
-def test_http_first_load_failure_is_a_configuration_error(server: FeedServer) -> None:
-    server.mode = "500"
+def test_http_first_load_failure_is_a_configuration_error(server: JSONServer) -> None:
+    misbehave(server, "500")
     with pytest.raises(ConfigurationError, match="HTTP 500") as e:
-        AtlassianIPRanges(server.url)
+        AtlassianIPRanges(server.url + "/")
     assert e.value.key == "ip_ranges_feed"
 
 
-def test_http_redirect_not_followed(server: FeedServer) -> None:
-    server.mode = "redirect"
+def test_http_redirect_not_followed(server: JSONServer) -> None:
+    misbehave(server, "redirect")
     with pytest.raises(ConfigurationError, match="HTTP 302"):
-        AtlassianIPRanges(server.url)
-    assert server.requests == 1
+        AtlassianIPRanges(server.url + "/")
+    assert server.hits == 1
 
 
-def test_http_body_cap(server: FeedServer) -> None:
-    server.mode = "huge"
+def test_http_body_cap(server: JSONServer) -> None:
+    misbehave(server, "huge")
     with pytest.raises(ConfigurationError, match="exceeds"):
-        AtlassianIPRanges(server.url, max_body_bytes=64 * 1024)
+        AtlassianIPRanges(server.url + "/", max_body_bytes=64 * 1024)
 
 
-def test_http_refresh_now(server: FeedServer) -> None:
-    feed = AtlassianIPRanges(server.url)
+def test_http_refresh_now(server: JSONServer) -> None:
+    feed = AtlassianIPRanges(server.url + "/")
     assert feed.refresh() is True
-    assert server.requests == 2
-    server.mode = "500"
+    assert server.hits == 2
+    misbehave(server, "500")
     assert feed.refresh() is False
     assert feed.ranges() is not None
 
 
-def test_lazy_first_use_waits_only_briefly(server: FeedServer, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lazy_first_use_waits_only_briefly(server: JSONServer, monkeypatch: pytest.MonkeyPatch) -> None:
     import bbverify.ipranges as mod
 
     monkeypatch.setattr(mod, "FIRST_USE_WAIT", 0.05)
-    server.mode = "slow"
-    feed = AtlassianIPRanges(server.url, lazy=True)
-    assert server.requests == 0  # nothing fetched at construction
+    misbehave(server, "slow")
+    feed = AtlassianIPRanges(server.url + "/", lazy=True)
+    assert server.hits == 0  # nothing fetched at construction
     assert feed.ranges() is None  # the request did not wait for the slow server
     assert feed.fetch_count == 1
-    server.release.set()
+    assert server.gate is not None
+    server.gate.set()
     assert feed.wait(5)
     ranges = feed.ranges()
     assert ranges is not None and ip("34.199.54.113") in ranges

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import gzip
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import responses
+from clock import FakeClock, wait_until
 
 from bbverify.errors import ConfigurationError, InvalidToken, KeysUnavailable
 from bbverify.keys import RemoteKeySet, StaticKeySet, check_fetch_url, is_loopback_host
@@ -39,28 +39,8 @@ def rsps() -> Iterator[responses.RequestsMock]:
         yield mock
 
 
-class Clock:
-    """An injectable monotonic clock that only moves when told."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 def jwks(*keys: SigningKey, extra: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     return {"keys": [k.public_jwk() for k in keys] + (extra or [])}
-
-
-def wait_until(predicate: Callable[[], bool], limit: float = 3.0) -> None:
-    """Wait for a background fetch to land (bounded; the assert follows it)."""
-    end = time.monotonic() + limit
-    while not predicate() and time.monotonic() < end:
-        time.sleep(0.005)
 
 
 def keyset(**options: Any) -> RemoteKeySet:
@@ -319,7 +299,7 @@ def test_unknown_kid_refetches_at_most_once_per_cooldown(
     rsps: responses.RequestsMock, k1: SigningKey
 ) -> None:
     rsps.get(JWKS, json=jwks(k1))
-    clock = Clock()
+    clock = FakeClock()
     ks = keyset(cooldown=30, monotonic=clock)
     ks.warm_up()
     clock.advance(31)
@@ -342,7 +322,7 @@ def test_unknown_kid_right_after_a_fetch_does_not_refetch(
     rsps: responses.RequestsMock, k1: SigningKey
 ) -> None:
     rsps.get(JWKS, json=jwks(k1))
-    ks = keyset(cooldown=30, monotonic=Clock())
+    ks = keyset(cooldown=30, monotonic=FakeClock())
     ks.warm_up()
     with pytest.raises(InvalidToken):
         ks.get_key("nope", "RS256")
@@ -351,7 +331,7 @@ def test_unknown_kid_right_after_a_fetch_does_not_refetch(
 
 def test_new_kid_found_by_refetch(rsps: responses.RequestsMock, k1: SigningKey, k2: SigningKey) -> None:
     route = rsps.get(JWKS, json=jwks(k1))
-    clock = Clock()
+    clock = FakeClock()
     ks = keyset(cooldown=30, monotonic=clock)
     ks.warm_up()
     route.body = json.dumps(jwks(k1, k2))
@@ -364,7 +344,7 @@ def test_ttl_refresh_happens_in_the_background(
     rsps: responses.RequestsMock, k1: SigningKey, k2: SigningKey
 ) -> None:
     route = rsps.get(JWKS, json=jwks(k1))
-    clock = Clock()
+    clock = FakeClock()
     ks = keyset(cache_ttl=60, cooldown=1000, monotonic=clock)
     ks.warm_up()
     clock.advance(59)
@@ -384,7 +364,7 @@ def test_cached_key_alone_also_triggers_the_ttl_refresh(
     rsps: responses.RequestsMock, k1: SigningKey, k2: SigningKey
 ) -> None:
     route = rsps.get(JWKS, json=jwks(k1))
-    clock = Clock()
+    clock = FakeClock()
     ks = keyset(cache_ttl=60, monotonic=clock)
     ks.warm_up()
     route.body = json.dumps(jwks(k2))
@@ -397,7 +377,7 @@ def test_cached_key_alone_also_triggers_the_ttl_refresh(
 
 def test_failed_refresh_keeps_good_keys_until_max_stale(rsps: responses.RequestsMock, k1: SigningKey) -> None:
     route = rsps.get(JWKS, json=jwks(k1))
-    clock = Clock()
+    clock = FakeClock()
     ks = keyset(cache_ttl=60, max_stale=600, failure_backoff=5, monotonic=clock)
     ks.warm_up()
     route.status = 500
@@ -427,7 +407,7 @@ def test_empty_or_invalid_set_never_replaces_a_good_one(
     rsps: responses.RequestsMock, k1: SigningKey, body: str
 ) -> None:
     route = rsps.get(JWKS, json=jwks(k1))
-    clock = Clock()
+    clock = FakeClock()
     # A backoff, so the last get_key starts no refresh that outlives the test.
     ks = keyset(cache_ttl=10, failure_backoff=5, monotonic=clock)
     ks.warm_up()
@@ -442,7 +422,7 @@ def test_empty_or_invalid_set_never_replaces_a_good_one(
 
 def test_cold_start_failure_backs_off_then_recovers(rsps: responses.RequestsMock, k1: SigningKey) -> None:
     route = rsps.get(JWKS, status=503)
-    clock = Clock()
+    clock = FakeClock()
     ks = keyset(failure_backoff=5, monotonic=clock)
     with pytest.raises(KeysUnavailable) as first:
         ks.get_key("k1", "RS256")

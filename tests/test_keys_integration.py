@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from clock import FakeClock, wait_until
+from loopback import Answer, JSONServer, Request
 
 from bbverify import InvalidToken, KeysUnavailable, RemoteKeySet, Verifier
 from bbverify.testing import FakeIssuer, SigningKey, generate_rsa_key
@@ -24,23 +26,6 @@ FAST = {"timeout": 0.5, "failure_backoff": 0.1, "cooldown": 0.0, "fetch_interval
 def fresh() -> Iterator[FakeIssuer]:
     with FakeIssuer() as fake:
         yield fake
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 5000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-def wait_until(predicate: Callable[[], bool], limit: float = 3.0) -> None:
-    end = time.monotonic() + limit
-    while not predicate() and time.monotonic() < end:
-        time.sleep(0.005)
 
 
 def remote(fake: FakeIssuer, **options: Any) -> RemoteKeySet:
@@ -127,7 +112,7 @@ def test_drip_fetch_thread_itself_gives_up(fresh: FakeIssuer) -> None:
 
 def test_frozen_injected_clock_does_not_disable_the_deadline(fresh: FakeIssuer) -> None:
     fresh.fail("drip", delay=0.05)
-    ks = remote(fresh, timeout=0.3, failure_backoff=0.0, monotonic=Clock())
+    ks = remote(fresh, timeout=0.3, failure_backoff=0.0, monotonic=FakeClock(5000.0))
     with pytest.raises(KeysUnavailable):
         ks.warm_up()
     wait_until(lambda: ks.last_error is not None)
@@ -162,7 +147,7 @@ def test_concurrent_callers_share_one_fetch(fresh: FakeIssuer) -> None:
 
 def test_cold_start_down_then_recovers_after_backoff(fresh: FakeIssuer) -> None:
     fresh.fail("down")
-    clock = Clock()
+    clock = FakeClock(5000.0)
     v = fresh.verifier(keys=remote(fresh, failure_backoff=5, monotonic=clock))
     token = fresh.mint()
     with pytest.raises(KeysUnavailable):
@@ -189,7 +174,7 @@ def test_recovery_on_the_real_clock(fresh: FakeIssuer) -> None:
 
 
 def test_failed_refresh_serves_stale_keys_until_max_stale(fresh: FakeIssuer) -> None:
-    clock = Clock()
+    clock = FakeClock(5000.0)
     ks = remote(fresh, cache_ttl=60, max_stale=300, failure_backoff=1, monotonic=clock)
     v = fresh.verifier(keys=ks, cache_size=0)
     token = fresh.mint()
@@ -211,7 +196,7 @@ def test_failed_refresh_serves_stale_keys_until_max_stale(fresh: FakeIssuer) -> 
 
 @pytest.mark.parametrize("mode", ["empty", "garbage", "500", "huge"])
 def test_bad_refresh_never_replaces_good_keys(fresh: FakeIssuer, mode: str) -> None:
-    clock = Clock()
+    clock = FakeClock(5000.0)
     ks = remote(fresh, cache_ttl=60, monotonic=clock)
     v = fresh.verifier(keys=ks, cache_size=0)
     token = fresh.mint()
@@ -302,7 +287,7 @@ def test_key_of_another_type_for_the_kid_is_refused() -> None:
 
 
 def test_unknown_kid_refetches_once_per_cooldown(fresh: FakeIssuer) -> None:
-    clock = Clock()
+    clock = FakeClock(5000.0)
     v = fresh.verifier(keys=remote(fresh, cooldown=30, monotonic=clock))
     v.warm_up()
     clock.advance(31)
@@ -369,7 +354,7 @@ def test_rotation_new_kid_accepted_after_one_fetch(fresh: FakeIssuer) -> None:
 
 def test_removed_key_rejected_after_refresh_even_if_cached(fresh: FakeIssuer) -> None:
     old_token = fresh.mint()
-    clock = Clock()
+    clock = FakeClock(5000.0)
     ks = remote(fresh, cache_ttl=60, cooldown=0, monotonic=clock)
     v = fresh.verifier(keys=ks)
     v.verify(old_token)
@@ -385,7 +370,7 @@ def test_removed_key_rejected_after_refresh_even_if_cached(fresh: FakeIssuer) ->
 
 def test_ttl_refresh_drops_removed_key_for_cached_token(fresh: FakeIssuer) -> None:
     old_token = fresh.mint()
-    clock = Clock()
+    clock = FakeClock(5000.0)
     ks = remote(fresh, cache_ttl=60, cooldown=1000, monotonic=clock)
     v = fresh.verifier(keys=ks)
     v.verify(old_token)
@@ -450,35 +435,19 @@ def test_server_that_compresses_when_allowed_still_works(issuer: FakeIssuer) -> 
     # body is read raw to cap its size, so bbverify must not allow it.
     import gzip
     import json
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     seen: list[str | None] = []
 
-    class Compressing(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
+    def compressing(request: Request) -> Answer:
+        body = json.dumps(issuer.jwks()).encode()
+        accept = request.headers.get("Accept-Encoding")
+        seen.append(accept)
+        if accept and "gzip" in accept:
+            return 200, {"Content-Encoding": "gzip"}, gzip.compress(body)
+        return 200, {}, body
 
-        def do_GET(self) -> None:
-            body = json.dumps(issuer.jwks()).encode()
-            accept = self.headers.get("Accept-Encoding")
-            seen.append(accept)
-            self.send_response(200)
-            if accept and "gzip" in accept:
-                body = gzip.compress(body)
-                self.send_header("Content-Encoding", "gzip")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Compressing)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/keys.json"
+    with JSONServer(respond=compressing) as server:
+        url = f"{server.url}/keys.json"
         v = Verifier(issuer=issuer.issuer, audience=issuer.audience, jwks_url=url, **FAST)
         assert v.verify(issuer.mint()).workspace_uuid == issuer.workspace_uuid
         assert seen == ["identity"]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)

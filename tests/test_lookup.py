@@ -27,7 +27,7 @@ ENV_VARS = (
 
 
 @pytest.fixture(scope="module")
-def fake() -> Iterator[FakeBitbucket]:
+def bitbucket() -> Iterator[FakeBitbucket]:
     with FakeBitbucket(pagelen=2) as server:
         server.add_workspace(
             "acme",
@@ -43,15 +43,15 @@ def fake() -> Iterator[FakeBitbucket]:
 
 
 @pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, fake: FakeBitbucket) -> pytest.MonkeyPatch:
+def env(monkeypatch: pytest.MonkeyPatch, bitbucket: FakeBitbucket) -> pytest.MonkeyPatch:
     for name in ENV_VARS:
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("BITBUCKET_API_URL", fake.url)
+    monkeypatch.setenv("BITBUCKET_API_URL", bitbucket.url)
     monkeypatch.setenv("BITBUCKET_EMAIL", "me@example.com")
     monkeypatch.setenv("BITBUCKET_API_TOKEN", "api-token")
-    fake.mode = None
-    fake.next_origin = None
-    fake.delay = 0.0
+    bitbucket.mode = None
+    bitbucket.next_origin = None
+    bitbucket.delay = 0.0
     return monkeypatch
 
 
@@ -62,18 +62,18 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 
 
 def test_found_table_and_ready_toml(
-    env: pytest.MonkeyPatch, fake: FakeBitbucket, capsys: pytest.CaptureFixture[str]
+    env: pytest.MonkeyPatch, bitbucket: FakeBitbucket, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    ws_uuid = fake.workspaces["acme"][0]
-    api, docs = fake.workspaces["acme"][1]["api"], fake.workspaces["acme"][1]["docs"]
-    fake.requests.clear()
+    ws_uuid = bitbucket.workspaces["acme"][0]
+    api, docs = bitbucket.workspaces["acme"][1]["api"], bitbucket.workspaces["acme"][1]["docs"]
+    bitbucket.requests.clear()
     code, out, err = run(capsys, "--repository", "api", "--repository", "docs")
     assert code == 0, err
     audience = "ari:cloud:bitbucket::workspace/" + ws_uuid.strip("{}")
     for text in (ws_uuid, audience, api.uuid, docs.uuid, PROD, STAGING, TEST, "api / Staging"):
         assert text in out
     # Three environments at two a page: the 'next' link was followed once.
-    assert [p for p, _ in fake.requests if "environments" in p] == [
+    assert [p for p, _ in bitbucket.requests if "environments" in p] == [
         "/2.0/repositories/acme/api/environments",
         "/2.0/repositories/acme/api/environments?page=2",
         "/2.0/repositories/acme/docs/environments",
@@ -90,12 +90,12 @@ def test_found_table_and_ready_toml(
 
 
 def test_workspace_only_prints_uuid_and_audience(
-    env: pytest.MonkeyPatch, fake: FakeBitbucket, capsys: pytest.CaptureFixture[str]
+    env: pytest.MonkeyPatch, bitbucket: FakeBitbucket, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out, _ = run(capsys, "--format", "toml")
     assert code == 0
     table = tomllib.loads(out)["bbverify"]
-    assert table == {"workspace": "acme", "workspace_uuid": fake.workspaces["acme"][0]}
+    assert table == {"workspace": "acme", "workspace_uuid": bitbucket.workspaces["acme"][0]}
 
 
 @pytest.mark.parametrize(
@@ -118,17 +118,17 @@ def test_each_kind_of_credential(
 
 
 def test_no_credentials_is_a_usage_error(
-    env: pytest.MonkeyPatch, fake: FakeBitbucket, capsys: pytest.CaptureFixture[str]
+    env: pytest.MonkeyPatch, bitbucket: FakeBitbucket, capsys: pytest.CaptureFixture[str]
 ) -> None:
     env.delenv("BITBUCKET_EMAIL")
     env.delenv("BITBUCKET_API_TOKEN")
-    fake.requests.clear()
+    bitbucket.requests.clear()
     code, _, err = run(capsys)
     assert code == 2 and "BITBUCKET_API_TOKEN" in err
     env.setenv("BITBUCKET_USERNAME", "me")
     code, _, err = run(capsys)
     assert code == 2 and "BITBUCKET_APP_PASSWORD: is not set, but BITBUCKET_USERNAME is" in err
-    assert fake.requests == []
+    assert bitbucket.requests == []
 
 
 def test_401_wrong_credentials(env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
@@ -139,9 +139,9 @@ def test_401_wrong_credentials(env: pytest.MonkeyPatch, capsys: pytest.CaptureFi
 
 
 def test_403_missing_scope(
-    env: pytest.MonkeyPatch, fake: FakeBitbucket, capsys: pytest.CaptureFixture[str]
+    env: pytest.MonkeyPatch, bitbucket: FakeBitbucket, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    fake.mode = (403, {})
+    bitbucket.mode = (403, {})
     code, _, err = run(capsys)
     assert code == 1 and "(403)" in err and "scopes" in err
 
@@ -159,12 +159,12 @@ def test_404_unknown_repository(env: pytest.MonkeyPatch, capsys: pytest.CaptureF
 
 @pytest.mark.parametrize("retry_after", ["120", "date"])
 def test_429_rate_limited_says_when_to_retry(
-    env: pytest.MonkeyPatch, fake: FakeBitbucket, capsys: pytest.CaptureFixture[str], retry_after: str
+    env: pytest.MonkeyPatch, bitbucket: FakeBitbucket, capsys: pytest.CaptureFixture[str], retry_after: str
 ) -> None:
     import time
 
     value = formatdate(time.time() + 120, usegmt=True) if retry_after == "date" else retry_after
-    fake.mode = (429, {"Retry-After": value})
+    bitbucket.mode = (429, {"Retry-After": value})
     code, _, err = run(capsys)
     assert code == 1 and "rate-limited" in err and "(429)" in err
     seconds = int(err.split("retry in ", 1)[1].split(" s", 1)[0])
@@ -172,10 +172,10 @@ def test_429_rate_limited_says_when_to_retry(
 
 
 def test_next_link_to_another_origin_is_not_followed(
-    env: pytest.MonkeyPatch, fake: FakeBitbucket, capsys: pytest.CaptureFixture[str]
+    env: pytest.MonkeyPatch, bitbucket: FakeBitbucket, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with FakeBitbucket() as elsewhere:
-        fake.next_origin = elsewhere.url
+        bitbucket.next_origin = elsewhere.url
         code, _, err = run(capsys, "--repository", "api")
         assert code == 1 and "another origin" in err
         assert elsewhere.requests == []  # the credential never left for the other host
@@ -190,9 +190,9 @@ def test_api_url_must_be_https_off_loopback(
 
 
 def test_slow_api_hits_the_deadline(
-    env: pytest.MonkeyPatch, fake: FakeBitbucket, capsys: pytest.CaptureFixture[str]
+    env: pytest.MonkeyPatch, bitbucket: FakeBitbucket, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    fake.delay = 1.0
+    bitbucket.delay = 1.0
     code, _, err = run(capsys, "--timeout", "0.2")
     assert code == 1 and "cannot reach" in err
 
@@ -204,10 +204,10 @@ def test_bad_repository_slug_is_a_usage_error(
     assert code == 2 and "not a slug" in err
 
 
-def test_the_installed_command(fake: FakeBitbucket) -> None:
+def test_the_installed_command(bitbucket: FakeBitbucket) -> None:
     environ = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
-    environ.update(BITBUCKET_API_URL=fake.url, BITBUCKET_ACCESS_TOKEN="access-token")
-    fake.mode = None
+    environ.update(BITBUCKET_API_URL=bitbucket.url, BITBUCKET_ACCESS_TOKEN="access-token")
+    bitbucket.mode = None
     result = subprocess.run(
         [sys.executable, "-m", "bbverify", "lookup", "--workspace", "acme", "--format", "table"],
         capture_output=True,
@@ -216,4 +216,4 @@ def test_the_installed_command(fake: FakeBitbucket) -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert fake.workspaces["acme"][0] in result.stdout
+    assert bitbucket.workspaces["acme"][0] in result.stdout

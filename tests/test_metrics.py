@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 
 import pytest
+from clock import FakeClock
 from prometheus_client import CollectorRegistry, generate_latest
 
 from bbverify.errors import KeysUnavailable
@@ -14,19 +15,19 @@ from bbverify.testing import FakeIssuer
 
 
 def test_remote_key_set_status_loaded_stale_failures(issuer: FakeIssuer) -> None:
-    now = [1000.0]
-    keys = RemoteKeySet(jwks_url=issuer.jwks_url, cache_ttl=10, max_stale=100, monotonic=lambda: now[0])
+    clock = FakeClock(1000.0)
+    keys = RemoteKeySet(jwks_url=issuer.jwks_url, cache_ttl=10, max_stale=100, monotonic=clock)
     before = keys.status()
     assert before["loaded"] is False and before["age_seconds"] is None and before["keys"] == 0
     keys.warm_up()
     fresh = keys.status()
     assert fresh["loaded"] is True and fresh["stale"] is False and fresh["keys"] >= 1
     assert fresh["fetches"] == 1 and fresh["failures"] == 0
-    now[0] += 20  # past cache_ttl, within max_stale: served stale
+    clock.advance(20)  # past cache_ttl, within max_stale: served stale
     stale = keys.status()
     assert stale["loaded"] is True and stale["stale"] is True
     assert stale["age_seconds"] == pytest.approx(20, abs=0.5)
-    now[0] += 200  # past max_stale: unusable
+    clock.advance(200)  # past max_stale: unusable
     assert keys.status()["loaded"] is False
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from clock import FakeClock
 
 from bbverify import ConfigurationError, PipelineClaims, PolicyDenied, RequestContext, Verifier
 from bbverify.config import (
@@ -56,9 +57,9 @@ def admits(rule: Any, claims: PipelineClaims, context: RequestContext | None = N
 
 
 @pytest.fixture(scope="module")
-def v(issuer: FakeIssuer) -> Verifier:
+def named_verifier(issuer: FakeIssuer) -> Verifier:
     return issuer.verifier(
-        clock=lambda: NOW,
+        clock=FakeClock(NOW),
         policies=[not_(Branches("blocked"), message="blocked branch")],
         named_policies={
             "build": Repositories(issuer.repository_uuid),
@@ -69,58 +70,58 @@ def v(issuer: FakeIssuer) -> Verifier:
     )
 
 
-def test_policy_is_picked_per_call(issuer: FakeIssuer, v: Verifier) -> None:
+def test_policy_is_picked_per_call(issuer: FakeIssuer, named_verifier: Verifier) -> None:
     build = issuer.mint(issued_at=NOW)
     deploy = issuer.mint(issued_at=NOW, environment_uuid=issuer.environment_uuid)
-    assert v.verify(build)  # default policy "build"
-    assert v.verify(build, policy="build")
+    assert named_verifier.verify(build)  # default policy "build"
+    assert named_verifier.verify(build, policy="build")
     with pytest.raises(PolicyDenied) as exc:
-        v.verify(build, policy="deploy")
+        named_verifier.verify(build, policy="deploy")
     assert exc.value.code == "environment_required"
-    assert v.verify(deploy, policy="deploy")
+    assert named_verifier.verify(deploy, policy="deploy")
     other = issuer.mint(issued_at=NOW, repository_uuid=OTHER_REPO, environment_uuid=issuer.environment_uuid)
-    assert v.verify(other, policy="deploy")
+    assert named_verifier.verify(other, policy="deploy")
     with pytest.raises(PolicyDenied) as exc:
-        v.verify(other)  # the default
+        named_verifier.verify(other)  # the default
     assert exc.value.code == "repository_not_allowed"
 
 
-def test_base_rules_always_apply(issuer: FakeIssuer, v: Verifier) -> None:
+def test_base_rules_always_apply(issuer: FakeIssuer, named_verifier: Verifier) -> None:
     token = issuer.mint(issued_at=NOW, branch="blocked", environment_uuid=issuer.environment_uuid)
     for policy in (None, "build", "deploy"):
         with pytest.raises(PolicyDenied, match="blocked branch"):
-            v.verify(token, policy=policy)
+            named_verifier.verify(token, policy=policy)
 
 
-def test_named_policy_runs_before_per_call_rules(issuer: FakeIssuer, v: Verifier) -> None:
+def test_named_policy_runs_before_per_call_rules(issuer: FakeIssuer, named_verifier: Verifier) -> None:
     token = issuer.mint(issued_at=NOW, branch="dev")
     with pytest.raises(PolicyDenied) as exc:
-        v.verify(token, policies=[Branches("main")])
+        named_verifier.verify(token, policies=[Branches("main")])
     assert exc.value.code == "branch_not_allowed"
 
 
-def test_async_takes_the_policy_too(issuer: FakeIssuer, v: Verifier) -> None:
+def test_async_takes_the_policy_too(issuer: FakeIssuer, named_verifier: Verifier) -> None:
     import asyncio
 
     token = issuer.mint(issued_at=NOW)
     with pytest.raises(PolicyDenied):
-        asyncio.run(v.averify(token, policy="deploy"))
-    assert asyncio.run(v.averify(token, policy="build"))
+        asyncio.run(named_verifier.averify(token, policy="deploy"))
+    assert asyncio.run(named_verifier.averify(token, policy="build"))
 
 
-def test_unknown_policy_name_is_a_configuration_error(issuer: FakeIssuer, v: Verifier) -> None:
+def test_unknown_policy_name_is_a_configuration_error(issuer: FakeIssuer, named_verifier: Verifier) -> None:
     with pytest.raises(ConfigurationError) as exc:
-        v.verify(issuer.mint(issued_at=NOW), policy="deplyo")
+        named_verifier.verify(issuer.mint(issued_at=NOW), policy="deplyo")
     assert exc.value.key == "policy" and "'build', 'deploy'" in str(exc.value)
     with pytest.raises(ConfigurationError):
-        v.check_policy("deplyo")
-    v.check_policy("deploy")
-    v.check_policy(None)
-    assert v.policy_names == ("build", "deploy")
+        named_verifier.check_policy("deplyo")
+    named_verifier.check_policy("deploy")
+    named_verifier.check_policy(None)
+    assert named_verifier.policy_names == ("build", "deploy")
 
 
 def test_without_default_no_named_policy_applies(issuer: FakeIssuer) -> None:
-    verifier = issuer.verifier(clock=lambda: NOW, named_policies={"deploy": Environments(ENV)})
+    verifier = issuer.verifier(clock=FakeClock(NOW), named_policies={"deploy": Environments(ENV)})
     assert verifier.verify(issuer.mint(issued_at=NOW))
     with pytest.raises(PolicyDenied):
         verifier.verify(issuer.mint(issued_at=NOW), policy="deploy")
@@ -256,7 +257,7 @@ allow = [
 ]
 """
     )
-    v = verifier_from_toml(path, clock=lambda: NOW)
+    v = verifier_from_toml(path, clock=FakeClock(NOW))
     assert v.policy_names == ("build", "deploy") and v.default_policy == "build"
     build = issuer.mint(issued_at=NOW)
     assert v.verify(build)
@@ -276,13 +277,14 @@ def test_policies_from_env_json(issuer: FakeIssuer) -> None:
         "BBVERIFY_DEFAULT_POLICY": "deploy",
         "BBVERIFY_POLICIES": json.dumps({"deploy": {"allow": [{"branches": ["main"]}]}}),
     }
-    v = verifier_from_env(env, clock=lambda: NOW)
+    v = verifier_from_env(env, clock=FakeClock(NOW))
     assert v.verify(issuer.mint(issued_at=NOW))
     with pytest.raises(PolicyDenied):
         v.verify(issuer.mint(issued_at=NOW, branch="dev"))
     # A Flask config may hold the table as Python values.
     flask_like = {**env, "BBVERIFY_POLICIES": {"deploy": {"allow": [{"branches": ["dev"]}]}}}
-    assert verifier_from_env(flask_like, clock=lambda: NOW).verify(issuer.mint(issued_at=NOW, branch="dev"))
+    flask_verifier = verifier_from_env(flask_like, clock=FakeClock(NOW))
+    assert flask_verifier.verify(issuer.mint(issued_at=NOW, branch="dev"))
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from clock import FakeClock
 
 from bbverify import Decision, PolicyDenied, Verifier
 from bbverify.claims import PipelineClaims
@@ -244,38 +245,38 @@ def test_ip_ranges_feed_unavailable_denies(claims: PipelineClaims, tmp_path: Pat
 
 def test_step_duration(issuer: FakeIssuer) -> None:
     t0 = float(int(time.time()) - 60)
-    now = [t0]
+    clock = FakeClock(t0)
     # Bitbucket's lifetime for a 20-minute step: max-time plus the 5-minute buffer.
     token = issuer.mint(issued_at=t0, lifetime=25 * 60)
-    v = issuer.verifier(policies=[StepDuration(max_minutes=20)], clock=lambda: now[0], cache_size=0)
+    v = issuer.verifier(policies=[StepDuration(max_minutes=20)], clock=clock, cache_size=0)
     v.verify(token)
-    now[0] = t0 + 25 * 60  # exactly at the limit
+    clock.now = t0 + 25 * 60  # exactly at the limit
     v.verify(token)
-    now[0] = t0 + 25 * 60 + 1
+    clock.now = t0 + 25 * 60 + 1
     err = denied(v, token)
     assert err.code == "step_too_long"
     assert err.rule == "step_duration"
     # A step configured for longer than the service accepts is refused from the start.
     long_token = issuer.mint(issued_at=t0, lifetime=60 * 60)
-    now[0] = t0 + 1
+    clock.now = t0 + 1
     assert denied(v, long_token).code == "token_lifetime_too_long"
     # Without the buffer, a 25-minute lifetime is too long for 20 minutes.
-    strict = issuer.verifier(policies=[StepDuration(20, start_buffer_minutes=0)], clock=lambda: now[0])
+    strict = issuer.verifier(policies=[StepDuration(20, start_buffer_minutes=0)], clock=clock)
     assert denied(strict, token).code == "token_lifetime_too_long"
 
 
 def test_step_duration_age_only(issuer: FakeIssuer) -> None:
     t0 = float(int(time.time()) - 60)
-    now = [t0 + 60]
+    clock = FakeClock(t0 + 60)
     token = issuer.mint(issued_at=t0, lifetime=120 * 60)  # a step with max-time 115
     age_only = issuer.verifier(
-        policies=[StepDuration(20, check_lifetime=False)], clock=lambda: now[0], cache_size=0
+        policies=[StepDuration(20, check_lifetime=False)], clock=clock, cache_size=0
     )
     age_only.verify(token)  # admitted early in the step
-    assert denied(issuer.verifier(policies=[StepDuration(20)], clock=lambda: now[0]), token).code == (
+    assert denied(issuer.verifier(policies=[StepDuration(20)], clock=clock), token).code == (
         "token_lifetime_too_long"
     )
-    now[0] = t0 + 25 * 60 + 1
+    clock.now = t0 + 25 * 60 + 1
     err = denied(age_only, token)
     assert err.code == "step_too_long"
     assert "raise max_minutes" in err.message

@@ -9,30 +9,19 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from clock import FakeClock
 
 from bbverify import InvalidToken, KeysUnavailable
 from bbverify.errors import ConfigurationError
 from bbverify.keys import ENTRY_FORMAT, RemoteKeySet
 from bbverify.stores import FileKeyStore, MemoryKeyStore, RedisKeyStore, StoreUnavailable
 from bbverify.testing import FakeIssuer, SigningKey, generate_rsa_key
-from benchmarks.fleet_sim import free_port, redis_server
-
-
-class Clock:
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from benchmarks.fleet_sim import free_port
 
 
 @pytest.fixture
@@ -41,15 +30,7 @@ def fake() -> Iterator[FakeIssuer]:
         yield issuer
 
 
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if shutil.which("redis-server") is None and not os.path.exists("/usr/bin/redis-server"):
-        pytest.fail("redis-server is not installed (.ci/run installs it)")
-    with redis_server(str(tmp_path_factory.mktemp("redis"))) as url:
-        yield url
-
-
-def keyset(fake: FakeIssuer, clock: Clock, store: Any = None, **options: Any) -> RemoteKeySet:
+def keyset(fake: FakeIssuer, clock: FakeClock, store: Any = None, **options: Any) -> RemoteKeySet:
     options.setdefault("timeout", 2.0)
     return RemoteKeySet(issuer=fake.issuer, key_store=store, monotonic=clock, clock=clock, **options)
 
@@ -95,7 +76,7 @@ def test_file_store_ignores_a_file_others_could_have_written(tmp_path: Path) -> 
 
 
 def test_one_process_fetches_and_the_others_read_the_store(fake: FakeIssuer, tmp_path: Path) -> None:
-    clock = Clock()
+    clock = FakeClock(1_800_000_000.0)
     sets = [keyset(fake, clock, FileKeyStore(tmp_path)) for _ in range(4)]
     for ks in sets:
         assert ks.get_key(fake.signing_key.kid, "RS256").kid == fake.signing_key.kid
@@ -105,7 +86,7 @@ def test_one_process_fetches_and_the_others_read_the_store(fake: FakeIssuer, tmp
 def test_a_restarted_service_verifies_from_the_store_before_any_fetch(
     fake: FakeIssuer, tmp_path: Path
 ) -> None:
-    clock = Clock()
+    clock = FakeClock(1_800_000_000.0)
     keyset(fake, clock, FileKeyStore(tmp_path)).warm_up()
     fake.fail("down")
     restarted = fake.verifier(keys=keyset(fake, clock, FileKeyStore(tmp_path)), clock=clock)
@@ -115,7 +96,7 @@ def test_a_restarted_service_verifies_from_the_store_before_any_fetch(
 
 
 def test_the_fleet_shares_one_unknown_kid_floor(fake: FakeIssuer, tmp_path: Path) -> None:
-    clock = Clock()
+    clock = FakeClock(1_800_000_000.0)
     one = keyset(fake, clock, FileKeyStore(tmp_path), cooldown=180, store_poll=15)
     two = keyset(fake, clock, FileKeyStore(tmp_path), cooldown=180, store_poll=15)
     one.warm_up()
@@ -143,7 +124,7 @@ def test_the_fleet_shares_one_unknown_kid_floor(fake: FakeIssuer, tmp_path: Path
 # -- what a store returns is checked like a fresh fetch ----------------------------------------
 
 
-def _entry(fake: FakeIssuer, clock: Clock, **changes: Any) -> bytes:
+def _entry(fake: FakeIssuer, clock: FakeClock, **changes: Any) -> bytes:
     data = {
         "format": ENTRY_FORMAT,
         "source": fake.issuer,
@@ -187,7 +168,7 @@ def _weak_jwks() -> dict[str, Any]:
 def test_a_corrupt_or_foreign_entry_is_ignored_and_logged(
     fake: FakeIssuer, corrupt: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    clock = Clock()
+    clock = FakeClock(1_800_000_000.0)
     store = MemoryKeyStore()
     ks = keyset(fake, clock, store)
     store.write(ks.source_name, corrupt(fake, clock))
@@ -240,7 +221,7 @@ def test_status_reports_the_process_budget_while_the_store_is_unavailable(fake: 
 
 
 def test_redis_store_shares_one_fetch(fake: FakeIssuer, redis_url: str) -> None:
-    clock = Clock()
+    clock = FakeClock(1_800_000_000.0)
     prefix = f"t{free_port()}:"
     sets = [keyset(fake, clock, RedisKeyStore(redis_url, prefix=prefix)) for _ in range(3)]
     for ks in sets:
@@ -253,7 +234,7 @@ def test_redis_store_shares_one_fetch(fake: FakeIssuer, redis_url: str) -> None:
 
 
 def test_redis_down_falls_back_to_fetching_alone(fake: FakeIssuer, caplog: pytest.LogCaptureFixture) -> None:
-    clock = Clock()
+    clock = FakeClock(1_800_000_000.0)
     store = RedisKeyStore(f"redis://127.0.0.1:{free_port()}/0", timeout=0.2)  # nothing listens there
     v = fake.verifier(keys=keyset(fake, clock, store), clock=clock)
     with caplog.at_level(logging.WARNING, logger="bbverify.keys"):
@@ -363,7 +344,7 @@ def test_redis_client_without_timeouts_is_refused() -> None:
 
 
 def test_validators_make_the_next_fetch_conditional_and_304_renews(fake: FakeIssuer) -> None:
-    clock = Clock()
+    clock = FakeClock(1_800_000_000.0)
     fake.cache_control = "max-age=600"
     ks = keyset(fake, clock, fetch_interval=1)
     ks.warm_up()
@@ -377,7 +358,7 @@ def test_validators_make_the_next_fetch_conditional_and_304_renews(fake: FakeIss
 
 
 def test_max_age_is_honoured_within_bounds(fake: FakeIssuer) -> None:
-    clock = Clock()
+    clock = FakeClock(1_800_000_000.0)
     fake.cache_control = "max-age=5"
     ks = keyset(fake, clock, min_cache_ttl=300, max_cache_ttl=900, fetch_interval=1)
     ks.warm_up()
@@ -397,7 +378,7 @@ def test_max_age_is_honoured_within_bounds(fake: FakeIssuer) -> None:
 
 @pytest.mark.parametrize("http_date", [False, True])
 def test_no_request_before_retry_after(fake: FakeIssuer, http_date: bool) -> None:
-    clock = Clock()
+    clock = FakeClock(1_800_000_000.0)
     fake.limit_requests(2, 3600, clock=clock, http_date=http_date)
     ks = keyset(fake, clock, fetch_interval=0.001, cooldown=0, failure_backoff=0.001, max_backoff=0.001)
     ks.warm_up()  # discovery + key set: the whole allowance
@@ -420,7 +401,7 @@ def test_no_request_before_retry_after(fake: FakeIssuer, http_date: bool) -> Non
 
 
 def test_a_token_for_another_workspace_costs_no_fetch(fake: FakeIssuer, tmp_path: Path) -> None:
-    clock = Clock()
+    clock = FakeClock(1_800_000_000.0)
     fake.limit_requests(60, 3600, clock=clock)  # records every request
     v = fake.verifier(keys=keyset(fake, clock, FileKeyStore(tmp_path)), clock=clock)
     with FakeIssuer(workspace="elsewhere") as other:

@@ -94,13 +94,6 @@ def test_size_cap_is_configurable_and_inclusive() -> None:
     assert code_of(exc) == "token_too_large"
 
 
-@pytest.mark.parametrize("token", ["é.b.c", "a.b.c\u00a0", "a.b\u2024c.d"])
-def test_non_ascii_tokens_are_malformed(token: str) -> None:
-    with pytest.raises(InvalidToken) as exc:
-        split(token)
-    assert code_of(exc) == "malformed"
-
-
 def test_non_ascii_bytes_are_malformed() -> None:
     with pytest.raises(InvalidToken) as exc:
         split(b"\xff.b.c")
@@ -239,8 +232,10 @@ def test_missing_or_non_string_alg_is_malformed(header: dict[str, object]) -> No
 
 @pytest.mark.parametrize(
     "alg",
-    ["none", "None", "NONE", "nOnE", " none", "none ", "HS256", "HS384", "HS512", "hs256", "Hs256 "],
-)
+    # With the HMAC spellings of tests/security/test_alg_confusion.py (RFC 8725 section 3.1).
+    ["none", "None", "NONE", "nOnE", " none", "none ", "HS256", "HS384", "HS512", "hs256", "Hs256 ", "HS256 ",
+     "HS1", "Hs512"],
+)  # fmt: skip
 def test_none_and_hmac_refused_even_when_allowlisted(alg: str) -> None:
     with pytest.raises(InvalidToken) as exc:
         parse_header(header_seg({"alg": alg}), frozenset({alg, "RS256"}))

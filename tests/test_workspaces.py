@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from clock import FakeClock
 
 from bbverify import (
     ConfigurationError,
@@ -45,7 +46,7 @@ def spec(fake: FakeIssuer, **options: Any) -> WorkspaceSpec:
 
 
 def two(a: FakeIssuer, b: FakeIssuer, **options: Any) -> Verifier:
-    options.setdefault("clock", lambda: NOW)
+    options.setdefault("clock", FakeClock(NOW))
     return Verifier(workspaces=[spec(a, name="alpha"), spec(b, name="beta")], **{**FAST, **options})
 
 
@@ -130,7 +131,7 @@ def test_workspace_rules_apply_to_its_own_tokens_only(a: FakeIssuer, b: FakeIssu
     v = Verifier(
         workspaces=[spec(a, policies=[Branches("main")]), spec(b, policies=Repositories(b.repository_uuid))],
         policies=[Branches("main", "dev")],
-        clock=lambda: NOW,
+        clock=FakeClock(NOW),
         **FAST,
     )
     assert v.verify(a.mint(issued_at=NOW, branch="main"))
@@ -147,7 +148,7 @@ def test_workspace_rules_apply_to_its_own_tokens_only(a: FakeIssuer, b: FakeIssu
 
 
 def test_cached_token_still_passes_its_workspace_rules(a: FakeIssuer, b: FakeIssuer) -> None:
-    v = Verifier(workspaces=[spec(a), spec(b, policies=Branches("main"))], clock=lambda: NOW, **FAST)
+    v = Verifier(workspaces=[spec(a), spec(b, policies=Branches("main"))], clock=FakeClock(NOW), **FAST)
     token = b.mint(issued_at=NOW, branch="dev")
     for _ in range(2):  # the second call is served from the token cache
         with pytest.raises(PolicyDenied):
@@ -160,7 +161,7 @@ def test_cached_token_still_passes_its_workspace_rules(a: FakeIssuer, b: FakeIss
 def test_static_keys_per_workspace(a: FakeIssuer, b: FakeIssuer) -> None:
     v = Verifier(
         workspaces=[spec(a, keys=StaticKeySet(a.jwks())), spec(b, keys=StaticKeySet(b.jwks()))],
-        clock=lambda: NOW,
+        clock=FakeClock(NOW),
     )
     before = counts(a, b)
     assert v.verify(a.mint(issued_at=NOW)) and v.verify(b.mint(issued_at=NOW))
@@ -250,7 +251,7 @@ def test_bad_workspaces_fail_at_construction(workspaces: Any, extra: dict[str, A
 
 
 def fresh_single(fake: FakeIssuer) -> Verifier:
-    return fake.verifier(clock=lambda: NOW, **FAST)
+    return fake.verifier(clock=FakeClock(NOW), **FAST)
 
 
 @pytest.mark.parametrize(
@@ -296,7 +297,7 @@ def test_plausible_token_with_unknown_kid_may_fetch(a: FakeIssuer) -> None:
 
 def test_full_checks_still_run_after_the_signature(a: FakeIssuer) -> None:
     # Plausible but inconsistent: the sub check and the pin only run after the signature.
-    v = a.verifier(clock=lambda: NOW, workspace_uuid=a.workspace_uuid, **FAST)
+    v = a.verifier(clock=FakeClock(NOW), workspace_uuid=a.workspace_uuid, **FAST)
     refused(v, a.sign(a.claims(issued_at=NOW, extra={"sub": "x"})), "subject_mismatch")
     refused(v, a.mint(issued_at=NOW, extra={"nbf": NOW + 3600}), "not_yet_valid")
     refused(
@@ -336,7 +337,7 @@ audience = ["{b.audience}"]
 rules = {{ branches = ["main"] }}
 """
     )
-    v = verifier_from_toml(path, clock=lambda: NOW)
+    v = verifier_from_toml(path, clock=FakeClock(NOW))
     assert [w.name for w in v.workspaces] == ["alpha", b.issuer]
     assert v.verify(a.mint(issued_at=NOW, branch="dev"))
     assert v.verify(b.mint(issued_at=NOW))
@@ -350,7 +351,7 @@ def test_workspaces_from_env_json(a: FakeIssuer, b: FakeIssuer) -> None:
     from bbverify.config import verifier_from_env
 
     items = [{"issuer": f.issuer, "audience": f.audience} for f in (a, b)]
-    v = verifier_from_env({"BBVERIFY_WORKSPACE_LIST": json.dumps(items)}, clock=lambda: NOW)
+    v = verifier_from_env({"BBVERIFY_WORKSPACE_LIST": json.dumps(items)}, clock=FakeClock(NOW))
     assert v.issuers == (a.issuer, b.issuer)
     assert v.verify(b.mint(issued_at=NOW))
     flask_like = {"BBVERIFY_WORKSPACE_LIST": items}  # a Flask config may hold Python values
@@ -427,7 +428,7 @@ def test_decisions_name_the_workspace_and_policy(
         workspaces=[spec(a, name="alpha"), spec(b, name="beta")],
         named_policies={"main-only": Branches("main")},
         on_decision=seen.append,
-        clock=lambda: NOW,
+        clock=FakeClock(NOW),
         **FAST,
     )
     good = b.mint(issued_at=NOW)

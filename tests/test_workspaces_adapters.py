@@ -44,7 +44,7 @@ def fakes() -> Iterator[tuple[FakeIssuer, FakeIssuer, FakeIssuer]]:
 
 
 @pytest.fixture(scope="module")
-def verifier(fakes: tuple[FakeIssuer, FakeIssuer, FakeIssuer]) -> Verifier:
+def two_workspace_verifier(fakes: tuple[FakeIssuer, FakeIssuer, FakeIssuer]) -> Verifier:
     a, b, _ = fakes
     return verifier_from_mapping(
         {
@@ -151,8 +151,10 @@ def asgi_app(verifier: Verifier) -> Any:
     return app
 
 
-def test_asgi_middleware(verifier: Verifier, tokens: dict[str, str], http: httpx.Client) -> None:
-    with serve_asgi(asgi_app(verifier)) as base:
+def test_asgi_middleware(
+    two_workspace_verifier: Verifier, tokens: dict[str, str], http: httpx.Client
+) -> None:
+    with serve_asgi(asgi_app(two_workspace_verifier)) as base:
         check_all(base, tokens, http)
 
 
@@ -178,8 +180,10 @@ def starlette_app(verifier: Verifier) -> Starlette:
     return Starlette(routes=mounts)
 
 
-def test_starlette_backend(verifier: Verifier, tokens: dict[str, str], http: httpx.Client) -> None:
-    with serve_asgi(starlette_app(verifier)) as base:
+def test_starlette_backend(
+    two_workspace_verifier: Verifier, tokens: dict[str, str], http: httpx.Client
+) -> None:
+    with serve_asgi(starlette_app(two_workspace_verifier)) as base:
         client = httpx.Client(timeout=10, follow_redirects=True)
         with client:
             # Without a token the backend leaves the request anonymous; @requires answers 403.
@@ -208,16 +212,16 @@ def fastapi_app(verifier: Verifier, *, outer_middleware: bool = False) -> Any:
     return app
 
 
-def test_fastapi(verifier: Verifier, tokens: dict[str, str], http: httpx.Client) -> None:
-    with serve_asgi(fastapi_app(verifier)) as base:
+def test_fastapi(two_workspace_verifier: Verifier, tokens: dict[str, str], http: httpx.Client) -> None:
+    with serve_asgi(fastapi_app(two_workspace_verifier)) as base:
         check_all(base, tokens, http)
 
 
 def test_fastapi_behind_the_middleware_does_not_reuse_other_policy_claims(
-    verifier: Verifier, tokens: dict[str, str], http: httpx.Client
+    two_workspace_verifier: Verifier, tokens: dict[str, str], http: httpx.Client
 ) -> None:
     # The middleware verified under the default policy; the route's own policy must still run.
-    with serve_asgi(fastapi_app(verifier, outer_middleware=True)) as base:
+    with serve_asgi(fastapi_app(two_workspace_verifier, outer_middleware=True)) as base:
         check_all(base, tokens, http)
 
 
@@ -240,8 +244,10 @@ def wsgi_app(verifier: Verifier) -> Callable[..., Any]:
     return app
 
 
-def test_wsgi_middleware(verifier: Verifier, tokens: dict[str, str], http: httpx.Client) -> None:
-    with serve_wsgi(wsgi_app(verifier)) as base:
+def test_wsgi_middleware(
+    two_workspace_verifier: Verifier, tokens: dict[str, str], http: httpx.Client
+) -> None:
+    with serve_wsgi(wsgi_app(two_workspace_verifier)) as base:
         check_all(base, tokens, http)
 
 
@@ -268,16 +274,16 @@ def flask_app(verifier: Verifier, *, outer_middleware: bool = False) -> Flask:
 
 @pytest.mark.parametrize("outer_middleware", [False, True])
 def test_flask(
-    verifier: Verifier, tokens: dict[str, str], http: httpx.Client, outer_middleware: bool
+    two_workspace_verifier: Verifier, tokens: dict[str, str], http: httpx.Client, outer_middleware: bool
 ) -> None:
-    with serve_wsgi(flask_app(verifier, outer_middleware=outer_middleware)) as base:
+    with serve_wsgi(flask_app(two_workspace_verifier, outer_middleware=outer_middleware)) as base:
         check_all(base, tokens, http)
 
 
 # -- policy names are checked when routes are built --------------------------------------------------------
 
 
-def test_every_adapter_refuses_an_unknown_policy_at_construction(verifier: Verifier) -> None:
+def test_every_adapter_refuses_an_unknown_policy_at_construction(two_workspace_verifier: Verifier) -> None:
     async def asgi(scope: Any, receive: Any, send: Any) -> None:  # pragma: no cover - never called
         pass
 
@@ -285,19 +291,19 @@ def test_every_adapter_refuses_an_unknown_policy_at_construction(verifier: Verif
         return []
 
     builders: list[Callable[[], object]] = [
-        lambda: ASGIAuth(asgi, verifier=verifier, policy="deplyo"),
-        lambda: WSGIAuth(wsgi, verifier=verifier, policy="deplyo"),
-        lambda: PipelineAuthBackend(verifier, policy="deplyo"),
-        lambda: PipelineAuth(verifier, policy="deplyo"),
-        lambda: require_pipeline(verifier, policy="deplyo"),
-        lambda: BBVerify(Flask(__name__), verifier=verifier, policy="deplyo"),
+        lambda: ASGIAuth(asgi, verifier=two_workspace_verifier, policy="deplyo"),
+        lambda: WSGIAuth(wsgi, verifier=two_workspace_verifier, policy="deplyo"),
+        lambda: PipelineAuthBackend(two_workspace_verifier, policy="deplyo"),
+        lambda: PipelineAuth(two_workspace_verifier, policy="deplyo"),
+        lambda: require_pipeline(two_workspace_verifier, policy="deplyo"),
+        lambda: BBVerify(Flask(__name__), verifier=two_workspace_verifier, policy="deplyo"),
     ]
     for build in builders:
         with pytest.raises(ConfigurationError, match="unknown policy 'deplyo'"):
             build()
 
 
-def test_flask_extension_checks_decorated_views_in_init_app(verifier: Verifier) -> None:
+def test_flask_extension_checks_decorated_views_in_init_app(two_workspace_verifier: Verifier) -> None:
     app = Flask(__name__)
 
     @app.get("/x")
@@ -306,12 +312,12 @@ def test_flask_extension_checks_decorated_views_in_init_app(verifier: Verifier) 
         return "x"
 
     with pytest.raises(ConfigurationError, match="deplyo"):
-        BBVerify(app, verifier=verifier)
+        BBVerify(app, verifier=two_workspace_verifier)
 
 
-def test_flask_decorator_checks_inside_an_app_context(verifier: Verifier) -> None:
+def test_flask_decorator_checks_inside_an_app_context(two_workspace_verifier: Verifier) -> None:
     app = Flask(__name__)
-    BBVerify(app, verifier=verifier)
+    BBVerify(app, verifier=two_workspace_verifier)
     with app.app_context(), pytest.raises(ConfigurationError, match="deplyo"):
         require_pipeline(policy="deplyo")
     with app.app_context():
@@ -319,11 +325,11 @@ def test_flask_decorator_checks_inside_an_app_context(verifier: Verifier) -> Non
 
 
 def test_flask_extension_policy_is_the_default_for_its_views(
-    fakes: tuple[FakeIssuer, FakeIssuer, FakeIssuer], verifier: Verifier
+    fakes: tuple[FakeIssuer, FakeIssuer, FakeIssuer], two_workspace_verifier: Verifier
 ) -> None:
     a, b, _ = fakes
     app = Flask(__name__)
-    BBVerify(app, verifier=verifier, policy="alpha-only")
+    BBVerify(app, verifier=two_workspace_verifier, policy="alpha-only")
 
     @app.get("/x")
     @require_pipeline()

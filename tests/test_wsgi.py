@@ -45,37 +45,39 @@ def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
 
 
 @pytest.fixture(scope="module")
-def verifier(issuer: FakeIssuer) -> Verifier:
+def gated_verifier(issuer: FakeIssuer) -> Verifier:
     return issuer.verifier(policies=[ip_gate, deny_forbidden_branch])
 
 
 @pytest.fixture(scope="module")
-def direct(verifier: Verifier) -> Iterator[str]:
-    with serve_wsgi(PipelineAuthMiddleware(app, verifier=verifier, exclude_paths=["/healthz"])) as url:
+def direct(gated_verifier: Verifier) -> Iterator[str]:
+    with serve_wsgi(PipelineAuthMiddleware(app, verifier=gated_verifier, exclude_paths=["/healthz"])) as url:
         yield url
 
 
 @pytest.fixture(scope="module")
-def proxied(verifier: Verifier) -> Iterator[str]:
-    with serve_wsgi(PipelineAuthMiddleware(app, verifier=verifier, trusted_proxies="127.0.0.1/32")) as url:
+def proxied(gated_verifier: Verifier) -> Iterator[str]:
+    with serve_wsgi(
+        PipelineAuthMiddleware(app, verifier=gated_verifier, trusted_proxies="127.0.0.1/32")
+    ) as url:
         yield url
 
 
 @pytest.fixture(scope="module")
-def http() -> Iterator[requests.Session]:
+def session() -> Iterator[requests.Session]:
     with requests.Session() as session:
         session.trust_env = False
         yield session
 
 
-def test_valid_token(issuer: FakeIssuer, direct: str, http: requests.Session) -> None:
-    resp = http.get(direct + "/x", headers=bearer(issuer.mint()), timeout=10)
+def test_valid_token(issuer: FakeIssuer, direct: str, session: requests.Session) -> None:
+    resp = session.get(direct + "/x", headers=bearer(issuer.mint()), timeout=10)
     assert resp.status_code == 200
     assert resp.json() == {"path": "/x", "repository": issuer.repository_uuid, "client_ip": "127.0.0.1"}
 
 
-def test_refusals(issuer: FakeIssuer, direct: str, http: requests.Session) -> None:
-    missing = http.get(direct + "/x", timeout=10)
+def test_refusals(issuer: FakeIssuer, direct: str, session: requests.Session) -> None:
+    missing = session.get(direct + "/x", timeout=10)
     assert missing.status_code == 401
     assert missing.headers["WWW-Authenticate"] == 'Bearer realm="bbverify"'
     assert missing.json()["code"] == "missing_token"
@@ -86,55 +88,55 @@ def test_refusals(issuer: FakeIssuer, direct: str, http: requests.Session) -> No
         (issuer.mint(audience="ari:cloud:bitbucket::workspace/other"), "audience_mismatch"),
         (issuer.sign(issuer.claims(extra={"iss": "https://evil.example/oidc"})), "issuer_mismatch"),
     ]:
-        resp = http.get(direct + "/x", headers=bearer(token), timeout=10)
+        resp = session.get(direct + "/x", headers=bearer(token), timeout=10)
         assert resp.status_code == 401, code
         assert resp.json()["code"] == code
         assert 'error="invalid_token"' in resp.headers["WWW-Authenticate"]
         assert token not in resp.text
 
-    denied = http.get(direct + "/x", headers=bearer(issuer.mint(branch="forbidden")), timeout=10)
+    denied = session.get(direct + "/x", headers=bearer(issuer.mint(branch="forbidden")), timeout=10)
     assert denied.status_code == 403
     assert 'error="insufficient_scope"' in denied.headers["WWW-Authenticate"]
     assert denied.json()["code"] == "branch_not_allowed"
 
 
-def test_malformed_header_is_400(direct: str, http: requests.Session) -> None:
+def test_malformed_header_is_400(direct: str, session: requests.Session) -> None:
     # requests sends str headers as latin-1; the server hands them on as such.
-    resp = http.get(direct + "/x", headers={"Authorization": "Bearer caf\u00e9"}, timeout=10)
+    resp = session.get(direct + "/x", headers={"Authorization": "Bearer caf\u00e9"}, timeout=10)
     assert resp.status_code == 400
     assert resp.json()["error"] == "invalid_request"
-    resp = http.get(direct + "/x", headers={"Authorization": "Bearer a b"}, timeout=10)
+    resp = session.get(direct + "/x", headers={"Authorization": "Bearer a b"}, timeout=10)
     assert resp.status_code == 400
 
 
-def test_excluded_path(direct: str, http: requests.Session) -> None:
-    assert http.get(direct + "/healthz", timeout=10).status_code == 200
-    assert http.get(direct + "/healthz/x", timeout=10).status_code == 401
+def test_excluded_path(direct: str, session: requests.Session) -> None:
+    assert session.get(direct + "/healthz", timeout=10).status_code == 200
+    assert session.get(direct + "/healthz/x", timeout=10).status_code == 401
 
 
-def test_forwarded_for(issuer: FakeIssuer, direct: str, proxied: str, http: requests.Session) -> None:
+def test_forwarded_for(issuer: FakeIssuer, direct: str, proxied: str, session: requests.Session) -> None:
     token = issuer.mint()
     assert (
-        http.get(
+        session.get(
             direct + "/ip/x", headers={**bearer(token), "X-Forwarded-For": CLIENT}, timeout=10
         ).status_code
         == 403
     )
-    ok = http.get(
+    ok = session.get(
         proxied + "/ip/x", headers={**bearer(token), "X-Forwarded-For": f"10.9.9.9, {CLIENT}"}, timeout=10
     )
     assert ok.status_code == 200
     assert ok.json()["client_ip"] == CLIENT
     spoof = {**bearer(token), "X-Forwarded-For": f"{CLIENT}, 198.51.100.1"}
-    assert http.get(proxied + "/ip/x", headers=spoof, timeout=10).status_code == 403
+    assert session.get(proxied + "/ip/x", headers=spoof, timeout=10).status_code == 403
 
 
-def test_cold_start_down_is_503(issuer: FakeIssuer, http: requests.Session) -> None:
+def test_cold_start_down_is_503(issuer: FakeIssuer, session: requests.Session) -> None:
     cold = issuer.verifier(failure_backoff=2.0)
     with serve_wsgi(PipelineAuthMiddleware(app, verifier=cold)) as url:
         issuer.fail("down")
         try:
-            resp = http.get(url + "/x", headers=bearer(issuer.mint()), timeout=10)
+            resp = session.get(url + "/x", headers=bearer(issuer.mint()), timeout=10)
         finally:
             issuer.recover()
     assert resp.status_code == 503
@@ -167,7 +169,7 @@ def test_threaded_requests_share_one_fetch(issuer: FakeIssuer) -> None:
     assert issuer.jwks_requests - before == 1
 
 
-def test_on_error_hook(verifier: Verifier, http: requests.Session) -> None:
+def test_on_error_hook(gated_verifier: Verifier, session: requests.Session) -> None:
     def teapot(error: Any) -> Any:
         if error.code == "missing_token":
             return ErrorResponse(418, (("Content-Type", "text/plain"),), b"teapot")
@@ -178,10 +180,10 @@ def test_on_error_hook(verifier: Verifier, http: requests.Session) -> None:
 
         return wsgi_answer
 
-    with serve_wsgi(PipelineAuthMiddleware(app, verifier=verifier, on_error=teapot)) as url:
-        resp = http.get(url + "/x", timeout=10)
+    with serve_wsgi(PipelineAuthMiddleware(app, verifier=gated_verifier, on_error=teapot)) as url:
+        resp = session.get(url + "/x", timeout=10)
         assert (resp.status_code, resp.text) == (418, "teapot")
-        resp = http.get(url + "/x", headers=bearer("abc.def"), timeout=10)
+        resp = session.get(url + "/x", headers=bearer("abc.def"), timeout=10)
         assert (resp.status_code, resp.text) == (401, "custom")
 
 

@@ -1,4 +1,4 @@
-"""A URLconf with the spellings a security tester used to reach views (tests/test_django_findings.py).
+"""A URLconf with the spellings a security tester used to reach views (tests/test_django_fail_closed.py).
 
 One view under an i18n prefix and a case-insensitive ``re_path``; a
 "secrets" view under an unanchored ``re_path`` and an optional-prefix regex

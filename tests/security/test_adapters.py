@@ -2,12 +2,17 @@
 
 * fuzzed requests get only 200/400/401/403/503, never a 5xx crash,
 * a client cannot choose its own IP with X-Forwarded-For (or friends),
-* a bounded concurrent load gets exactly the expected answers, zero 5xx.
+* a bounded concurrent load gets exactly the expected answers, zero 5xx,
+* from the core review (ids in the section titles): misspelt policy and scope names fail at
+  registration or start-up, WSGI paths decode as PEP 3333 says, Unix-socket peers are
+  recognised however the server spells them, unknown ASGI scope types never reach the app.
 """
 
 from __future__ import annotations
 
+import asyncio
 import http.client
+import os
 import socket
 import threading
 from collections.abc import Callable
@@ -15,19 +20,25 @@ from contextlib import AbstractContextManager
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 from fastapi import Depends, FastAPI
 from flask import Flask
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from servers import serve_asgi, serve_wsgi
+from servers import bearer, serve_asgi, serve_wsgi
+from werkzeug.serving import make_server
 
 from bbverify import PipelineClaims, Verifier
+from bbverify.asgi import PipelineAuthMiddleware as ASGIMiddleware
 from bbverify.asgi import PipelineAuthMiddleware as AsgiMiddleware
+from bbverify.errors import ConfigurationError
 from bbverify.fastapi import PipelineAuth, install_error_handler
 from bbverify.flask import require_pipeline
+from bbverify.http import UNIX_SOCKET_PEER, wsgi_path, wsgi_peer
 from bbverify.policies import IPRanges, Repositories
 from bbverify.testing import FakeIssuer
+from bbverify.wsgi import PipelineAuthMiddleware as WSGIMiddleware
 from bbverify.wsgi import PipelineAuthMiddleware as WsgiMiddleware
 
 ALLOWED = {200, 400, 401, 403, 503}
@@ -305,3 +316,222 @@ def test_key_outage_is_503_with_retry_after(issuer: FakeIssuer, kind: str) -> No
         issuer.recover()
     assert response.status == 503
     assert int(response.getheader("Retry-After") or "0") >= 1
+
+
+# -- f05: Flask checks a view's policy name when the view is registered ---------------------
+
+
+def _flask_app(issuer: FakeIssuer) -> Any:
+    from flask import Flask
+
+    app = Flask(__name__)
+    app.config.update(
+        BBVERIFY_ISSUER=issuer.issuer,
+        BBVERIFY_AUDIENCE=issuer.audience,
+        BBVERIFY_POLICIES={"deploy": {"allow": [{"branches": ["main"]}]}},
+    )
+    return app
+
+
+def test_flask_typo_after_extension_fails_at_registration(issuer: FakeIssuer) -> None:
+    from bbverify.flask import BBVerify, require_pipeline
+
+    app = _flask_app(issuer)
+    BBVerify(app)  # the README's order: extension first, routes below
+    with pytest.raises(ConfigurationError, match="unknown policy 'deplyo'") as caught:
+
+        @app.post("/deploy")
+        @require_pipeline(policy="deplyo")
+        def deploy() -> dict[str, bool]:
+            return {"ok": True}
+
+    assert caught.value.key == "view 'deploy': policy"
+
+
+def test_flask_typo_in_blueprint_registered_later(issuer: FakeIssuer) -> None:
+    from flask import Blueprint
+
+    from bbverify.flask import BBVerify, require_pipeline
+
+    blueprint = Blueprint("ops", __name__)
+
+    @blueprint.post("/deploy")
+    @require_pipeline(policy="deplyo")
+    def deploy() -> dict[str, bool]:
+        return {"ok": True}
+
+    app = _flask_app(issuer)
+    extension = BBVerify()
+    extension.init_app(app)  # app factory
+    with pytest.raises(ConfigurationError, match="deplyo"):
+        app.register_blueprint(blueprint)
+
+
+def test_flask_correct_name_after_extension_serves(issuer: FakeIssuer) -> None:
+    from bbverify.flask import BBVerify, require_pipeline
+
+    app = _flask_app(issuer)
+    BBVerify(app)
+
+    @app.post("/deploy")
+    @require_pipeline(policy="deploy")
+    def deploy() -> dict[str, bool]:
+        return {"ok": True}
+
+    client = app.test_client()
+    assert client.post("/deploy").status_code == 401
+    assert client.post("/deploy", headers=bearer(issuer.mint(branch="main"))).status_code == 200
+    assert client.post("/deploy", headers=bearer(issuer.mint(branch="dev"))).status_code == 403
+
+
+# -- f08: FastAPI scope names at start-up -------------------------------------------------
+
+
+def _fastapi_app(issuer: FakeIssuer, scopes: list[str]) -> Any:
+    from fastapi import FastAPI, Security
+
+    from bbverify.fastapi import PipelineAuth, install_error_handler
+
+    app = FastAPI()
+    install_error_handler(app)
+    auth = PipelineAuth(issuer.verifier())
+
+    @app.post("/release")
+    # A default, not Annotated: this module's annotations are strings FastAPI cannot resolve here.
+    def release(claims: PipelineClaims = Security(auth, scopes=scopes)) -> dict[str, bool]:
+        return {"ok": True}
+
+    return app
+
+
+def test_check_routes_names_the_route() -> None:
+    from bbverify.fastapi import check_routes
+
+    with FakeIssuer() as fake:
+        app = _fastapi_app(fake, ["deploy"])
+        with pytest.raises(ConfigurationError) as caught:
+            check_routes(app)
+        assert caught.value.key == "route '/release': Security.scopes[0]"
+        check_routes(_fastapi_app(fake, ["deployment"]))  # a granted name passes
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # uvicorn's sys.exit(3)
+def test_real_uvicorn_refuses_to_start_with_a_misspelt_scope(issuer: FakeIssuer) -> None:
+    # Default lifespan "auto": Starlette reports lifespan.startup.failed, so uvicorn stops.
+    with pytest.raises(RuntimeError, match="did not start"), serve_asgi(_fastapi_app(issuer, ["deploy"])):
+        pass
+
+
+def test_real_uvicorn_serves_with_correct_scopes(issuer: FakeIssuer, http: httpx.Client) -> None:
+    with serve_asgi(_fastapi_app(issuer, ["pipeline"])) as url:
+        assert http.post(url + "/release").status_code == 401
+        assert http.post(url + "/release", headers=bearer(issuer.mint())).status_code == 200
+
+
+# -- f14: WSGI decodes PATH_INFO as PEP 3333 says -------------------------------------------
+
+
+def test_wsgi_path_decoding() -> None:
+    assert wsgi_path("/caf\u00c3\u00a9") == "/caf\u00e9"  # UTF-8 bytes as latin-1
+    assert wsgi_path("/plain") == "/plain" and wsgi_path("") == "/" and wsgi_path(None) == "/"
+    assert wsgi_path("/\u00ff") == "/\ufffd"  # not UTF-8: replaced, as uvicorn and Werkzeug do
+    assert wsgi_path("/\u20ac") == "/\u20ac"  # already text (not latin-1): used as it is
+
+
+def test_asgi_and_wsgi_exclusions_agree_on_real_servers(issuer: FakeIssuer, http: httpx.Client) -> None:
+    verifier = issuer.verifier()
+
+    def wsgi_app(environ: Any, start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    async def asgi_app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    options: dict[str, Any] = {"exclude_paths": ["/caf\u00e9"], "exclude_prefixes": ["/\u00fcber/"]}
+    wsgi = WSGIMiddleware(wsgi_app, verifier=verifier, **options)
+    asgi = ASGIMiddleware(asgi_app, verifier=verifier, **options)
+    with serve_wsgi(wsgi) as wsgi_url, serve_asgi(asgi) as asgi_url:
+        for path, status in [("/caf%C3%A9", 200), ("/%C3%BCber/x", 200), ("/cafe", 401), ("/caf%E9", 401)]:
+            assert http.get(wsgi_url + path).status_code == status, path
+            assert http.get(asgi_url + path).status_code == status, path
+
+
+# -- f15: Unix-socket peers as WSGI servers spell them ---------------------------------------
+
+
+@pytest.mark.parametrize("remote_addr", ["", "<local>", "/run/nginx.sock", "@abstract", "\x00abstract"])
+def test_unix_spellings(remote_addr: str) -> None:
+    assert wsgi_peer(remote_addr) == UNIX_SOCKET_PEER
+
+
+def test_ip_peers_unchanged() -> None:
+    assert wsgi_peer("127.0.0.1") == "127.0.0.1" and wsgi_peer(None) is None
+
+
+def _unix_request(path: str, token: str, forwarded_for: str) -> bytes:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(path)
+        sock.sendall((f"GET /deploy HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                      f"X-Forwarded-For: {forwarded_for}\r\nConnection: close\r\n\r\n").encode())  # fmt: skip
+        data = b""
+        for _ in range(1000):  # bounded: the server closes after one response
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return data.split(b"\r\n", 1)[0]
+
+
+@pytest.mark.parametrize(("trusted", "forwarded_for", "status"),
+                         [(["unix"], "203.0.113.5", b"200"), (["unix"], "198.51.100.5", b"403"),
+                          (None, "203.0.113.5", b"403")])  # fmt: skip
+def test_real_werkzeug_on_a_unix_socket(
+    issuer: FakeIssuer, short_tmp: str, trusted: list[str] | None, forwarded_for: str, status: bytes
+) -> None:
+    verifier = issuer.verifier(policies=[IPRanges(["203.0.113.0/24"])])
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    path = os.path.join(short_tmp, "app.sock")
+    server = make_server("unix://" + path, 0, WSGIMiddleware(app, verifier=verifier, trusted_proxies=trusted),
+                         threaded=True)  # fmt: skip
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        assert status in _unix_request(path, issuer.mint(), forwarded_for)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+# -- f16: unknown ASGI scope types never reach the app --------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["webtransport", "Http", None, "http2"])
+def test_unknown_scope_types_are_refused(issuer: FakeIssuer, kind: str | None) -> None:
+    reached: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        reached.append(scope["type"])
+
+    middleware = ASGIMiddleware(app, verifier=issuer.verifier())
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "lifespan.startup"}
+
+    async def send(message: Any) -> None:
+        pass
+
+    scope = {"type": kind, "path": "/deploy", "headers": [], "client": ("198.51.100.7", 1),
+             "server": ("127.0.0.1", 443)}  # fmt: skip
+    with pytest.raises(RuntimeError, match="refuses ASGI scope type"):
+        asyncio.run(middleware(scope, receive, send))
+    assert reached == []
+    asyncio.run(middleware({"type": "lifespan"}, receive, send))
+    assert reached == ["lifespan"]

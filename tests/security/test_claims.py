@@ -2,6 +2,8 @@
 
 Every token here is signed with the issuer's real key, so only the claim
 check under test can refuse it.
+The exception (core review, f01): tokens under an unknown ``kid`` whose
+claims cannot be Bitbucket's are refused before any key fetch.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from typing import Any
 import pytest
 
 from bbverify import Verifier
-from bbverify.testing import FakeIssuer
+from bbverify.errors import VerificationError
+from bbverify.testing import FakeIssuer, SigningKey
 
 from ._support import assert_rejected
 
@@ -42,6 +45,10 @@ BAD_TIMES: list[object] = [
     10**400,
     253402300800,
     "",
+    # Also refused (merged from tests/test_verifier.py): other containers, a finite but huge number.
+    [1],
+    {"t": 1},
+    10**20,
 ]
 
 
@@ -75,6 +82,7 @@ def _issuer_lookalikes(real: str) -> list[object]:
         real + "/",
         real.upper(),
         real.replace("http://", "HTTP://"),
+        real.replace("http://", "https://"),
         real.replace("127.0.0.1", "localhost"),
         real + "x",
         real[:-1],
@@ -129,6 +137,8 @@ def _audience_lookalikes(real: str) -> list[tuple[object, str]]:
         (real + " ", mismatch),
         ("", mismatch),
         ([real + "x", "other"], mismatch),
+        (["other"], mismatch),
+        ([real + " "], mismatch),
         (["ari:cloud:bitbucket::workspace/"], mismatch),
         ([], malformed),
         ([[real]], malformed),
@@ -233,3 +243,34 @@ def test_workspace_uuid_mismatch(issuer: FakeIssuer) -> None:
     v = issuer.verifier(workspace_uuid=issuer.workspace_uuid.upper().strip("{}"))
     assert v.verify(issuer.mint()).subject
     assert_rejected(v, issuer, _sign(issuer, workspaceUuid=_braced()), "workspace_mismatch")
+
+
+# -- f01: everything checkable unsigned is checked before a key fetch ---------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "code"),
+    [
+        ({"workspaceUuid": "{00000000-0000-4000-8000-000000000000}"}, "workspace_mismatch"),
+        ({"sub": "{x}:{y}"}, "subject_mismatch"),
+        ({"branchName": ["main"]}, "malformed"),
+        ({"deploymentEnvironmentUuid": 7}, "malformed"),
+        ({"nbf": 4_000_000_000}, "not_yet_valid"),
+        ({"nbf": "soon"}, "malformed"),
+    ],
+)
+def test_implausible_bitbucket_claims_cost_no_fetch(
+    issuer: FakeIssuer, extra: dict[str, Any], code: str
+) -> None:
+    forger = SigningKey(kid="attacker-kid", private_key=issuer.signing_key.private_key)
+    verifier = issuer.verifier(workspace_uuid=issuer.workspace_uuid)  # cold: nothing fetched yet
+    before = issuer.jwks_requests + issuer.discovery_requests
+    with pytest.raises(VerificationError) as caught:
+        verifier.verify(issuer.sign(issuer.claims(extra=extra), key=forger))
+    assert caught.value.code == code
+    assert issuer.jwks_requests + issuer.discovery_requests == before
+
+
+def test_genuine_token_still_verifies_with_the_pin(issuer: FakeIssuer) -> None:
+    verifier = issuer.verifier(workspace_uuid=issuer.workspace_uuid)
+    assert verifier.verify(issuer.mint()).workspace_uuid == issuer.workspace_uuid

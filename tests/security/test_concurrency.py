@@ -9,10 +9,10 @@ from __future__ import annotations
 import threading
 import time
 
+from clock import FakeClock
+
 from bbverify import RemoteKeySet, VerificationError, Verifier
 from bbverify.testing import FakeIssuer, SigningKey, generate_rsa_key
-
-from ._support import FakeClock
 
 THREADS, ITERATIONS = 16, 60
 TTL, COOLDOWN, MAX_STALE, BACKOFF = 600.0, 30.0, 3600.0, 5.0

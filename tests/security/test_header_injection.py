@@ -9,11 +9,12 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
+from loopback import Answer, JSONServer, Request
 
 from bbverify import Verifier
 from bbverify.testing import FakeIssuer, SigningKey, generate_rsa_key
 
-from ._support import CountingServer, assert_rejected, counting_server, jdump
+from ._support import assert_rejected, jdump
 
 
 @pytest.fixture(scope="module")
@@ -23,14 +24,14 @@ def attacker() -> SigningKey:
 
 
 @pytest.fixture(scope="module")
-def evil(attacker: SigningKey) -> Iterator[CountingServer]:
+def evil(attacker: SigningKey) -> Iterator[JSONServer]:
     """A second loopback server serving the attacker's JWKS and certificate; it must never be asked."""
     jwks = jdump({"keys": [attacker.public_jwk()]})
 
-    def respond(path: str) -> tuple[int, dict[str, str], bytes]:
+    def respond(request: Request) -> Answer:
         return 200, {"Content-Type": "application/json"}, jwks
 
-    with counting_server(respond) as server:
+    with JSONServer(respond=respond) as server:
         yield server
 
 
@@ -52,7 +53,7 @@ def _self_signed_der(key: SigningKey) -> bytes:
     return cert.public_bytes(serialization.Encoding.DER)
 
 
-def _headers(attacker: SigningKey, evil: CountingServer) -> dict[str, dict[str, object]]:
+def _headers(attacker: SigningKey, evil: JSONServer) -> dict[str, dict[str, object]]:
     cert = base64.b64encode(_self_signed_der(attacker)).decode()
     return {
         "jwk": {"jwk": attacker.public_jwk()},
@@ -69,7 +70,7 @@ def test_embedded_key_headers_are_never_followed(
     issuer: FakeIssuer,
     verifier: Verifier,
     attacker: SigningKey,
-    evil: CountingServer,
+    evil: JSONServer,
     name: str,
     signer: str,
 ) -> None:

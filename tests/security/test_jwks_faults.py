@@ -14,11 +14,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from clock import FakeClock
+from loopback import Answer, JSONServer, Request
 
 from bbverify import InvalidToken, KeysUnavailable, PipelineClaims, RemoteKeySet, Verifier
 from bbverify.testing import FakeIssuer, SigningKey, b64url, generate_rsa_key
 
-from ._support import FakeClock, assert_rejected, counting_server, jdump
+from ._support import assert_rejected, jdump
 
 TTL, COOLDOWN, MAX_STALE, BACKOFF = 600.0, 30.0, 3600.0, 5.0
 
@@ -153,10 +155,10 @@ def test_cached_kid_is_served_while_a_fetch_hangs(issuer: FakeIssuer) -> None:
     newcomer = SigningKey(kid="newcomer", private_key=generate_rsa_key())
     published: dict[str, Any] = {"keys": [issuer.signing_key.public_jwk()]}
 
-    def respond(path: str) -> tuple[int, dict[str, str], bytes]:
+    def respond(request: Request) -> Answer:
         return 200, {"Content-Type": "application/json"}, jdump(published)
 
-    with counting_server(respond) as server:
+    with JSONServer(respond=respond) as server:
         keys = _remote(server.url + "/keys.json", timeout=30.0, cooldown=0.0)
         v = _verifier(issuer, keys)
         v.warm_up()
@@ -186,7 +188,7 @@ def test_cached_kid_is_served_while_a_fetch_hangs(issuer: FakeIssuer) -> None:
 
 def test_concurrent_callers_share_one_hanging_fetch(issuer: FakeIssuer) -> None:
     """Availability: callers that need keys wait on one in-flight fetch; a deadline frees them all."""
-    with counting_server() as server:
+    with JSONServer({"keys": []}) as server:
         server.gate = threading.Event()
         keys = _remote(server.url + "/keys.json", timeout=0.5)
         v = _verifier(issuer, keys)
@@ -212,12 +214,12 @@ def test_concurrent_callers_share_one_hanging_fetch(issuer: FakeIssuer) -> None:
 def test_redirect_to_another_host_is_not_followed(issuer: FakeIssuer, status: int) -> None:
     """SSRF (RFC 8725 section 3.10): a redirect from the JWKS URL is never followed (target counts 0)."""
     good = jdump(issuer.jwks())
-    with counting_server(lambda path: (200, {"Content-Type": "application/json"}, good)) as target:
+    with JSONServer(respond=lambda request: (200, {"Content-Type": "application/json"}, good)) as target:
 
-        def redirect(path: str) -> tuple[int, dict[str, str], bytes]:
+        def redirect(request: Request) -> Answer:
             return status, {"Location": target.url + "/keys.json"}, b""
 
-        with counting_server(redirect) as origin:
+        with JSONServer(respond=redirect) as origin:
             v = _verifier(issuer, _remote(origin.url + "/keys.json"))
             _unavailable(v, issuer.mint())
             assert origin.hits == 1
@@ -227,7 +229,7 @@ def test_redirect_to_another_host_is_not_followed(issuer: FakeIssuer, status: in
 def test_oversized_body_without_content_length_is_cut_off(issuer: FakeIssuer) -> None:
     """Availability: the body cap holds even when the length is not announced up front."""
     big = b'{"keys": [' + b" " * (600 * 1024) + b"]}"
-    with counting_server(lambda path: (200, {}, big)) as server:
+    with JSONServer(respond=lambda request: (200, {}, big)) as server:
         keys = _remote(server.url + "/keys.json", max_body_bytes=64 * 1024)
         v = _verifier(issuer, keys)
         _unavailable(v, issuer.mint())
@@ -242,7 +244,7 @@ def test_oversized_body_without_content_length_is_cut_off(issuer: FakeIssuer) ->
 def test_malformed_key_sets(issuer: FakeIssuer, document: object) -> None:
     """RFC 7517 section 5: a document that is not a usable JWK Set yields 503, not a crash."""
     body = json.dumps(document).encode()
-    with counting_server(lambda path: (200, {}, body)) as server:
+    with JSONServer(respond=lambda request: (200, {}, body)) as server:
         _unavailable(_verifier(issuer, _remote(server.url + "/keys.json")), issuer.mint())
 
 
@@ -360,6 +362,6 @@ def test_only_weak_keys_means_unavailable() -> None:
     """Fail closed: a key set whose every key is unusable is an outage (503), not an empty success."""
     weak = SigningKey(kid="weak-1024", private_key=generate_rsa_key(1024))
     body = jdump({"keys": [weak.public_jwk()]})
-    with FakeIssuer() as issuer, counting_server(lambda path: (200, {}, body)) as server:
+    with FakeIssuer() as issuer, JSONServer(respond=lambda request: (200, {}, body)) as server:
         v = _verifier(issuer, _remote(server.url + "/keys.json"))
         _unavailable(v, issuer.sign(issuer.claims(), key=weak))

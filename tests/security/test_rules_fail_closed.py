@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from bbverify import PolicyDenied
+from bbverify.errors import VerificationError
 from bbverify.policies import Branches, IPRanges, RequestContext, any_of, apply_rules, not_
 from bbverify.testing import FakeIssuer
 
@@ -63,3 +64,21 @@ def test_rules_admit_only_with_none_or_true(issuer: FakeIssuer, result: object) 
         apply_rules([lambda c, ctx: result], claims, RequestContext("192.0.2.1", 0.0))
     assert info.value.code == "policy_error"
     apply_rules([lambda c, ctx: None, lambda c, ctx: True], claims, RequestContext("192.0.2.1", 0.0))
+
+
+# -- f12: settings built into the workspaces are read-only --------------------------------
+
+
+def test_verifier_rule_settings_are_read_only(issuer: FakeIssuer) -> None:
+    verifier = issuer.verifier(policies=[Branches("main")], named_policies={"deploy": Branches("main")},
+                               default_policy="deploy")  # fmt: skip
+    for name, value in [("policies", ()), ("default_policy", None), ("named_policies", {}),
+                        ("workspaces", ()), ("algorithms", frozenset({"RS256"}))]:  # fmt: skip
+        with pytest.raises(AttributeError):
+            setattr(verifier, name, value)
+    with pytest.raises(TypeError):
+        verifier.named_policies["open"] = ()  # type: ignore[index]
+    assert verifier.policies == (verifier.policies[0],) and verifier.default_policy == "deploy"
+    with pytest.raises(VerificationError) as caught:
+        verifier.verify(issuer.mint(branch="dev"))
+    assert caught.value.code == "branch_not_allowed"

@@ -200,8 +200,10 @@ def test_non_string_tokens(issuer: FakeIssuer, verifier: Verifier, value: object
 
 @pytest.mark.parametrize(
     "value",
-    ["é.b.c", "\u0430.b.c", "eyJ\u00e9.x.y", b"\xff\xfe.b.c", "\ud800.a.b", "a.b.c\x00"],
-    ids=["latin", "cyrillic", "in-header", "bytes-non-ascii", "lone-surrogate", "nul"],
+    ["é.b.c", "\u0430.b.c", "eyJ\u00e9.x.y", b"\xff\xfe.b.c", "\ud800.a.b", "a.b.c\x00", "a.b.c\u00a0",
+     "a.b\u2024c.d"],
+    ids=["latin", "cyrillic", "in-header", "bytes-non-ascii", "lone-surrogate", "nul", "nbsp",
+         "one-dot-leader"],
 )
 def test_non_ascii_tokens(issuer: FakeIssuer, verifier: Verifier, value: object) -> None:
     """RFC 7515 section 7.1: a compact JWS is ASCII base64url; anything else is malformed."""

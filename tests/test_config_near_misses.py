@@ -1,18 +1,16 @@
-"""Issue 11, configuration and CLI seams: near-miss settings (10), ``verify --config`` layering (11),
-and a terminal-safe ``bbverify inspect`` (12)."""
+"""Near-miss settings are errors with a suggestion, ``verify --config`` layers file, environment
+and flags, and ``bbverify inspect``/``verify`` are terminal-safe (issue 11, items 10-12)."""
 
 from __future__ import annotations
 
 import base64
 import json
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_runner import run_cli as cli
 
 from bbverify import ConfigurationError
 from bbverify.config import KNOWN_TABLES, verifier_from_env, verifier_from_layers, verifier_from_toml
@@ -141,21 +139,6 @@ def test_layers_env_replaces_file_and_flags_replace_both(issuer: FakeIssuer, tmp
         verifier_from_layers(path, {"bbverify_repositories": OTHER_REPO})
     # Flags (overrides) win over both.
     assert verifier_from_layers(path, {"BBVERIFY_LEEWAY": "3"}, leeway=7).leeway == 7.0
-
-
-def cli(*args: str, stdin: str | None = None, env: dict[str, str] | None = None) -> Any:
-    full = {k: v for k, v in os.environ.items() if not k.upper().startswith("BBVERIFY")}
-    full.update(env or {})
-    full["NO_COLOR"] = "1"
-    return subprocess.run(
-        [sys.executable, "-m", "bbverify", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=full,
-        cwd=ROOT,
-    )
 
 
 def test_cli_verify_config_honours_environment(issuer: FakeIssuer, tmp_path: Path) -> None:

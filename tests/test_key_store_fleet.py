@@ -1,6 +1,7 @@
-"""Regression tests for the fleet key-fetching findings (clock skew, stuck locks, odd stores, forks).
+"""A fleet sharing one key store: clock skew, stuck locks, odd stores and replies, forks.
 
-Each test is the fast form of a reproduction from the fleet attack: several
+Each test is the fast form of a reproduction from the fleet review (ids fNN in the
+section titles): several
 ``RemoteKeySet`` instances share one store, each with its own injectable wall
 clock, against bbverify.testing.FakeIssuer on loopback; Redis is a real
 redis-server on 127.0.0.1 (or a fake RESP peer on a loopback socket).
@@ -12,7 +13,6 @@ import contextlib
 import fcntl
 import json
 import os
-import shutil
 import socket
 import threading
 import time
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from clock import FakeClock
 
 from bbverify import KeysUnavailable
 from bbverify.budget import DEFAULT_BURST, DEFAULT_INTERVAL, FetchBudget, parse_max_age, parse_retry_after
@@ -30,7 +31,6 @@ from bbverify.errors import ConfigurationError
 from bbverify.keys import RemoteKeySet
 from bbverify.stores import FileKeyStore, MemoryKeyStore, RedisKeyStore, _digest
 from bbverify.testing import FakeIssuer
-from benchmarks.fleet_sim import redis_server
 
 DAY = 86400.0
 
@@ -41,24 +41,16 @@ def fake() -> Iterator[FakeIssuer]:
         yield issuer
 
 
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if shutil.which("redis-server") is None and not os.path.exists("/usr/bin/redis-server"):
-        pytest.fail("redis-server is not installed (.ci/run installs it)")
-    with redis_server(str(tmp_path_factory.mktemp("redis"))) as url:
-        yield url
-
-
 def source(
-    fake: FakeIssuer, store: Any, now: list[float], skew: list[float] | None = None, **kw: Any
+    fake: FakeIssuer, store: Any, clock: FakeClock, skew: list[float] | None = None, **kw: Any
 ) -> RemoteKeySet:
     offset = skew if skew is not None else [0.0]
     kw.setdefault("timeout", 2.0)
     return RemoteKeySet(
         jwks_url=fake.jwks_url,
         key_store=store,
-        clock=lambda: now[0] + offset[0],
-        monotonic=lambda: now[0],
+        clock=lambda: clock() + offset[0],
+        monotonic=clock,
         **kw,
     )
 
@@ -69,17 +61,17 @@ def source(
 def test_two_hosts_with_skewed_clocks_share_one_budget(fake: FakeIssuer) -> None:
     # f06: a host 2 minutes ahead used to reset the fleet's bucket on every write.
     store = MemoryKeyStore()
-    now = [time.time()]
-    fast = source(fake, store, now, [120.0])
-    slow = source(fake, store, now)
-    start = now[0]
+    clock = FakeClock(time.time())
+    fast = source(fake, store, clock, [120.0])
+    slow = source(fake, store, clock)
+    start = clock.now
     for _ in range(200):  # one simulated hour of random-kid flood on both hosts
-        if now[0] - start >= 3600:
+        if clock.now - start >= 3600:
             break
         for ks in (fast, slow):
             with contextlib.suppress(Exception):
                 ks.get_key(uuid.uuid4().hex, "RS256")
-        now[0] += 30
+        clock.advance(30)
     # The documented fleet bound: burst + 3600/interval requests an hour.
     assert fake.jwks_requests <= DEFAULT_BURST + 3600 / DEFAULT_INTERVAL
 
@@ -87,10 +79,10 @@ def test_two_hosts_with_skewed_clocks_share_one_budget(fake: FakeIssuer) -> None
 def test_a_clock_jump_on_one_host_does_not_wedge_the_fleet(fake: FakeIssuer) -> None:
     # f01: a failed fetch on a host a day ahead wrote not_before a day in the future.
     store = MemoryKeyStore()
-    now = [time.time()]
+    clock = FakeClock(time.time())
     skew = [0.0]
-    good = source(fake, store, now)
-    jumpy = source(fake, store, now, skew)
+    good = source(fake, store, clock)
+    jumpy = source(fake, store, clock, skew)
     good.warm_up()
     skew[0] = DAY
     fake.fail("500")
@@ -101,7 +93,7 @@ def test_a_clock_jump_on_one_host_does_not_wedge_the_fleet(fake: FakeIssuer) -> 
     new = fake.rotate()
     followed = None
     for step in range(1, 13):
-        now[0] += 300
+        clock.advance(300)
         try:
             good.get_key(new.kid, "RS256")
         except Exception:
@@ -129,8 +121,8 @@ def test_clamp_bounds_future_times_and_keeps_the_spending() -> None:
 
 def test_an_unreadable_budget_counts_as_spent(fake: FakeIssuer) -> None:
     store = MemoryKeyStore()
-    now = [time.time()]
-    ks = source(fake, store, now)
+    clock = FakeClock(time.time())
+    ks = source(fake, store, clock)
     entry = {"format": "bbverify.keys/1", "source": ks.source_name, "budget": {"tokens": "lots"}}
     store.write(ks.source_name, json.dumps(entry).encode())
     ks.get_key(fake.signing_key.kid, "RS256")
@@ -143,16 +135,16 @@ def test_an_unreadable_budget_counts_as_spent(fake: FakeIssuer) -> None:
 
 def test_a_process_that_cannot_use_the_keys_does_not_drop_them(fake: FakeIssuer) -> None:
     store = MemoryKeyStore()
-    now = [time.time()]
+    clock = FakeClock(time.time())
     kid = fake.signing_key.kid
-    source(fake, store, now).warm_up()
-    odd = source(fake, store, now, min_rsa_bits=3072)
+    source(fake, store, clock).warm_up()
+    odd = source(fake, store, clock, min_rsa_bits=3072)
     for _ in range(40):
         with contextlib.suppress(Exception):
             odd.get_key(kid, "RS256")
-        now[0] += 15
+        clock.advance(15)
     assert b'"jwks"' in (store.read(odd.source_name) or b"")
-    fresh = source(fake, store, now)
+    fresh = source(fake, store, clock)
     assert fresh.get_key(kid, "RS256").kid == kid
 
 

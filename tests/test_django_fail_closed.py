@@ -1,4 +1,6 @@
-"""The Django/DRF findings of the security review (f01-f14), each as a test.
+"""The Django and DRF adapters fail closed: route policies follow the resolved view, exclusions
+never open a view, tokens never reach error pages, on_error never becomes a 500, misspelt
+policies and settings are errors (ids f01-f14 of the security review in the section titles).
 
 The URLconf with the tester's spellings is tests/djangoproj/attack_urls.py.
 """
@@ -8,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import types
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -49,12 +50,6 @@ from bbverify.verifier import Verifier  # noqa: E402
 ATTACK_URLS = "djangoproj.attack_urls"
 MIDDLEWARE = ["bbverify.django.PipelineAuthMiddleware", "django.middleware.locale.LocaleMiddleware"]
 I18N = {"USE_I18N": True, "LANGUAGE_CODE": "en", "LANGUAGES": [("en", "English"), ("fr", "French")]}
-
-
-@pytest.fixture(scope="module")
-def issuer() -> Iterator[FakeIssuer]:
-    with FakeIssuer() as fake:
-        yield fake
 
 
 def _auth(token: str | None) -> dict[str, Any]:

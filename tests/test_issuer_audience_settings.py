@@ -1,4 +1,4 @@
-"""Configuration mistakes a newcomer makes get a start-up error or are normalised (issue 17)."""
+"""Issuer and audience settings: a newcomer's mistakes get a start-up error or are normalised (issue 17)."""
 
 from __future__ import annotations
 

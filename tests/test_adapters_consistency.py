@@ -1,6 +1,6 @@
-"""Issue 11, framework seams: every case runs through a real server on loopback or a Unix socket.
+"""Every adapter answers alike; each case runs through a real server on loopback or a Unix socket.
 
-Items: 1 (exclusions on the routed path under mounts, dispatchers and root
+Items of issue 11: 1 (exclusions on the routed path under mounts, dispatchers and root
 paths), 2 (Unix-socket peers), 3 (Starlette ``requires``), 4 (FastAPI
 scopes, optional auth), 5 (one way to the claims and client IP; method and
 path on decisions), 6 (zone ids), 7 (trusted_proxies shapes), 8 (feed items
@@ -75,7 +75,7 @@ def decisions() -> list[Decision]:
 
 
 @pytest.fixture(scope="module")
-def verifier(issuer: FakeIssuer, decisions: list[Decision]) -> Any:
+def recording_verifier(issuer: FakeIssuer, decisions: list[Decision]) -> Any:
     return issuer.verifier(on_decision=decisions.append)
 
 
@@ -88,15 +88,15 @@ def guarded_asgi(verifier: Any) -> PipelineAuthMiddleware:
 
 
 @pytest.fixture(scope="module")
-def mounted(verifier: Any) -> Iterator[str]:
-    app = Starlette(routes=[Mount("/v1", app=guarded_asgi(verifier))])
+def mounted(recording_verifier: Any) -> Iterator[str]:
+    app = Starlette(routes=[Mount("/v1", app=guarded_asgi(recording_verifier))])
     with serve_asgi(app) as url:
         yield url
 
 
 @pytest.fixture(scope="module")
-def dispatched(verifier: Any) -> Iterator[str]:
-    guarded = WSGIPipelineAuthMiddleware(wsgi_app, verifier=verifier, exclude_paths=["/healthz"])
+def dispatched(recording_verifier: Any) -> Iterator[str]:
+    guarded = WSGIPipelineAuthMiddleware(wsgi_app, verifier=recording_verifier, exclude_paths=["/healthz"])
     app = DispatcherMiddleware(wsgi_app, {"/v1": guarded})
     with serve_wsgi(app) as url:
         yield url
@@ -119,9 +119,9 @@ def test_mounted_asgi_and_dispatched_wsgi_agree_on_exclusions(
         assert [(d.method, d.path) for d in decisions] == [("GET", "/whoami")], base
 
 
-def test_uvicorn_root_path_is_stripped_like_a_mount(verifier: Any, http: httpx.Client) -> None:
+def test_uvicorn_root_path_is_stripped_like_a_mount(recording_verifier: Any, http: httpx.Client) -> None:
     # uvicorn --root-path /api (a proxy stripped /api): scope path "/api/healthz", root_path "/api".
-    with serve_asgi(guarded_asgi(verifier), root_path="/api") as url:
+    with serve_asgi(guarded_asgi(recording_verifier), root_path="/api") as url:
         assert http.get(f"{url}/healthz").status_code == 200
         assert http.get(f"{url}/whoami").status_code == 401
     # The unguarded app routes "/api/healthz" as "/api/healthz" too (404): the guard sees what it sees.
@@ -192,7 +192,7 @@ def test_wsgi_unix_peer_is_empty_remote_addr() -> None:
 
 
 @pytest.fixture(scope="module")
-def starlette_backend(verifier: Any) -> Iterator[str]:
+def starlette_backend(recording_verifier: Any) -> Iterator[str]:
     @requires("pipeline")
     async def build(request: Request) -> JSONResponse:
         return JSONResponse({"client_ip": request_client_ip(request)})
@@ -205,7 +205,7 @@ def starlette_backend(verifier: Any) -> Iterator[str]:
     def sync_view(request: Request) -> JSONResponse:
         return JSONResponse({"sync": True})
 
-    backend = PipelineAuthBackend(verifier)
+    backend = PipelineAuthBackend(recording_verifier)
     app = Starlette(
         routes=[Route("/build", build), Route("/deploy", deploy), Route("/sync", sync_view)],
         middleware=[Middleware(AuthenticationMiddleware, backend=backend, on_error=backend.on_error)],
@@ -249,11 +249,11 @@ def test_requires_refuses_unknown_scopes_and_signatures() -> None:
 
 
 @pytest.fixture(scope="module")
-def fastapi_app(verifier: Any) -> Iterator[str]:
+def fastapi_app(recording_verifier: Any) -> Iterator[str]:
     app = FastAPI()
     install_error_handler(app)
-    pipeline = PipelineAuth(verifier)
-    maybe = PipelineAuth(verifier, auto_error=False)
+    pipeline = PipelineAuth(recording_verifier)
+    maybe = PipelineAuth(recording_verifier, auto_error=False)
 
     @app.get("/deploy")
     async def deploy(claims: PipelineClaims = Security(pipeline, scopes=["deployment"])) -> dict[str, Any]:
@@ -274,7 +274,7 @@ def fastapi_app(verifier: Any) -> Iterator[str]:
         return {"repository": claims.repository_uuid if claims else None}
 
     # Lifespan off: with it, install_error_handler's start-up check refuses the /typo route
-    # and the server does not start (tests/security/test_core_findings.py, f08); without
+    # and the server does not start (tests/security/test_adapters.py, f08); without
     # it the per-request fallback below is what remains.
     with serve_asgi(app, lifespan="off") as url:
         yield url
@@ -311,18 +311,18 @@ def test_fastapi_optional_auth(fastapi_app: str, http: httpx.Client, issuer: Fak
 
 
 @pytest.fixture(scope="module")
-def flask_app(verifier: Any) -> Iterator[str]:
+def flask_app(recording_verifier: Any) -> Iterator[str]:
     app = Flask(__name__)
 
     @app.get("/whoami")
-    @require_pipeline(verifier)
+    @require_pipeline(recording_verifier)
     def flask_whoami() -> Any:
         from flask import request
 
         return {"client_ip": current_client_ip(), "same": request_client_ip(request) == current_client_ip()}
 
     @app.get("/maybe")
-    @require_pipeline(verifier, optional=True)
+    @require_pipeline(recording_verifier, optional=True)
     def flask_maybe() -> Any:
         claims = g.pipeline_claims
         return {"repository": claims.repository_uuid if claims else None}
