@@ -501,7 +501,7 @@ def test_a_failed_discovery_costs_one_token_and_the_bucket_never_goes_negative(
     import requests as _requests
 
     rsps.get(DISCOVERY, body=_requests.ConnectionError("network not up yet"))
-    clock = Clock()
+    clock = FakeClock()
     ks = RemoteKeySet(issuer=ISSUER, timeout=1.0, monotonic=clock)  # default budget
     with pytest.raises(KeysUnavailable):
         ks.warm_up()
@@ -521,7 +521,7 @@ def test_a_service_started_during_an_outage_is_ready_soon_after_the_issuer_retur
     """Default settings, the issuer back 10 s after start: keys within a minute (docs/configuration.md)."""
     import requests as _requests
 
-    clock = Clock()
+    clock = FakeClock()
     start = clock()
     down = rsps.get(DISCOVERY, body=_requests.ConnectionError("network not up yet"))
     ks = RemoteKeySet(issuer=ISSUER, timeout=1.0, monotonic=clock)

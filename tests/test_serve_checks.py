@@ -185,7 +185,8 @@ async def _get(gateway: Gateway, path: str) -> httpx.Response:
 def test_readyz_and_metrics_show_a_store_that_refuses_us(tmp_path: Path) -> None:
     with FakeIssuer() as fake:
         store_dir = tmp_path / "keys"
-        top = f'audience = "{fake.audience}"\n[bbverify.key_store]\nkind = "file"\ndirectory = "{store_dir}"\n'
+        store = f'[bbverify.key_store]\nkind = "file"\ndirectory = "{store_dir}"\n'
+        top = f'audience = "{fake.audience}"\n{store}'
         path = config(tmp_path, top=top, issuer=fake.issuer)
         gateway = gateway_from_toml(path, environ={}, metrics=VerifierMetrics(CollectorRegistry()))
         gateway.verifier.warm_up()
@@ -204,4 +205,5 @@ def test_readyz_and_metrics_show_a_store_that_refuses_us(tmp_path: Path) -> None
         # Still ready (it verifies on its own budget), and the state says why it fetched alone.
         assert ready["ready"] is True and ready["key_stores"] == {fake.issuer: "misconfigured"}
         metrics = asyncio.run(_get(other, "/metrics")).text
-        assert f'bbverify_key_store_state{{issuer="{fake.issuer}",state="misconfigured"}} 1.0' in metrics
+        state = f'bbverify_key_store_state{{issuer="{fake.issuer}",state="misconfigured"}} 1.0'
+        assert state in metrics

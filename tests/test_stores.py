@@ -186,7 +186,7 @@ def stored_tokens(directory: Path) -> float:
 
 def test_status_reports_the_fleet_budget_held_in_the_store(fake: FakeIssuer, tmp_path: Path) -> None:
     """/metrics' budget gauge reads status(): with a store, the store's bucket, not the local one (f03)."""
-    clock = Clock()
+    clock = FakeClock(1_800_000_000.0)
     first = keyset(fake, clock, FileKeyStore(tmp_path))
     first.warm_up()
     spent = stored_tokens(tmp_path)
@@ -204,7 +204,7 @@ def test_status_reports_the_fleet_budget_held_in_the_store(fake: FakeIssuer, tmp
 
 
 def test_status_reports_the_process_budget_while_the_store_is_unavailable(fake: FakeIssuer) -> None:
-    clock = Clock()
+    clock = FakeClock(1_800_000_000.0)
     store = MemoryKeyStore()
     ks = keyset(fake, clock, store)
 
@@ -260,7 +260,7 @@ def test_redis_credentials_and_acl_user_in_the_url_work(fake: FakeIssuer, redis_
         commands=["+get", "+set", "+pttl", "+pexpire", "+evalsha", "+eval", "+script", "+del"],
     )
     url = with_credentials(redis_url, "bbverify-ok", "s3cret%2Fpw")  # percent-encoded "/"
-    ks = keyset(fake, Clock(), RedisKeyStore(url, prefix=prefix))
+    ks = keyset(fake, FakeClock(1_800_000_000.0), RedisKeyStore(url, prefix=prefix))
     ks.warm_up()
     assert ks.status()["key_store"] == "ok" and ks.status()["budget_source"] == "store"
     assert admin.keys(f"{prefix}*")
@@ -278,7 +278,7 @@ def test_a_redis_store_that_refuses_us_shows_as_misconfigured_and_we_still_verif
         "bbverify-nokeys", enabled=True, passwords=["+right"], keys=["elsewhere:*"], commands=["+@all"]
     )
     password = "wrong" if problem == "wrong password" else "right"
-    clock = Clock()
+    clock = FakeClock(1_800_000_000.0)
     ks = keyset(fake, clock, RedisKeyStore(with_credentials(redis_url, "bbverify-nokeys", password)))
     v = fake.verifier(keys=ks, clock=clock)
     with caplog.at_level(logging.WARNING, logger="bbverify.keys"):
@@ -290,7 +290,7 @@ def test_a_redis_store_that_refuses_us_shows_as_misconfigured_and_we_still_verif
 
 
 def test_a_redis_outage_shows_as_unavailable_not_misconfigured(fake: FakeIssuer) -> None:
-    clock = Clock()
+    clock = FakeClock(1_800_000_000.0)
     ks = keyset(fake, clock, RedisKeyStore(f"redis://127.0.0.1:{free_port()}/0", timeout=0.2))
     assert ks.status()["key_store"] == "unknown"
     ks.warm_up()
@@ -301,7 +301,7 @@ def test_a_redis_outage_shows_as_unavailable_not_misconfigured(fake: FakeIssuer)
 def test_a_file_store_entry_others_could_write_shows_as_misconfigured(
     fake: FakeIssuer, tmp_path: Path
 ) -> None:
-    clock = Clock()
+    clock = FakeClock(1_800_000_000.0)
     keyset(fake, clock, FileKeyStore(tmp_path)).warm_up()
     (entry,) = tmp_path.glob("*.json")
     os.chmod(entry, 0o666)  # not private: refused until someone fixes the mode
