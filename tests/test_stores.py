@@ -203,6 +203,19 @@ def test_status_reports_the_fleet_budget_held_in_the_store(fake: FakeIssuer, tmp
     assert second.status()["budget_remaining"] == pytest.approx(spent + 0.5)
 
 
+def test_keys_read_from_the_store_are_logged_as_such(
+    fake: FakeIssuer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = FakeClock(1_800_000_000.0)
+    with caplog.at_level(logging.INFO, logger="bbverify.keys"):
+        keyset(fake, clock, FileKeyStore(tmp_path)).warm_up()
+        keyset(fake, clock, FileKeyStore(tmp_path)).warm_up()
+    lines = [r.getMessage() for r in caplog.records if "installed" in r.getMessage()]
+    assert len(lines) == 2 and fake.jwks_requests == 1
+    assert "key store" not in lines[0] and f"from {fake.jwks_url}" in lines[0]
+    assert lines[1].startswith("installed 1 usable key(s) from the key store (fetched from ")
+
+
 def test_status_reports_the_process_budget_while_the_store_is_unavailable(fake: FakeIssuer) -> None:
     clock = FakeClock(1_800_000_000.0)
     store = MemoryKeyStore()
