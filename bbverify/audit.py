@@ -1,6 +1,10 @@
 """Recording decisions: each allow or deny goes to the audit logger and the ``on_decision`` hook.
 
-Every call of :meth:`bbverify.Verifier.verify` ends in one :class:`Decision`.
+Every call of :meth:`bbverify.Verifier.verify` ends in one :class:`Decision`,
+built by :func:`record` from the request's
+:class:`~bbverify.context.RequestContext`; adapters that refuse a request
+before the verifier sees it (no token, a malformed ``Authorization`` header,
+a route that denies) call :func:`record` too.
 It is logged on the ``bbverify.audit`` logger (INFO for allow, WARNING for
 deny) and passed to the verifier's ``on_decision`` hook, if any. A decision
 names the pipeline, never the token.
@@ -16,6 +20,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from .claims import PipelineClaims
+from .context import RequestContext
 from .errors import PolicyDenied, VerificationError
 
 __all__ = [
@@ -23,6 +28,7 @@ __all__ = [
     "Decision",
     "DecisionHook",
     "emit",
+    "record",
     "wanted",
 ]
 
@@ -155,3 +161,35 @@ def emit(decision: Decision, hook: DecisionHook | None) -> None:
         except Exception:
             # A broken metrics hook must not change the decision.
             _log.exception("on_decision hook raised; ignored")
+
+
+def record(
+    error: VerificationError | None,
+    context: RequestContext,
+    hook: DecisionHook | None,
+    *,
+    claims: PipelineClaims | None = None,
+    workspace_name: str | None = None,
+    issuer: str | None = None,
+    policy: str | None = None,
+) -> None:
+    """Record the :class:`Decision` of one request: an allow when ``error`` is ``None``, else a refusal.
+
+    The client IP, method and path come from ``context``; ``claims`` are the
+    verified claims when known (a rule's denial, say). Nothing is built when
+    nobody would read it (:func:`wanted`). ``hook`` is the verifier's
+    ``on_decision`` (``verifier.on_decision``).
+    """
+    if not wanted(error is None, hook):
+        return
+    decision = Decision.build(
+        claims,
+        context.client_ip,
+        error,
+        method=context.method,
+        path=context.path,
+        workspace_name=workspace_name,
+        issuer=issuer,
+        policy=policy,
+    )
+    emit(decision, hook)

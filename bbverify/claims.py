@@ -1,4 +1,10 @@
-"""The verified claims of a step token as :class:`PipelineClaims`, UUIDs spelled one way.
+"""The claims layer: one check per claim of a step token, and the verified claims as :class:`PipelineClaims`.
+
+:func:`check_claims` holds a payload to what a genuine Bitbucket Pipelines
+token for a workspace carries (``aud``, ``exp``, ``iat``, ``nbf``, the
+Bitbucket claims, ``sub``, the workspace pin), one ``_validate_<claim>``
+function per claim; :meth:`PipelineClaims.from_payload` then turns the
+checked payload into claims, by keyword.
 
 Bitbucket writes UUID claims with braces (``{1de489be-...}``); people paste
 them with or without braces, in any case. :func:`normalize_uuid` turns any of
@@ -9,7 +15,7 @@ token claim compare equal exactly when they name the same thing.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -17,7 +23,7 @@ from typing import Any
 
 from .errors import ConfigurationError, ErrorCode, InvalidToken
 
-__all__ = ["PipelineClaims", "normalize_uuid", "try_normalize_uuid"]
+__all__ = ["PipelineClaims", "check_claims", "normalize_uuid", "recheck_times", "try_normalize_uuid"]
 
 _UUID_RE = re.compile(r"\{?([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})\}?")
 
@@ -146,3 +152,128 @@ class PipelineClaims:
             "step": self.step_uuid,
             "branch": self.branch_name,
         }
+
+
+# -- one check per claim ------------------------------------------------------------
+
+# JSON numbers beyond this are not dates (datetime stops at year 9999).
+_MAX_TIMESTAMP = 253402300799
+_BITBUCKET_REQUIRED = ("workspaceUuid", "repositoryUuid", "pipelineUuid", "stepUuid")
+_REQUIRED_STRINGS = (*_BITBUCKET_REQUIRED, "sub")
+
+
+def check_claims(
+    payload: Mapping[str, Any],
+    *,
+    audiences: Set[str],
+    workspace_uuid: str | None,
+    now: float,
+    leeway: float,
+) -> None:
+    """Hold ``payload`` to what a genuine step token for one workspace carries.
+
+    ``audiences`` are the accepted ``aud`` values (one must match, RFC 7519
+    section 4.1.3); ``workspace_uuid`` the pinned ``{lowercase-uuid}`` or
+    ``None``; ``now`` and ``leeway`` are seconds (since the epoch, and of
+    clock skew allowed for ``exp``/``iat``/``nbf``, RFC 7519 sections
+    4.1.4-4.1.6). The Bitbucket claims (``workspaceUuid``, ``repositoryUuid``,
+    ``pipelineUuid``, ``stepUuid``, ``sub``; Bitbucket's OIDC docs) must be
+    non-empty strings and ``sub`` must agree with them. The issuer is not
+    checked here: the verifier picks the workspace by exact ``iss`` first.
+
+    Reads the payload in place (no copy). Raises
+    :class:`~bbverify.errors.InvalidToken` with the code of the first claim
+    that fails, in the order above.
+    """
+    _validate_aud(payload, audiences)
+    _validate_times(payload, now, leeway)
+    _validate_bitbucket_claims(payload)
+    _validate_sub(payload)
+    _validate_workspace(payload, workspace_uuid)
+
+
+def recheck_times(payload: Mapping[str, Any], *, now: float, leeway: float) -> None:
+    """The time checks of :func:`check_claims` alone, again at ``now`` (seconds since the epoch).
+
+    For a payload that passed :func:`check_claims` earlier (before a key
+    fetch, say): its other checks depend only on the payload, so only the
+    time checks can change their answer. Raises ``InvalidToken``.
+    """
+    _validate_times(payload, now, leeway)
+
+
+def _validate_aud(payload: Mapping[str, Any], audiences: Set[str]) -> None:
+    aud = payload.get("aud")
+    if aud is None:
+        raise InvalidToken("claim 'aud' is required", code=ErrorCode.MISSING_CLAIM)
+    if type(aud) is str:
+        ok = aud in audiences
+    elif isinstance(aud, list) and aud and all(type(a) is str for a in aud):
+        ok = not audiences.isdisjoint(aud)
+    else:
+        raise InvalidToken("claim 'aud' must be a string or a list of strings", code=ErrorCode.MALFORMED)
+    if not ok:
+        expected = " or ".join(repr(a) for a in sorted(audiences))
+        raise InvalidToken(
+            f"token is not meant for this audience (expected {expected})",
+            code=ErrorCode.AUDIENCE_MISMATCH,
+        )
+
+
+def _timestamp(payload: Mapping[str, Any], name: str) -> float:
+    if name not in payload:
+        raise InvalidToken(f"claim {name!r} is required", code=ErrorCode.MISSING_CLAIM)
+    value = payload[name]
+    # bool is an int subclass; 'true' is not a time.
+    if type(value) not in (int, float) or not (0 <= value <= _MAX_TIMESTAMP):
+        raise InvalidToken(f"claim {name!r} must be a NumericDate", code=ErrorCode.MALFORMED)
+    return float(value)
+
+
+def _validate_times(payload: Mapping[str, Any], now: float, leeway: float) -> None:
+    # exp and iat are required (Bitbucket always sends both); nbf is checked when present.
+    exp = _timestamp(payload, "exp")
+    iat = _timestamp(payload, "iat")
+    if exp < iat:
+        raise InvalidToken("claim 'exp' is before 'iat'", code=ErrorCode.INVALID_CLAIM)
+    if now >= exp + leeway:
+        raise InvalidToken("token has expired", code=ErrorCode.EXPIRED)
+    if iat > now + leeway:
+        raise InvalidToken("token was issued in the future", code=ErrorCode.NOT_YET_VALID)
+    if "nbf" in payload and _timestamp(payload, "nbf") > now + leeway:
+        raise InvalidToken("token is not valid yet (nbf)", code=ErrorCode.NOT_YET_VALID)
+
+
+def _validate_bitbucket_claims(payload: Mapping[str, Any]) -> None:
+    get = payload.get
+    for name in _REQUIRED_STRINGS:
+        value = get(name)
+        # One test for the usual case (the JSON parser makes exact str); the
+        # checks below decide, and word the error, for anything else.
+        if type(value) is str and value:
+            continue
+        if value is None:
+            raise InvalidToken(f"claim {name!r} is required", code=ErrorCode.MISSING_CLAIM)
+        if not isinstance(value, str) or not value:
+            raise InvalidToken(f"claim {name!r} must be a non-empty string", code=ErrorCode.MALFORMED)
+    for name in ("deploymentEnvironmentUuid", "branchName"):
+        if name in payload and not isinstance(payload[name], str):
+            raise InvalidToken(f"claim {name!r} must be a string", code=ErrorCode.MALFORMED)
+
+
+def _validate_sub(payload: Mapping[str, Any]) -> None:
+    env = payload.get("deploymentEnvironmentUuid")
+    repo, step = payload["repositoryUuid"], payload["stepUuid"]
+    expected = f"{repo}:{env}:{step}" if env is not None else f"{repo}:{step}"
+    if payload["sub"] != expected:
+        # Bitbucket builds sub from these claims; disagreement means the token
+        # was not made by Bitbucket the way rules expect.
+        raise InvalidToken(
+            "claim 'sub' does not agree with repositoryUuid, deploymentEnvironmentUuid and stepUuid",
+            code=ErrorCode.SUBJECT_MISMATCH,
+        )
+
+
+def _validate_workspace(payload: Mapping[str, Any], workspace_uuid: str | None) -> None:
+    if workspace_uuid is not None and payload["workspaceUuid"].lower() != workspace_uuid:
+        raise InvalidToken("token belongs to another workspace", code=ErrorCode.WORKSPACE_MISMATCH)

@@ -180,6 +180,10 @@ class StaticKeySet:
     def cached_key(self, kid: str | None, alg: str) -> VerifyingKey | None:
         return _select(self._by_kid, self._all, kid, alg)
 
+    def current_keys(self) -> tuple[VerifyingKey, ...]:
+        """The key set (always the same: a static key set never changes)."""
+        return self._all
+
     def status(self) -> dict[str, Any]:
         """As :meth:`RemoteKeySet.status`: always loaded, never stale, no fetches."""
         return {
@@ -490,7 +494,22 @@ class RemoteKeySet:
         self._check_warm()
 
     def cached_key(self, kid: str | None, alg: str) -> VerifyingKey | None:
-        """The key if usable without any fetch now (stale-but-allowed counts)."""
+        """The key if usable without any fetch now (stale-but-allowed counts); never starts a fetch."""
+        fetched = self._fetched_at
+        if fetched is None or self._now() - fetched >= self.max_stale:
+            return None
+        return _select(self._by_kid, self._all, kid, alg)
+
+    def current_keys(self) -> tuple[VerifyingKey, ...] | None:
+        """The key set now in use (its identity changes when another is installed), or ``None``.
+
+        ``None`` when no key set is usable without a fetch (none yet, or past
+        ``max_stale``). For callers that remember what a key vouched for (the
+        verifier's token cache): a cached answer holds only while this is the
+        very key set it came from. Never waits; when the key set is due for
+        its ``cache_ttl`` refresh, that refresh starts in the background, so
+        a service whose traffic is all cache hits still drops removed keys.
+        """
         fetched = self._fetched_at
         if fetched is None:
             return None
@@ -498,14 +517,25 @@ class RemoteKeySet:
         if now - fetched >= self.max_stale:
             return None
         if self._fresh_until is not None and now >= self._fresh_until and self._inflight is None:
-            # Callers that only ever hit their own caches (the verified-token
-            # cache) must still refresh, or a removed key would keep vouching.
             with self._lock:
                 self._launch_if_due(now, "refresh")
+        return self._all
+
+    def _ready_key(self, kid: str | None, alg: str) -> VerifyingKey | None:
+        """The key when it is usable and no refresh is due (the usual case), read without the lock."""
+        fetched, fresh_until = self._fetched_at, self._fresh_until
+        if fetched is None or fresh_until is None:
+            return None
+        now = self._now()
+        if now >= fresh_until or now - fetched >= self.max_stale:
+            return None
         return _select(self._by_kid, self._all, kid, alg)
 
     def get_key(self, kid: str | None, alg: str) -> VerifyingKey:
         """Return the key, waiting (at most ``timeout``) for a fetch if one is needed."""
+        key = self._ready_key(kid, alg)
+        if key is not None:
+            return key
         for _ in range(2):
             key, future = self._resolve(kid, alg)
             if key is not None:
@@ -516,6 +546,9 @@ class RemoteKeySet:
 
     async def aget_key(self, kid: str | None, alg: str) -> VerifyingKey:
         """As :meth:`get_key`, but awaits the shared fetch without blocking the loop."""
+        key = self._ready_key(kid, alg)
+        if key is not None:
+            return key
         for _ in range(2):
             key, future = self._resolve(kid, alg)
             if key is not None:

@@ -36,12 +36,13 @@ import logging
 import math
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any, TypeAlias, cast
 
 from .claims import PipelineClaims, normalize_uuid, try_normalize_uuid
+from .context import RequestContext
 from .errors import ConfigurationError, ErrorCode, PolicyDenied
-from .ipranges import DEFAULT_FEED_URL, AddressSet, AtlassianIPRanges, IPNetwork, parse_cidr, parse_client_ip
+from .ipranges import DEFAULT_FEED_URL, AddressSet, AtlassianIPRanges, IPNetwork, parse_cidr
 
 __all__ = [
     "UNDECIDED_CODES",
@@ -67,21 +68,6 @@ __all__ = [
 _log = logging.getLogger("bbverify.policies")
 
 
-@dataclass(frozen=True, slots=True)
-class RequestContext:
-    """What a rule may know about the request besides the token.
-
-    ``client_ip`` is the address the adapter resolved (the socket peer, or
-    the trusted-proxy walk of ``X-Forwarded-For``); ``None`` when unknown.
-    ``now`` is the verifier's clock, in seconds since the epoch.
-    """
-
-    client_ip: str | None
-    now: float
-    method: str | None = None
-    path: str | None = None
-
-
 Rule: TypeAlias = Callable[[PipelineClaims, RequestContext], object]
 
 
@@ -94,21 +80,28 @@ def rule_name(rule: object) -> str:
 
 
 def apply_rules(rules: Iterable[Rule], claims: PipelineClaims, context: RequestContext) -> None:
-    """Run ``rules`` in order (all must allow); raise ``PolicyDenied`` on the first denial."""
+    """Run ``rules`` in order (all must allow); raise ``PolicyDenied`` on the first denial.
+
+    A rule that returns ``False`` denies (``policy_denied``); one that raises
+    anything but ``PolicyDenied``, or returns anything but ``None``/``True``,
+    denies with ``policy_error``: bbverify fails closed.
+    """
+    # The fail-closed handling lives here alone; check_rule is this for one rule.
+    # (A try block costs nothing until something raises.)
     for rule in rules:
-        check_rule(rule, claims, context)
+        try:
+            result = rule(claims, context)
+        except PolicyDenied:
+            raise
+        except Exception as exc:
+            raise _rule_failed(rule, exc) from None
+        if result is not None and result is not True:
+            raise _rule_returned(rule, result)
 
 
 def check_rule(rule: Rule, claims: PipelineClaims, context: RequestContext) -> None:
     """Run one rule, turning ``False`` and stray exceptions into ``PolicyDenied``."""
-    try:
-        result = rule(claims, context)
-    except PolicyDenied:
-        raise
-    except Exception as exc:
-        raise _rule_failed(rule, exc) from None
-    if result is not None and result is not True:
-        raise _rule_returned(rule, result)
+    apply_rules((rule,), claims, context)
 
 
 def _rule_failed(rule: Rule, exc: Exception) -> PolicyDenied:
@@ -184,33 +177,66 @@ def _uuid_set(values: tuple[str | Iterable[str], ...], key: str) -> tuple[str, .
     return tuple(dict.fromkeys(normalised))
 
 
-class _UUIDAllowList(_BuiltinRule):
-    _key = ""
+class _AllowList(_BuiltinRule):
+    """Admit tokens whose claim is one of the configured values.
+
+    Each subclass names its claim (a :class:`PipelineClaims` field) in the
+    class statement, ``class Issuers(_AllowList, claim="issuer")``, and words
+    its denial in ``_refusal``.
+    """
+
+    _claim: Callable[[PipelineClaims], str | None]
+    _values: tuple[str, ...] = ()
+    _allowed: frozenset[str] = frozenset()
+
+    def __init_subclass__(cls, *, claim: str = "", **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if claim:
+            # attrgetter reads the claim in C: no method call per request.
+            cls._claim = staticmethod(attrgetter(claim))
+
+    def _allow(self, values: tuple[str, ...]) -> None:
+        self._values = values
+        self._allowed = frozenset(values)
+
+    def _admits(self, value: str) -> bool:
+        return value in self._allowed
+
+    def _refusal(self, value: str) -> PolicyDenied:
+        raise NotImplementedError  # pragma: no cover
+
+    def __call__(self, claims: PipelineClaims, context: RequestContext) -> None:
+        value = self._claim(claims) or ""
+        if not self._admits(value):
+            raise self._refusal(value)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(repr(v) for v in self._values)})"
+
+
+class _UUIDAllowList(_AllowList):
+    """An allow list of UUIDs, compared in Bitbucket's spelling; subclasses set ``_what`` and ``_code``."""
+
     _what = ""
     _code = ""
 
     def __init__(self, *uuids: str | Iterable[str]) -> None:
-        self.uuids: tuple[str, ...] = _uuid_set(uuids, self._key)
-        self._allowed = frozenset(self.uuids)
+        self.uuids: tuple[str, ...] = _uuid_set(uuids, self.name)
+        self._allow(self.uuids)
 
-    def _claim(self, claims: PipelineClaims) -> str:
-        raise NotImplementedError  # pragma: no cover
-
-    def __call__(self, claims: PipelineClaims, context: RequestContext) -> None:
-        value = self._claim(claims)
+    def _admits(self, value: str) -> bool:
         # Bitbucket already writes {lowercase}; normalise only other spellings.
-        if value not in self._allowed and try_normalize_uuid(value) not in self._allowed:
-            raise self._deny(
-                f"{self._what} {value} is not allowed; add it to the {type(self).__name__} rule "
-                f"if it should have access",
-                self._code,
-            )
+        return value in self._allowed or try_normalize_uuid(value) in self._allowed
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(repr(u) for u in self.uuids)})"
+    def _refusal(self, value: str) -> PolicyDenied:
+        return self._deny(
+            f"{self._what} {value} is not allowed; add it to the {type(self).__name__} rule "
+            f"if it should have access",
+            self._code,
+        )
 
 
-class Workspaces(_UUIDAllowList):
+class Workspaces(_UUIDAllowList, claim="workspace_uuid"):
     """Admit only tokens whose ``workspaceUuid`` is one of ``uuids``.
 
     The verifier's ``workspace_uuid`` already pins one workspace; this rule
@@ -218,27 +244,19 @@ class Workspaces(_UUIDAllowList):
     """
 
     name = "workspaces"
-    _key = "workspaces"
     _what = "workspace"
     _code = ErrorCode.WORKSPACE_NOT_ALLOWED
 
-    def _claim(self, claims: PipelineClaims) -> str:
-        return claims.workspace_uuid
 
-
-class Repositories(_UUIDAllowList):
+class Repositories(_UUIDAllowList, claim="repository_uuid"):
     """Admit only tokens whose ``repositoryUuid`` is one of ``uuids`` (braces optional, any case)."""
 
     name = "repositories"
-    _key = "repositories"
     _what = "repository"
     _code = ErrorCode.REPOSITORY_NOT_ALLOWED
 
-    def _claim(self, claims: PipelineClaims) -> str:
-        return claims.repository_uuid
 
-
-class Environments(_UUIDAllowList):
+class Environments(_UUIDAllowList, claim="deployment_environment_uuid"):
     """Admit only deployment steps whose ``deploymentEnvironmentUuid`` is one of ``uuids``.
 
     A token from a step without a deployment environment is denied with
@@ -246,12 +264,8 @@ class Environments(_UUIDAllowList):
     """
 
     name = "environments"
-    _key = "environments"
     _what = "deployment environment"
     _code = ErrorCode.ENVIRONMENT_NOT_ALLOWED
-
-    def _claim(self, claims: PipelineClaims) -> str:
-        return claims.deployment_environment_uuid or ""
 
     def __call__(self, claims: PipelineClaims, context: RequestContext) -> None:
         if claims.deployment_environment_uuid is None:
@@ -374,17 +388,16 @@ class IPRanges(_BuiltinRule):
         return cls(extra, feed=feed)
 
     def __call__(self, claims: PipelineClaims, context: RequestContext) -> None:
-        raw = context.client_ip
-        if raw is None:
+        # The context parsed the client IP once; no rule parses it again.
+        address = context.client_address
+        if address is None:
+            if context.client_ip_error is not None:
+                raise self._deny(context.client_ip_error, ErrorCode.CLIENT_IP_INVALID)
             raise self._deny(
                 "the client IP is unknown, so the IP rule cannot admit the request; check that the "
                 "adapter passes client_ip (and its trusted-proxy setting)",
                 ErrorCode.CLIENT_IP_UNKNOWN,
             )
-        try:
-            address = parse_client_ip(raw)
-        except ValueError as exc:
-            raise self._deny(str(exc), ErrorCode.CLIENT_IP_INVALID) from None
         if address in self.static:
             return
         if self.feed is not None:
@@ -479,7 +492,7 @@ class StepDuration(_BuiltinRule):
         return f"StepDuration(max_minutes={self.max_minutes:g}{extra})"
 
 
-class Issuers(_BuiltinRule):
+class Issuers(_AllowList, claim="issuer"):
     """Admit only tokens whose ``iss`` is exactly one of ``issuers``.
 
     For a verifier over several workspaces: a route or policy that admits
@@ -498,18 +511,14 @@ class Issuers(_BuiltinRule):
             if not isinstance(value, str) or not value:
                 raise ConfigurationError(f"{value!r} is not an issuer URL", key=f"workspace[{i}]")
         self.issuers: tuple[str, ...] = tuple(dict.fromkeys(cast(list[str], items)))
-        self._allowed = frozenset(self.issuers)
+        self._allow(self.issuers)
 
-    def __call__(self, claims: PipelineClaims, context: RequestContext) -> None:
-        if claims.issuer not in self._allowed:
-            raise self._deny(
-                f"tokens of workspace issuer {claims.issuer[:200]!r} are not allowed here; "
-                f"allowed issuers: {list(self.issuers)}",
-                ErrorCode.WORKSPACE_NOT_ALLOWED,
-            )
-
-    def __repr__(self) -> str:
-        return f"Issuers({', '.join(repr(i) for i in self.issuers)})"
+    def _refusal(self, value: str) -> PolicyDenied:
+        return self._deny(
+            f"tokens of workspace issuer {value[:200]!r} are not allowed here; "
+            f"allowed issuers: {list(self.issuers)}",
+            ErrorCode.WORKSPACE_NOT_ALLOWED,
+        )
 
 
 #: Claim values a :class:`ClaimMatches` condition may name (JSON scalars; floats excluded:

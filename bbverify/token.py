@@ -1,4 +1,9 @@
-"""Strict compact-JWS parsing.
+"""The JWS layer: strict compact-JWS parsing and the signature check.
+
+:class:`JWSReader` reads a compact token (size cap, split, header against the
+algorithm allowlist, payload as JSON) into a :class:`CompactJWS` whose
+:meth:`~CompactJWS.verify_signature` checks it against a key; the claims in
+its payload are the claims layer's business (:mod:`bbverify.claims`).
 
 Everything here runs before the signature is checked, on bytes an attacker
 chose, so it is deliberately narrow: a size cap before anything else, exactly
@@ -17,14 +22,17 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from .errors import ErrorCode, InvalidToken
 
 __all__ = [
     "DEFAULT_MAX_TOKEN_BYTES",
+    "CompactJWS",
     "Header",
+    "JWSReader",
     "ParsedToken",
+    "SignatureKey",
     "b64url_decode",
     "decode_payload",
     "loads_strict",
@@ -305,3 +313,70 @@ def parse_header(segment: str, allowed_algorithms: frozenset[str]) -> Header:
     ):
         raise InvalidToken("header 'kid' must be a short printable string", code=ErrorCode.MALFORMED)
     return Header(alg=alg, kid=kid)
+
+
+class SignatureKey(Protocol):
+    """What checks a signature (:class:`bbverify.jwk.VerifyingKey`)."""
+
+    def verify(self, alg: str, signature: bytes, signing_input: bytes) -> None:
+        """Raise ``InvalidToken`` (``bad_signature``) unless ``signature`` holds over ``signing_input``."""
+        ...
+
+
+class CompactJWS(NamedTuple):
+    """A compact JWS read by :class:`JWSReader`: its parts, header and payload, not yet verified.
+
+    ``payload`` is the decoded JSON object (``dict[str, Any]``); it may be
+    read before the signature is checked only to decide whether the token is
+    worth a key look-up (nothing in it is trusted until
+    :meth:`verify_signature` has returned).
+    """
+
+    parsed: ParsedToken
+    header: Header
+    payload: dict[str, Any]
+
+    def verify_signature(self, key: SignatureKey) -> None:
+        """Check the signature with ``key``; raise ``InvalidToken`` (``bad_signature``) unless it holds."""
+        parsed = self.parsed
+        key.verify(self.header.alg, parsed.signature, parsed.signing_input)
+
+
+class JWSReader:
+    """Reads compact JWS tokens for one algorithm allowlist and size cap.
+
+    Args:
+        algorithms: the accepted ``alg`` values (``frozenset[str]``).
+        max_bytes: the token size cap, in bytes.
+
+    Bitbucket signs every token of a key set with one header, so parsed
+    headers are remembered by their encoded segment (at most
+    :attr:`MAX_HEADERS`, so hostile traffic cannot grow the memo).
+    """
+
+    MAX_HEADERS = 64
+
+    __slots__ = ("_headers", "algorithms", "max_bytes")
+
+    def __init__(self, algorithms: frozenset[str], max_bytes: int = DEFAULT_MAX_TOKEN_BYTES) -> None:
+        self.algorithms = algorithms
+        self.max_bytes = max_bytes
+        self._headers: dict[str, Header] = {}
+
+    def read(self, token: str | bytes) -> CompactJWS:
+        """Split ``token``, check its header, parse its payload; raise ``InvalidToken`` otherwise."""
+        parsed = split(token, self.max_bytes)
+        header = self._header(parsed.header_segment)
+        return CompactJWS(parsed, header, parse_json_object(decode_payload(parsed), "payload"))
+
+    def _header(self, segment: str) -> Header:
+        header = self._headers.get(segment)
+        if header is None:
+            header = parse_header(segment, self.algorithms)
+            if len(self._headers) < self.MAX_HEADERS:
+                self._headers[segment] = header
+        return header
+
+    def __len__(self) -> int:
+        """How many parsed headers are remembered."""
+        return len(self._headers)

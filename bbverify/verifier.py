@@ -1,14 +1,15 @@
-"""The Verifier: every check in order, and the verified-token cache.
+"""The Verifier: orchestrates a token's path in one flow (driven blocking and awaited); caches tokens.
 
-A token travels: size cap and split (:mod:`bbverify.token`), header and
-algorithm allowlist, payload parse, plausibility on the unverified payload
-(the workspace picked by exact ``iss``, ``aud``, ``exp``, ``iat``, ``nbf``,
-Bitbucket claims present and of the right types, ``sub`` agreement, the
-workspace pin: no key fetch for a token that cannot be genuine), key lookup
-in that workspace's key source (:mod:`bbverify.keys`), signature
-(:mod:`bbverify.jwk`), every claim check again, then the rules (:mod:`bbverify.policies`):
-base, the workspace's own, the named policy, per-route, on every call,
-cached or not.
+A token travels (one :class:`_Call`, written once; :meth:`Verifier.verify`
+and :meth:`Verifier.averify` only drive its one network step): the
+verified-token cache; else the JWS layer reads it (:mod:`bbverify.token`),
+the workspace is picked by exact ``iss`` and the claims layer checks every
+claim on the unverified payload (:mod:`bbverify.claims`), so a token that
+cannot be genuine costs no key fetch; the key look-up in that workspace's
+key source (:mod:`bbverify.keys`); the signature (:mod:`bbverify.jwk`) and
+the time checks again; then the rules (:mod:`bbverify.policies`): base, the
+workspace's own, the named policy, per-route, on every call, cached or not.
+Each call ends in one audit record (:func:`bbverify.audit.record`).
 """
 
 from __future__ import annotations
@@ -23,26 +24,19 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 import requests
 
 from . import keys as _keys
-from .audit import Decision, DecisionHook, emit, wanted
-from .claims import PipelineClaims
+from .audit import DecisionHook, record, wanted
+from .claims import PipelineClaims, check_claims, recheck_times
+from .context import RequestContext
 from .errors import ConfigurationError, ErrorCode, InvalidToken, VerificationError
 from .jwk import SUPPORTED_ALGORITHMS, VerifyingKey
-from .policies import RequestContext, Rule, apply_rules, as_rules
+from .policies import Rule, apply_rules, as_rules
 from .stores import KeyStore
-from .token import (
-    DEFAULT_MAX_TOKEN_BYTES,
-    Header,
-    ParsedToken,
-    decode_payload,
-    parse_header,
-    parse_json_object,
-    split,
-)
+from .token import DEFAULT_MAX_TOKEN_BYTES, CompactJWS, JWSReader
 from .workspaces import (
     BITBUCKET_ISSUER_TEMPLATE,
     WorkspaceSpec,
@@ -65,64 +59,18 @@ _log = logging.getLogger("bbverify")
 DEFAULT_LEEWAY = 10.0
 MAX_LEEWAY = 300.0
 DEFAULT_CACHE_SIZE = 4096
-# JSON numbers beyond this are not dates (datetime stops at year 9999).
-_MAX_TIMESTAMP = 253402300799
-
-
-def _timestamp(payload: Mapping[str, Any], name: str, required: bool) -> float | None:
-    if name not in payload:
-        if required:
-            raise InvalidToken(f"claim {name!r} is required", code=ErrorCode.MISSING_CLAIM)
-        return None
-    value = payload[name]
-    # bool is an int subclass; 'true' is not a time.
-    if type(value) not in (int, float) or not (0 <= value <= _MAX_TIMESTAMP):
-        raise InvalidToken(f"claim {name!r} must be a NumericDate", code=ErrorCode.MALFORMED)
-    return float(value)
-
-
-_BITBUCKET_REQUIRED = ("workspaceUuid", "repositoryUuid", "pipelineUuid", "stepUuid")
-_REQUIRED_STRINGS = (*_BITBUCKET_REQUIRED, "sub")
-
-
-def _require_bitbucket_claims(payload: Mapping[str, Any]) -> None:
-    get = payload.get
-    for name in _REQUIRED_STRINGS:
-        value = get(name)
-        # One test for the usual case (the JSON parser makes exact str); the
-        # checks below decide, and word the error, for anything else.
-        if type(value) is str and value:
-            continue
-        if value is None:
-            raise InvalidToken(f"claim {name!r} is required", code=ErrorCode.MISSING_CLAIM)
-        if not isinstance(value, str) or not value:
-            raise InvalidToken(f"claim {name!r} must be a non-empty string", code=ErrorCode.MALFORMED)
-
-
-def _check_bitbucket_claims(payload: Mapping[str, Any]) -> None:
-    for name in ("deploymentEnvironmentUuid", "branchName"):
-        if name in payload and not isinstance(payload[name], str):
-            raise InvalidToken(f"claim {name!r} must be a string", code=ErrorCode.MALFORMED)
-    env = payload.get("deploymentEnvironmentUuid")
-    repo, step = payload["repositoryUuid"], payload["stepUuid"]
-    expected = f"{repo}:{env}:{step}" if env is not None else f"{repo}:{step}"
-    if payload["sub"] != expected:
-        # Bitbucket builds sub from these claims; disagreement means the token
-        # was not made by Bitbucket the way rules expect.
-        raise InvalidToken(
-            "claim 'sub' does not agree with repositoryUuid, deploymentEnvironmentUuid and stepUuid",
-            code=ErrorCode.SUBJECT_MISMATCH,
-        )
 
 
 class _Trust:
     """A workspace as the verifier uses it: the spec, its key source and its rules.
 
     ``rules`` are the verifier's base rules followed by the workspace's own,
-    joined once here rather than on every call.
+    joined once here rather than on every call. ``current_keys`` is the key
+    source's :meth:`~bbverify.keys.RemoteKeySet.current_keys` (``None`` for a
+    key source without one: its tokens are then not cached).
     """
 
-    __slots__ = ("audiences", "issuer", "keys", "name", "rules", "spec", "workspace_uuid")
+    __slots__ = ("audiences", "current_keys", "issuer", "keys", "name", "rules", "spec", "workspace_uuid")
 
     def __init__(self, spec: WorkspaceSpec, keys: _keys.KeySource, base_rules: tuple[Rule, ...]) -> None:
         self.spec = spec
@@ -130,11 +78,23 @@ class _Trust:
         self.issuer = spec.issuer
         self.audiences = spec.audiences
         self.workspace_uuid = spec.workspace_uuid
-        self.keys = keys
         self.rules: tuple[Rule, ...] = base_rules + spec.policies
+        self.use_keys(keys)
+
+    def use_keys(self, keys: _keys.KeySource) -> None:
+        self.keys = keys
+        self.current_keys: Callable[[], tuple[VerifyingKey, ...] | None] | None = getattr(
+            keys, "current_keys", None
+        )
 
 
-_CacheEntry = tuple[PipelineClaims, float, Header, VerifyingKey, _Trust]
+class _CacheEntry(NamedTuple):
+    """A verified token: its claims, until when they hold, and what vouched for them."""
+
+    claims: PipelineClaims
+    expires: float  #: seconds since the epoch: ``exp`` plus the leeway
+    key_set: tuple[VerifyingKey, ...]  #: the key set whose key checked the signature
+    trust: _Trust
 
 
 _TOKEN_CACHES: weakref.WeakSet[_TokenCache] = weakref.WeakSet()
@@ -313,7 +273,7 @@ class Verifier:
         self._default_policy: str | None = default_policy
         self.on_decision = on_decision
         self._cache = _TokenCache(int(cache_size))
-        self._headers: dict[str, Header] = {}
+        self._reader = JWSReader(algs, max_token_bytes)
 
         fetch_options: dict[str, Any] = {
             "timeout": timeout,
@@ -609,6 +569,7 @@ class Verifier:
         self,
         token: str | bytes,
         *,
+        context: RequestContext | None = None,
         client_ip: str | None = None,
         policy: str | None = None,
         policies: Rule | Sequence[Rule] | None = None,
@@ -624,35 +585,27 @@ class Verifier:
         :class:`~bbverify.errors.ConfigurationError` for a ``policy`` name
         that is not configured (a programming error; adapters check names
         with :meth:`check_policy` when they are built).
+
+        ``context`` is the request's :class:`~bbverify.context.RequestContext`
+        (client IP, method, path), built once by an adapter; scripts may give
+        ``client_ip=``, ``method=`` and ``path=`` instead (giving both raises
+        ``TypeError``). The rules see the context with ``now`` from this
+        verifier's clock.
         """
-        named = self._policy_rules(policy)
-        claims: PipelineClaims | None = None
-        trust: _Trust | None = None
+        call = _Call(self, token, context, client_ip, method, path, policy, policies)
         try:
-            entry = self._cached(token)
-            if entry is None:
-                parsed, header = self._prepare(token)
-                payload = parse_json_object(decode_payload(parsed), "payload")
-                trust = self._workspace_of(payload)
-                self._plausible(payload, self._clock())
-                keys = trust.keys
-                # The lock-free look-up first; get_key (which may fetch) only on a miss.
-                key = keys.cached_key(header.kid, header.alg) or keys.get_key(header.kid, header.alg)
-                claims = self._finish(token, parsed, header, key, payload, trust)
-            else:
-                claims, trust = entry[0], entry[4]
-            self._authorize(claims, trust, client_ip, named, policies, method, path, policy)
-        except VerificationError as exc:
-            self._denied(exc, claims, client_ip, trust, policy, method, path)
-            raise
+            keys = call.start()
+            if keys is not None:
+                call.check_signature(keys.get_key(call.kid, call.alg))
+            return call.admit()
         except Exception as exc:
-            raise self._internal(exc, claims, client_ip, trust, policy, method, path) from None
-        return claims
+            raise call.refused(exc)  # noqa: B904 - the refusal itself, or its fail-closed stand-in
 
     async def averify(
         self,
         token: str | bytes,
         *,
+        context: RequestContext | None = None,
         client_ip: str | None = None,
         policy: str | None = None,
         policies: Rule | Sequence[Rule] | None = None,
@@ -660,63 +613,22 @@ class Verifier:
         path: str | None = None,
     ) -> PipelineClaims:
         """As :meth:`verify`, for event loops: a key fetch is awaited, never blocking."""
-        named = self._policy_rules(policy)
-        claims: PipelineClaims | None = None
-        trust: _Trust | None = None
+        call = _Call(self, token, context, client_ip, method, path, policy, policies)
         try:
-            entry = self._cached(token)
-            if entry is None:
-                parsed, header = self._prepare(token)
-                payload = parse_json_object(decode_payload(parsed), "payload")
-                trust = self._workspace_of(payload)
-                self._plausible(payload, self._clock())
-                keys = trust.keys
-                key = keys.cached_key(header.kid, header.alg) or await keys.aget_key(header.kid, header.alg)
-                claims = self._finish(token, parsed, header, key, payload, trust)
-            else:
-                claims, trust = entry[0], entry[4]
-            self._authorize(claims, trust, client_ip, named, policies, method, path, policy)
-        except VerificationError as exc:
-            self._denied(exc, claims, client_ip, trust, policy, method, path)
-            raise
+            keys = call.start()
+            if keys is not None:
+                call.check_signature(await keys.aget_key(call.kid, call.alg))
+            return call.admit()
         except Exception as exc:
-            raise self._internal(exc, claims, client_ip, trust, policy, method, path) from None
-        return claims
+            raise call.refused(exc)  # noqa: B904 - the refusal itself, or its fail-closed stand-in
 
     def cache_info(self) -> dict[str, int]:
         """Sizes of the internal caches (for tests and monitoring)."""
-        return {"tokens": len(self._cache), "token_limit": self._cache.maxsize, "headers": len(self._headers)}
+        return {"tokens": len(self._cache), "token_limit": self._cache.maxsize, "headers": len(self._reader)}
 
     def clear_cache(self) -> None:
         """Forget every verified token (keys are kept)."""
         self._cache.clear()
-
-    # -- the steps --------------------------------------------------------------
-
-    def _cached(self, token: object) -> _CacheEntry | None:
-        if type(token) is not str:
-            return None
-        entry = self._cache.get(token)
-        if entry is None:
-            return None
-        header, key = entry[2], entry[3]
-        # The key must still be the issuer's current key for this kid, so a
-        # rotated-out key stops vouching for cached tokens too.
-        if self._clock() >= entry[1] or entry[4].keys.cached_key(header.kid, header.alg) is not key:
-            self._cache.discard(token)
-            return None
-        return entry
-
-    def _prepare(self, token: str | bytes) -> tuple[ParsedToken, Header]:
-        parsed = split(token, self.max_token_bytes)
-        header = self._headers.get(parsed.header_segment)
-        if header is None:
-            header = parse_header(parsed.header_segment, self._algorithms)
-            # Bitbucket reuses one header per key, so this stays tiny; the cap
-            # keeps hostile traffic from growing it.
-            if len(self._headers) < 64:
-                self._headers[parsed.header_segment] = header
-        return parsed, header
 
     def _workspace_of(self, payload: Mapping[str, Any]) -> _Trust:
         """The trusted workspace whose issuer is exactly the payload's ``iss``."""
@@ -730,149 +642,188 @@ class Verifier:
             raise InvalidToken("token was issued by another issuer", code=ErrorCode.ISSUER_MISMATCH)
         return trust
 
-    def _plausible(self, payload: Mapping[str, Any], now: float) -> _Trust:
-        """What a genuine token for this verifier must carry; returns its workspace.
 
-        Runs on the unverified payload before any key lookup that may fetch
-        (issue 13: a token for another workspace, or an expired or forged
-        one, must cost no request to Bitbucket, whose anonymous limit is 60
-        an hour per address), and again after the signature.
-        """
-        trust = self._workspace_of(payload)
+class _Call:
+    """One call of :meth:`Verifier.verify` or :meth:`Verifier.averify`: the token's path, written once.
 
-        aud = payload.get("aud")
-        if aud is None:
-            raise InvalidToken("claim 'aud' is required", code=ErrorCode.MISSING_CLAIM)
-        audiences = trust.audiences
-        if type(aud) is str:
-            ok = aud in audiences
-        elif isinstance(aud, list) and aud and all(type(a) is str for a in aud):
-            ok = not audiences.isdisjoint(aud)
-        else:
-            raise InvalidToken("claim 'aud' must be a string or a list of strings", code=ErrorCode.MALFORMED)
-        if not ok:
-            expected = " or ".join(repr(a) for a in sorted(audiences))
-            raise InvalidToken(
-                f"token is not meant for this audience (expected {expected})",
-                code=ErrorCode.AUDIENCE_MISMATCH,
-            )
+    The steps, in order: the verified-token cache; else the JWS read
+    (:mod:`bbverify.token`), the workspace picked by exact ``iss`` and every
+    claim check on the unverified payload (:mod:`bbverify.claims`), so that a
+    token which cannot be genuine costs no key fetch (issue 13: Bitbucket
+    allows 60 anonymous requests an hour per address); then the key look-up,
+    the one step that may wait on the network, which the two methods drive
+    (blocking or awaited) between :meth:`start` and :meth:`check_signature`;
+    then the signature and every claim check again at the time after any
+    fetch; then the rules (:meth:`admit`). A failing step ends in
+    :meth:`refused`, which records the refusal (:func:`bbverify.audit.record`)
+    and lets only :class:`~bbverify.errors.VerificationError` out.
+    """
 
-        exp = _timestamp(payload, "exp", required=True)
-        iat = _timestamp(payload, "iat", required=True)
-        assert exp is not None and iat is not None
-        if exp < iat:
-            raise InvalidToken("claim 'exp' is before 'iat'", code=ErrorCode.INVALID_CLAIM)
-        leeway = self.leeway
-        if now >= exp + leeway:
-            raise InvalidToken("token has expired", code=ErrorCode.EXPIRED)
-        if iat > now + leeway:
-            raise InvalidToken("token was issued in the future", code=ErrorCode.NOT_YET_VALID)
-        if "nbf" in payload:  # Bitbucket sends none; checked when present
-            nbf = _timestamp(payload, "nbf", required=False)
-            if nbf is not None and nbf > now + leeway:
-                raise InvalidToken("token is not valid yet (nbf)", code=ErrorCode.NOT_YET_VALID)
-        # Everything else a genuine token must satisfy is checkable unsigned too: claim
-        # types, 'sub' agreement and the workspace pin. A token failing any of them is
-        # refused for that reason before it can cost a key fetch (finding f01).
-        _require_bitbucket_claims(payload)
-        _check_bitbucket_claims(payload)
-        pin = trust.workspace_uuid
-        if pin is not None and payload["workspaceUuid"].lower() != pin:
-            raise InvalidToken("token belongs to another workspace", code=ErrorCode.WORKSPACE_MISMATCH)
-        return trust
+    __slots__ = (
+        "claims",
+        "client_ip",
+        "context",
+        "extra",
+        "jws",
+        "method",
+        "named",
+        "path",
+        "policy",
+        "token",
+        "trust",
+        "verifier",
+    )
 
-    def _finish(
+    jws: CompactJWS  #: set by start() on a token the cache did not answer
+
+    def __init__(
         self,
+        verifier: Verifier,
         token: str | bytes,
-        parsed: ParsedToken,
-        header: Header,
-        key: VerifyingKey,
-        payload: dict[str, Any],
-        trust: _Trust,
-    ) -> PipelineClaims:
-        key.verify(header.alg, parsed.signature, parsed.signing_input)
-        # Every check again, now on signed claims and at the time after any fetch.
-        self._plausible(payload, self._clock())
-        claims = PipelineClaims.from_payload(payload)
-        if type(token) is str:
-            self._cache.put(token, (claims, float(payload["exp"]) + self.leeway, header, key, trust))
-        return claims
-
-    def _authorize(
-        self,
-        claims: PipelineClaims,
-        trust: _Trust,
+        context: RequestContext | None,
         client_ip: str | None,
-        named: tuple[Rule, ...],
+        method: str | None,
+        path: str | None,
+        policy: str | None,
         extra: Rule | Sequence[Rule] | None,
-        method: str | None,
-        path: str | None,
-        policy: str | None,
     ) -> None:
-        rules = trust.rules
-        if named:
-            rules = rules + named
-        if extra:
-            rules = rules + as_rules(extra)
-        if rules:
-            apply_rules(rules, claims, RequestContext(client_ip, self._clock(), method, path))
-        # Building a Decision nobody reads would cost more than a cache hit.
-        if wanted(True, self.on_decision):
-            self._record(None, claims, client_ip, trust, policy, method, path)
+        if context is not None:
+            if client_ip is not None or method is not None or path is not None:
+                raise TypeError("give either context= or client_ip=/method=/path=, not both")
+            if not isinstance(context, RequestContext):
+                raise TypeError(f"context must be a RequestContext, not {type(context).__name__}")
+        self.verifier = verifier
+        # An unknown policy name is a programming error, raised before anything is recorded.
+        self.named = verifier._policy_rules(policy)
+        self.token = token
+        # The context is built only when a rule or an audit record needs it.
+        self.context = context
+        self.client_ip = client_ip
+        self.method = method
+        self.path = path
+        self.policy = policy
+        self.extra = extra
+        self.trust: _Trust | None = None
+        self.claims: PipelineClaims | None = None
 
-    def _denied(
-        self,
-        exc: VerificationError,
-        claims: PipelineClaims | None,
-        client_ip: str | None,
-        trust: _Trust | None,
-        policy: str | None,
-        method: str | None = None,
-        path: str | None = None,
-    ) -> None:
-        if wanted(False, self.on_decision):
-            self._record(exc, claims, client_ip, trust, policy, method, path)
+    def refused(self, exc: Exception) -> VerificationError:
+        """Record the refusal of this call; return what to raise: ``exc`` itself, or its fail-closed stand-in.
 
-    def _record(
-        self,
-        error: VerificationError | None,
-        claims: PipelineClaims | None,
-        client_ip: str | None,
-        trust: _Trust | None,
-        policy: str | None,
-        method: str | None,
-        path: str | None,
-    ) -> None:
-        """Emit the audit Decision of one call (an allow when ``error`` is None)."""
-        decision = Decision.build(
-            claims,
-            client_ip,
-            error,
-            method=method,
-            path=path,
-            workspace_name=trust.name if trust is not None else None,
-            issuer=trust.issuer if trust is not None else None,
-            policy=policy if policy is not None else self.default_policy,
-        )
-        emit(decision, self.on_decision)
-
-    def _internal(
-        self,
-        exc: Exception,
-        claims: PipelineClaims | None,
-        client_ip: str | None,
-        trust: _Trust | None,
-        policy: str | None,
-        method: str | None = None,
-        path: str | None = None,
-    ) -> InvalidToken:
+        Only :class:`~bbverify.errors.VerificationError` leaves the verifier:
+        anything else (a bug, a broken key source) is logged and refused as
+        ``verification_failed``.
+        """
+        if isinstance(exc, VerificationError):
+            self._record(exc)
+            return exc
         # Should not happen; if it does, refuse the token rather than leak the error.
-        _log.exception("unexpected error while verifying a token; refusing it")
+        _log.error("unexpected error while verifying a token; refusing it", exc_info=exc)
         error = InvalidToken(
             f"token could not be verified ({type(exc).__name__})", code=ErrorCode.VERIFICATION_FAILED
         )
-        self._denied(error, claims, client_ip, trust, policy, method, path)
+        error.__suppress_context__ = True  # as 'raise ... from None': the log has the cause
+        self._record(error)
         return error
+
+    @property
+    def kid(self) -> str | None:
+        return self.jws.header.kid
+
+    @property
+    def alg(self) -> str:
+        return self.jws.header.alg
+
+    def start(self) -> _keys.KeySource | None:
+        """Answer from the token cache (``None``), or read and check the token and return its key source."""
+        verifier = self.verifier
+        token = self.token
+        if type(token) is str:
+            entry = verifier._cache.get(token)
+            if entry is not None:
+                trust = entry.trust
+                current = trust.current_keys
+                # The key set must still be the one that vouched (identity: no key look-up),
+                # so a rotated-out key stops vouching for cached tokens too.
+                if verifier._clock() < entry.expires and current is not None and current() is entry.key_set:
+                    self.trust, self.claims = trust, entry.claims
+                    return None
+                verifier._cache.discard(token)
+        self.jws = jws = verifier._reader.read(token)
+        self.trust = trust = verifier._workspace_of(jws.payload)
+        self._check_claims(trust)
+        return trust.keys
+
+    def check_signature(self, key: VerifyingKey) -> None:
+        """The signature with ``key``, every claim check again, then the claims (cached)."""
+        jws = self.jws
+        trust = self.trust
+        assert trust is not None
+        jws.verify_signature(key)
+        payload = jws.payload
+        # The time checks again, at the time after any fetch (the other checks
+        # read only the payload, which the signature has now vouched for).
+        recheck_times(payload, now=self.verifier._clock(), leeway=self.verifier.leeway)
+        self.claims = claims = PipelineClaims.from_payload(payload)
+        token = self.token
+        current = trust.current_keys
+        if type(token) is str and current is not None:
+            key_set = current()
+            # Cached only under the key set that holds this very key (a refresh may have
+            # installed another since the look-up).
+            if key_set is not None and key in key_set:  # VerifyingKey compares by identity
+                verifier = self.verifier
+                verifier._cache.put(
+                    token, _CacheEntry(claims, float(payload["exp"]) + verifier.leeway, key_set, trust)
+                )
+
+    def _check_claims(self, trust: _Trust) -> None:
+        verifier = self.verifier
+        check_claims(
+            self.jws.payload,
+            audiences=trust.audiences,
+            workspace_uuid=trust.workspace_uuid,
+            now=verifier._clock(),
+            leeway=verifier.leeway,
+        )
+
+    def admit(self) -> PipelineClaims:
+        """Apply the rules to the verified claims; record the allow; return the claims."""
+        verifier = self.verifier
+        claims, trust = self.claims, self.trust
+        assert claims is not None and trust is not None
+        rules = trust.rules
+        if self.named:
+            rules = rules + self.named
+        if self.extra:
+            rules = rules + as_rules(self.extra)
+        if rules:
+            apply_rules(rules, claims, self._context(verifier._clock()))
+        self._record(None)
+        return claims
+
+    def _context(self, now: float) -> RequestContext:
+        context = self.context
+        if context is None:
+            return RequestContext(self.client_ip, now, self.method, self.path)
+        return context.at(now)
+
+    def _record(self, error: VerificationError | None) -> None:
+        verifier = self.verifier
+        hook = verifier.on_decision
+        # Building a Decision (and a context) nobody reads would cost more than a cache hit.
+        if not wanted(error is None, hook):
+            return
+        trust = self.trust
+        policy = self.policy
+        record(
+            error,
+            self._context(verifier._clock()),
+            hook,
+            claims=self.claims,
+            workspace_name=trust.name if trust is not None else None,
+            issuer=trust.issuer if trust is not None else None,
+            policy=policy if policy is not None else verifier.default_policy,
+        )
 
 
 # -- one-call form -------------------------------------------------------------
@@ -913,7 +864,7 @@ def _shared_keys(verifier: Verifier, options: Mapping[str, Any]) -> None:
                 while len(_KEY_SOURCES) >= _MAX_KEY_SOURCES:
                     _KEY_SOURCES.popitem(last=False)
                 entry = _KEY_SOURCES[key] = (built, session)
-        trust.keys = entry[0]
+        trust.use_keys(entry[0])
 
 
 def _describe_key_source(keys: object) -> str:
@@ -929,6 +880,7 @@ def _describe_key_source(keys: object) -> str:
 def verify(
     token: str | bytes,
     *,
+    context: RequestContext | None = None,
     client_ip: str | None = None,
     **options: Any,
 ) -> PipelineClaims:
@@ -946,7 +898,7 @@ def verify(
     """
     verifier = Verifier(**options)
     _shared_keys(verifier, options)
-    return verifier.verify(token, client_ip=client_ip)
+    return verifier.verify(token, context=context, client_ip=client_ip)
 
 
 def _after_fork_in_child() -> None:

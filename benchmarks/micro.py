@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import gc
+import tracemalloc
 from typing import Any
 
 import jwt as pyjwt
@@ -106,4 +108,31 @@ def run(issuer: FakeIssuer, *, tokens: int, rounds: int) -> tuple[dict[str, Resu
         Case(REPEATED_RULES, again(ruled)),
     ]
     info = {"token_bytes": len(repeated), "tokens": len(pool), "rules": rules_kind}
-    return measure(cases, rounds), info
+    results = measure(cases, rounds)
+    info["bytes_per_cached_token"] = cached_token_bytes(issuer, pool)
+    return results, info
+
+
+def cached_token_bytes(issuer: FakeIssuer, pool: list[str]) -> float:
+    """Memory one verified token holds in the verifier's cache, in bytes (tracemalloc, mean over ``pool``).
+
+    What a fresh verifier holds more after verifying every token of ``pool``
+    than before (claims, frozen payload, cache entry, the token string's
+    dict slot; the token string itself belongs to the caller).
+    """
+    verifier = issuer.verifier(cache_size=len(pool) + 1)
+    verifier.warm_up()
+    verifier.verify(pool[0], client_ip=CLIENT_IP)  # first-call memos (header, parser) are not per token
+    verifier.clear_cache()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for t in pool:
+            verifier.verify(t, client_ip=CLIENT_IP)
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert verifier.cache_info()["tokens"] == len(pool)
+    return (after - before) / len(pool)

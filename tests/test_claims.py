@@ -189,3 +189,64 @@ def test_from_payload_builds_claims_by_keyword() -> None:
     assert len(calls) == 1
     assert calls[0].args == []
     assert {k.arg for k in calls[0].keywords} == {f.name for f in dataclasses.fields(PipelineClaims)}
+
+
+# -- check_claims: the claims layer, one check per claim ---------------------------------
+
+NOW = 1_700_000_100.0
+
+
+def checked(p: dict[str, Any], *, pin: str | None = None, now: float = NOW) -> None:
+    from bbverify.claims import check_claims
+
+    check_claims(p, audiences=frozenset({AUD}), workspace_uuid=pin, now=now, leeway=10.0)
+
+
+def test_check_claims_admits_a_genuine_payload_and_leaves_it_unchanged() -> None:
+    p = payload()
+    before = dict(p)
+    checked(p, pin=WS)
+    assert p == before
+
+
+@pytest.mark.parametrize(
+    ("over", "code"),
+    [
+        ({"aud": None}, "missing_claim"),
+        ({"aud": "someone-else"}, "audience_mismatch"),
+        ({"aud": [1]}, "malformed"),
+        ({"exp": 1_700_000_000 - 1}, "invalid_claim"),
+        ({"exp": True}, "malformed"),
+        ({"exp": 1_700_000_050}, "expired"),
+        ({"iat": 1_700_000_500, "exp": 1_700_003_600}, "not_yet_valid"),
+        ({"nbf": 1_700_000_500}, "not_yet_valid"),
+        ({"stepUuid": None}, "missing_claim"),
+        ({"stepUuid": ""}, "malformed"),
+        ({"branchName": 7}, "malformed"),
+        ({"sub": f"{REPO}:{ENV}:{STEP}"}, "subject_mismatch"),
+    ],
+)
+def test_check_claims_refuses_each_claim_with_its_code(over: dict[str, Any], code: str) -> None:
+    p = payload(**over)
+    if over.get("aud", 0) is None or over.get("stepUuid", 0) is None:
+        p = {k: v for k, v in p.items() if v is not None}
+    with pytest.raises(InvalidToken) as exc:
+        checked(p)
+    assert exc.value.code == code
+
+
+def test_check_claims_pins_the_workspace_in_any_spelling_of_the_token() -> None:
+    checked(payload(workspaceUuid=WS.upper()), pin=WS)
+    with pytest.raises(InvalidToken) as exc:
+        checked(payload(), pin="{" + "9" * 8 + U[8:] + "}")
+    assert exc.value.code == "workspace_mismatch"
+
+
+def test_recheck_times_checks_only_the_times() -> None:
+    from bbverify.claims import recheck_times
+
+    p = payload(aud="not checked here")
+    recheck_times(p, now=NOW, leeway=10.0)
+    with pytest.raises(InvalidToken) as exc:
+        recheck_times(p, now=1_700_003_610.0, leeway=10.0)
+    assert exc.value.code == "expired"

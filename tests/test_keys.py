@@ -360,18 +360,27 @@ def test_ttl_refresh_happens_in_the_background(
         ks.get_key("k1", "RS256")
 
 
-def test_cached_key_alone_also_triggers_the_ttl_refresh(
+def test_current_keys_alone_also_triggers_the_ttl_refresh(
     rsps: responses.RequestsMock, k1: SigningKey, k2: SigningKey
 ) -> None:
+    # The verifier's token cache asks only current_keys(); a service whose traffic
+    # is all cache hits must still refresh, or a removed key would keep vouching.
     route = rsps.get(JWKS, json=jwks(k1))
     clock = FakeClock()
     ks = keyset(cache_ttl=60, monotonic=clock)
     ks.warm_up()
     route.body = json.dumps(jwks(k2))
     clock.advance(61)
-    assert ks.cached_key("k1", "RS256") is not None
+    # cached_key() never starts a fetch, not even the due refresh.
+    for _ in range(3):
+        assert ks.cached_key("k1", "RS256") is not None
+        assert ks.cached_key("k2", "RS256") is None
+    assert len(rsps.calls) == 1
+    before = ks.current_keys()
+    assert before is not None and [k.kid for k in before] == ["k1"]
     wait_until(lambda: ks.cached_key("k1", "RS256") is None)
     assert ks.cached_key("k1", "RS256") is None
+    assert ks.current_keys() is not before
     assert len(rsps.calls) == 2
 
 

@@ -297,3 +297,54 @@ def test_header_segment_strictness(seg: str) -> None:
     with pytest.raises(InvalidToken) as exc:
         parse_header(seg, RS256)
     assert code_of(exc) == "malformed"
+
+
+# -- JWSReader and CompactJWS: the JWS layer ------------------------------------------
+
+
+def test_reader_returns_header_and_payload_unverified() -> None:
+    from bbverify.token import JWSReader
+
+    reader = JWSReader(RS256)
+    body = enc(json.dumps({"a": 1}))
+    jws = reader.read(f"{header_seg({'alg': 'RS256', 'kid': 'k1'})}.{body}.{enc(b'sig')}")
+    assert (jws.header.alg, jws.header.kid, jws.payload) == ("RS256", "k1", {"a": 1})
+    assert jws.parsed.signature == b"sig"
+
+
+def test_reader_remembers_headers_up_to_its_cap() -> None:
+    from bbverify.token import JWSReader
+
+    reader = JWSReader(RS256)
+    body, sig = enc("{}"), enc(b"sig")
+    first = reader.read(f"{header_seg({'alg': 'RS256', 'kid': 'k0'})}.{body}.{sig}").header
+    assert reader.read(f"{header_seg({'alg': 'RS256', 'kid': 'k0'})}.{body}.{sig}").header is first
+    for i in range(JWSReader.MAX_HEADERS + 10):
+        reader.read(f"{header_seg({'alg': 'RS256', 'kid': f'k{i}'})}.{body}.{sig}")
+    assert len(reader) == JWSReader.MAX_HEADERS
+
+
+def test_reader_applies_the_size_cap_and_the_allowlist() -> None:
+    from bbverify.token import JWSReader
+
+    reader = JWSReader(RS256, max_bytes=512)
+    with pytest.raises(InvalidToken) as exc:
+        reader.read("a" * 513)
+    assert code_of(exc) == "token_too_large"
+    with pytest.raises(InvalidToken) as exc:
+        reader.read(f"{header_seg({'alg': 'HS256'})}.{enc('{}')}.{enc(b'sig')}")
+    assert code_of(exc) == "unsupported_algorithm"
+
+
+def test_verify_signature_uses_the_header_alg_and_the_signing_input() -> None:
+    from bbverify.token import JWSReader
+
+    seen: list[tuple[str, bytes, bytes]] = []
+
+    class Key:
+        def verify(self, alg: str, signature: bytes, signing_input: bytes) -> None:
+            seen.append((alg, signature, signing_input))
+
+    head, body = header_seg({"alg": "RS256"}), enc("{}")
+    JWSReader(RS256).read(f"{head}.{body}.{enc(b'sig')}").verify_signature(Key())
+    assert seen == [("RS256", b"sig", f"{head}.{body}".encode())]
