@@ -70,6 +70,7 @@ def test_serve_applies_bbverify_variables_over_the_file(tmp_path: Path) -> None:
         ("BBVERIFY_REPOSITORIES", "not-a-uuid"),  # invalid
         ("BBVERIFY_KEY_STORE_KND", "file"),  # misspelt
         ("BBVERIFY_TIMEOUT", "soon"),  # a verifier setting
+        ("BBVERIFY_ISSUER", "not a url"),  # what `bbverify fake-issuer` tells you to set, mistyped
     ],
 )
 def test_an_invalid_or_misspelt_variable_is_a_start_up_error_naming_it(
