@@ -24,23 +24,16 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from typing import Any
 
+from .bearer import DEFAULT_REALM, ErrorResponse
 from .claims import PipelineClaims
+from .context import RequestContext
 from .errors import ConfigurationError, VerificationError
-from .http import (
-    CLAIMS_KEY,
-    CLIENT_IP_KEY,
-    DEFAULT_REALM,
-    POLICY_KEY,
-    UNIX_SOCKET_PEER,
-    VERIFIER_KEY,
-    ErrorHandler,
-    ErrorResponse,
-    Guard,
-    TrustedProxiesSpec,
-    routing_path,
-    scopes_for,
-)
+from .guard import ErrorHandler, Guard, Refusal
+from .identity import PipelineUser
+from .paths import routing_path
 from .policies import Rule
+from .proxies import UNIX_SOCKET_PEER, TrustedProxiesSpec
+from .scopes import scopes_for
 from .verifier import Verifier
 
 __all__ = [
@@ -56,7 +49,9 @@ __all__ = [
     "auth_headers",
     "peer_address",
     "scope_path",
+    "scope_request",
     "scopes_for",
+    "send_error",
     "set_scope_claims",
 ]
 
@@ -70,35 +65,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 WS_POLICY_VIOLATION = 1008
 
 
-class PipelineUser:
-    """The authenticated pipeline, shaped like Starlette's ``BaseUser``."""
-
-    __slots__ = ("claims",)
-
-    def __init__(self, claims: PipelineClaims) -> None:
-        self.claims = claims
-
-    @property
-    def is_authenticated(self) -> bool:
-        return True
-
-    @property
-    def display_name(self) -> str:
-        """``repository {uuid}`` plus the environment for deployment steps."""
-        name = f"repository {self.claims.repository_uuid}"
-        if self.claims.deployment_environment_uuid:
-            name += f" environment {self.claims.deployment_environment_uuid}"
-        return name
-
-    @property
-    def identity(self) -> str:
-        """The token's subject (repository, environment and step)."""
-        return self.claims.subject
-
-    def __repr__(self) -> str:
-        return f"PipelineUser({self.claims.subject!r})"
-
-
 class PipelineCredentials:
     """The scopes granted, shaped like Starlette's ``AuthCredentials``."""
 
@@ -108,21 +74,15 @@ class PipelineCredentials:
         self.scopes = list(scopes)
 
 
-def set_scope_claims(
-    scope: Scope,
-    claims: PipelineClaims,
-    verifier: Verifier,
-    policy: str | None = None,
-    client: str | None = None,
-) -> None:
-    """Record verified claims and the client address in an ASGI scope (every ASGI adapter).
+def set_scope_claims(scope: Scope, claims: PipelineClaims, guard: Guard, client: str | None) -> None:
+    """Record a verified request in an ASGI scope (every ASGI adapter), as Starlette would.
 
-    ``policy`` is the named policy the claims passed (after the default).
+    The guard's keys (:meth:`bbverify.guard.Guard.store`), plus
+    ``scope["user"]`` (a :class:`~bbverify.identity.PipelineUser`) and
+    ``scope["auth"]`` (the scopes granted), where Starlette's
+    ``AuthenticationMiddleware`` puts them.
     """
-    scope[CLAIMS_KEY] = claims
-    scope[CLIENT_IP_KEY] = client
-    scope[VERIFIER_KEY] = verifier
-    scope[POLICY_KEY] = policy
+    guard.store(scope, claims, client)
     scope["user"] = PipelineUser(claims)
     scope["auth"] = PipelineCredentials(scopes_for(claims))
 
@@ -168,23 +128,38 @@ def peer_address(scope: Scope) -> str | None:
     return None
 
 
+def scope_request(guard: Guard, scope: Scope, path: str | None = None) -> tuple[list[bytes], RequestContext]:
+    """The ``Authorization`` lines and the one :class:`~bbverify.context.RequestContext` of an ASGI request.
+
+    The context holds the client address under ``guard``'s trusted proxies,
+    the method (``"GET"`` for a WebSocket handshake) and ``path`` (default:
+    :func:`scope_path`).
+    """
+    authorization, forwarded_for = auth_headers(scope)
+    method = scope.get("method", "GET") if scope.get("type") == "http" else "GET"
+    path = scope_path(scope) if path is None else path
+    return authorization, guard.context(peer_address(scope), forwarded_for, method, path)
+
+
 def scope_path(scope: Scope) -> str:
     """The path the wrapped app routes on (``path`` minus ``root_path``; see ``routing_path``)."""
     return routing_path(scope.get("path"), scope.get("root_path"))
 
 
-async def send_error(
-    guard: Guard, error: VerificationError, scope: Scope, receive: Receive, send: Send
-) -> None:
-    """Answer an HTTP request with the refusal for ``error`` (or the user's ``on_error``)."""
-    response, native = guard.refusal(error)
-    if callable(native):
-        await native(scope, receive, send)  # a framework response, e.g. Starlette's
+async def send_error(refusal: Refusal, scope: Scope, receive: Receive, send: Send) -> None:
+    """Answer an HTTP request with ``refusal`` (the ASGI side of the one ``send_error`` contract).
+
+    Sends ``refusal.native`` when ``on_error`` chose an ASGI app (a Starlette
+    ``Response``), else the refusal's status, headers and body.
+    """
+    if callable(refusal.native):
+        await refusal.native(scope, receive, send)
         return
-    await send_http(response, send, "http.response")
+    await send_http(refusal, send, "http.response")
 
 
 async def send_http(response: ErrorResponse, send: Send, prefix: str) -> None:
+    """Send ``response`` as ``{prefix}.start`` and ``{prefix}.body`` messages (with ``content-length``)."""
     headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
     headers.append((b"content-length", str(len(response.body)).encode()))
     await send({"type": f"{prefix}.start", "status": response.status, "headers": headers})
@@ -267,18 +242,16 @@ class PipelineAuthMiddleware:
             await self.app(scope, receive, send)
             return
         guard = self.guard
-        authorization, forwarded_for = auth_headers(scope)
-        client = guard.client_ip(peer_address(scope), forwarded_for)
-        method = scope.get("method", "GET") if kind == "http" else "GET"
+        authorization, context = scope_request(guard, scope, path)
         try:
-            claims = await guard.averify(authorization, client=client, method=method, path=path)
+            claims = await guard.averify(authorization, context=context)
         except VerificationError as exc:
             if kind == "http":
-                await send_error(guard, exc, scope, receive, send)
+                await send_error(guard.refusal(exc), scope, receive, send)
             else:
                 await self._refuse_websocket(exc, scope, receive, send)
             return
-        set_scope_claims(scope, claims, guard.verifier, guard.applied_policy, client)
+        set_scope_claims(scope, claims, guard, context.client_ip)
         await self.app(scope, receive, send)
 
     async def _refuse_websocket(
@@ -290,8 +263,7 @@ class PipelineAuthMiddleware:
             return  # the client is already gone
         extensions = scope.get("extensions") or {}
         if self.websocket_denial == "http" and "websocket.http.response" in extensions:
-            response, _ = self.guard.refusal(error)
-            await send_http(response, send, "websocket.http.response")
+            await send_http(self.guard.refusal(error), send, "websocket.http.response")
             return
         # The stable error code as the close reason, so a client (or a server
         # log) sees why; a close frame's reason fits in 123 bytes (RFC 6455 5.5).

@@ -39,11 +39,13 @@ from rest_framework.permissions import (
 )
 from rest_framework.request import Request
 
+from .bearer import ErrorResponse, quote_header_value
 from .claims import PipelineClaims
 from .django.conf import get_config
 from .django.flow import as_django, native_response, verify_request
 from .errors import ConfigurationError, PolicyDenied, VerificationError
-from .http import ErrorResponse, Guard, quote_header_value
+from .guard import Guard
+from .identity import PipelineUser
 
 __all__ = [
     "HasPipelinePolicy",
@@ -53,51 +55,6 @@ __all__ = [
     "exception_handler",
     "permission_policies",
 ]
-
-
-class PipelineUser:
-    """The user-like object DRF puts in ``request.user`` for a pipeline token.
-
-    Not a database user: ``claims`` holds the :class:`~bbverify.PipelineClaims`
-    (also in ``request.auth``); ``username`` is the token's ``sub``
-    (``{repositoryUuid}:{stepUuid}``, new for every step). ``pk`` and ``id``
-    are the repository UUID (``repositoryUuid``, with braces): a stable
-    identity per repository, so DRF's ``UserRateThrottle`` and
-    ``ScopedRateThrottle`` (which key users by ``pk``) give each repository
-    its own bucket instead of one bucket for every pipeline.
-    """
-
-    is_authenticated = True
-    is_anonymous = False
-    is_active = True
-    is_staff = False
-    is_superuser = False
-
-    def __init__(self, claims: PipelineClaims) -> None:
-        self.claims = claims
-        self.username = claims.subject
-        #: The repository UUID (``str``, with braces): DRF's throttles key on it.
-        self.pk: str = claims.repository_uuid
-        self.id: str = claims.repository_uuid
-
-    def get_username(self) -> str:
-        return self.username
-
-    def has_perm(self, perm: str, obj: object = None) -> bool:
-        # Django permissions belong to database users; a pipeline has only its policies.
-        return False
-
-    def has_perms(self, perms: Any, obj: object = None) -> bool:
-        return False
-
-    def has_module_perms(self, app_label: str) -> bool:
-        return False
-
-    def __str__(self) -> str:
-        return self.username
-
-    def __repr__(self) -> str:
-        return f"PipelineUser({self.username!r})"
 
 
 class PipelineAuthError(exceptions.APIException):
@@ -135,8 +92,8 @@ def _detail(body: bytes) -> Any:
 
 
 def _refuse(guard: Guard, error: VerificationError) -> PipelineAuthError:
-    response, native = guard.refusal(error)
-    return PipelineAuthError(error, response, native_response(native))
+    refusal = guard.refusal(error)
+    return PipelineAuthError(error, refusal.response, native_response(refusal.native))
 
 
 def _guard(policy: str | None) -> Guard:

@@ -43,7 +43,7 @@ rules saw is ``bbverify.http.request_client_ip(request)``.
 # string annotations on a callable instance: ``request`` became a required
 # query parameter and every request got 422.
 import json
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -52,22 +52,15 @@ from fastapi.security import HTTPBearer, SecurityScopes
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
-from .asgi import auth_headers, peer_address, scope_path, set_scope_claims
+from .asgi import scope_request, set_scope_claims
+from .bearer import DEFAULT_REALM, ErrorResponse
 from .claims import PipelineClaims
 from .errors import ConfigurationError, VerificationError
-from .http import (
-    CLAIMS_KEY,
-    DEFAULT_REALM,
-    POLICY_KEY,
-    VERIFIER_KEY,
-    ErrorHandler,
-    ErrorResponse,
-    Guard,
-    TrustedProxiesSpec,
-    check_scope_names,
-    check_scopes,
-)
+from .guard import ErrorHandler, Guard, route_policies
+from .identity import CLAIMS_KEY
 from .policies import Rule
+from .proxies import TrustedProxiesSpec
+from .scopes import check_scope_names, check_scopes
 from .starlette import to_response
 from .verifier import Verifier
 
@@ -103,7 +96,10 @@ class PipelineAuth(HTTPBearer):
 
     Args:
         verifier: the :class:`~bbverify.Verifier`.
-        route_rules: rules for this route, added to the verifier's own.
+        route_rules: rules for this route, added to the verifier's own (the
+            older spelling of ``policies``; give one or the other).
+        policies: rules for this route, added to the verifier's own (the
+            name every adapter uses).
         trusted_proxies: as for :class:`bbverify.asgi.PipelineAuthMiddleware`.
         realm: the ``realm`` of ``WWW-Authenticate``.
         policy: the verifier's named policy for this route
@@ -115,6 +111,10 @@ class PipelineAuth(HTTPBearer):
         auto_error: ``True`` (default) refuses a request without a token;
             ``False`` returns ``None`` for it (optional authentication, as
             FastAPI's own ``HTTPBearer(auto_error=False)``).
+        optional: ``True`` is ``auto_error=False`` under the name the Flask
+            and Django adapters use; ``None`` (default) leaves it to
+            ``auto_error``. Contradicting ``auto_error`` is a
+            :class:`~bbverify.errors.ConfigurationError`.
         scheme_name: the security scheme's name in the OpenAPI document.
         description: the security scheme's description in the OpenAPI document.
 
@@ -133,6 +133,7 @@ class PipelineAuth(HTTPBearer):
         self,
         verifier: Verifier,
         *route_rules: Rule,
+        policies: Rule | Sequence[Rule] | None = None,
         trusted_proxies: TrustedProxiesSpec = None,
         realm: str = DEFAULT_REALM,
         on_error: ErrorHandler | None = None,
@@ -140,13 +141,14 @@ class PipelineAuth(HTTPBearer):
         scheme_name: str | None = "BitbucketPipelinesOIDC",
         description: str | None = "A Bitbucket Pipelines OIDC token ($BITBUCKET_STEP_OIDC_TOKEN).",
         policy: str | None = None,
+        optional: bool | None = None,
     ) -> None:
         super().__init__(
             bearerFormat="JWT", scheme_name=scheme_name, description=description, auto_error=False
         )
         self.guard = Guard(
             verifier,
-            route_rules,
+            route_policies(policies, route_rules),
             trusted_proxies=trusted_proxies,
             realm=realm,
             on_error=on_error,
@@ -154,6 +156,12 @@ class PipelineAuth(HTTPBearer):
         )
         if not isinstance(auto_error, bool):
             raise ConfigurationError("must be True or False", key="auto_error")
+        if optional is not None:
+            if not isinstance(optional, bool):
+                raise ConfigurationError("must be True or False", key="optional")
+            if not auto_error and not optional:
+                raise ConfigurationError("contradicts auto_error=False; give one of the two", key="optional")
+            auto_error = not optional
         # HTTPBearer's own flag stays False: this class answers every refusal itself.
         self.optional = not auto_error
 
@@ -163,22 +171,20 @@ class PipelineAuth(HTTPBearer):
         scope = request.scope
         guard = self.guard
         required = check_scope_names(security_scopes.scopes, "Security.scopes")
-        claims = guard.reusable(scope.get(CLAIMS_KEY), scope.get(VERIFIER_KEY), scope.get(POLICY_KEY))
+        claims = guard.reused(scope)
         try:
             if claims is None:
-                authorization, forwarded_for = auth_headers(scope)
+                authorization, context = scope_request(guard, scope)
                 if self.optional and not authorization:
                     return None
-                client = guard.client_ip(peer_address(scope), forwarded_for)
-                claims = await guard.averify(
-                    authorization, client=client, method=scope.get("method", "GET"), path=scope_path(scope)
-                )
+                claims = await guard.averify(authorization, context=context)
                 if CLAIMS_KEY not in scope:
-                    set_scope_claims(scope, claims, guard.verifier, guard.applied_policy, client)
+                    set_scope_claims(scope, claims, guard, context.client_ip)
             check_scopes(claims, required, scope)
         except VerificationError as exc:
-            response, native = guard.refusal(exc)
-            raise PipelineAuthError(exc, native if isinstance(native, Response) else response) from None
+            refusal = guard.refusal(exc)
+            native = refusal.native if isinstance(refusal.native, Response) else None
+            raise PipelineAuthError(exc, native or refusal.response) from None
         return claims
 
 

@@ -32,30 +32,24 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 from flask import Flask, current_app, g, has_app_context, make_response, request
 from flask.typing import ResponseReturnValue
 
+from .bearer import DEFAULT_REALM
 from .claims import PipelineClaims
 from .errors import ConfigurationError, VerificationError
-from .http import (
-    CLAIMS_KEY,
-    CLIENT_IP_KEY,
-    DEFAULT_REALM,
-    POLICY_KEY,
-    VERIFIER_KEY,
-    ErrorHandler,
-    Guard,
-    TrustedProxiesSpec,
-    routing_path,
-)
-from .policies import Rule
+from .guard import ErrorHandler, Guard, Refusal, route_policies
+from .identity import CLIENT_IP_KEY
+from .paths import routing_path
+from .policies import Rule, as_rules
+from .proxies import TrustedProxiesSpec
 from .verifier import Verifier
 from .wsgi import environ_request
 
-__all__ = ["BBVerify", "current_claims", "current_client_ip", "require_pipeline"]
+__all__ = ["BBVerify", "current_claims", "current_client_ip", "require_pipeline", "send_error"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXTENSION_KEY = "bbverify"
@@ -223,16 +217,17 @@ def current_client_ip() -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _refusal(guard: Guard, error: VerificationError) -> ResponseReturnValue:
-    response, native = guard.refusal(error)
-    if native is not None:
-        return make_response(native)
-    return current_app.response_class(response.body, status=response.status, headers=list(response.headers))
+def send_error(refusal: Refusal) -> ResponseReturnValue:
+    """The Flask answer for ``refusal``: ``on_error``'s response value if it chose one, else the refusal."""
+    if refusal.native is not None:
+        return make_response(refusal.native)
+    return current_app.response_class(refusal.body, status=refusal.status, headers=list(refusal.headers))
 
 
 def require_pipeline(
     verifier: Verifier | None = None,
     *route_rules: Rule,
+    policies: Rule | Sequence[Rule] | None = None,
     trusted_proxies: TrustedProxiesSpec = None,
     realm: str | None = None,
     on_error: ErrorHandler | None = None,
@@ -243,8 +238,9 @@ def require_pipeline(
 
     ``verifier`` is a :class:`~bbverify.Verifier`, or ``None`` to use the
     :class:`BBVerify` extension of the current app (its trusted proxies,
-    realm, ``on_error`` and policy apply unless given here). ``route_rules``
-    are added to the verifier's own rules for this view. ``policy`` names one
+    realm, ``on_error`` and policy apply unless given here). ``policies``
+    (or, the older spelling, positional ``route_rules``; not both) are added
+    to the verifier's own rules for this view. ``policy`` names one
     of the verifier's named policies; an unknown name raises
     ``ConfigurationError`` here (with an explicit verifier, or inside an app
     context), else in :meth:`BBVerify.init_app` for views registered before
@@ -261,11 +257,12 @@ def require_pipeline(
             "(write @require_pipeline() to use the app's BBVerify extension)",
             key="verifier",
         )
+    rules = as_rules(route_policies(policies, route_rules))
     own: Guard | None = None
     if verifier is not None:
         own = Guard(
             verifier,
-            route_rules,
+            rules,
             trusted_proxies=trusted_proxies,
             realm=realm or DEFAULT_REALM,
             on_error=on_error,
@@ -277,7 +274,7 @@ def require_pipeline(
             if isinstance(state, _State):
                 state.verifier.check_policy(policy)
         # Check the rules now; the guard itself needs the app's settings.
-        for i, rule in enumerate(route_rules):
+        for i, rule in enumerate(rules):
             if not callable(rule):
                 raise ConfigurationError(f"{rule!r} is not a rule (a callable)", key=f"route_rules[{i}]")
     key = object()
@@ -285,28 +282,23 @@ def require_pipeline(
     def guard_now() -> Guard:
         if own is not None:
             return own
-        return _state(current_app).guard(key, route_rules, trusted_proxies, realm, on_error, policy)
+        return _state(current_app).guard(key, rules, trusted_proxies, realm, on_error, policy)
 
     def check() -> ResponseReturnValue | None:
         guard = guard_now()
         environ = request.environ
-        reused = guard.reusable(environ.get(CLAIMS_KEY), environ.get(VERIFIER_KEY), environ.get(POLICY_KEY))
+        reused = guard.reused(environ)
         if reused is None:
             authorization, peer, forwarded = environ_request(environ)
             if optional and not authorization:
                 g.pipeline_claims = None
                 return None
-            client = guard.client_ip(peer, forwarded)
+            context = guard.context(peer, forwarded, request.method, routing_path(request.path))
             try:
-                reused = guard.verify(
-                    authorization, client=client, method=request.method, path=routing_path(request.path)
-                )
+                reused = guard.verify(authorization, context=context)
             except VerificationError as exc:
-                return _refusal(guard, exc)
-            environ[CLAIMS_KEY] = reused
-            environ[VERIFIER_KEY] = guard.verifier
-            environ[POLICY_KEY] = guard.applied_policy
-            environ[CLIENT_IP_KEY] = client
+                return send_error(guard.refusal(exc))
+            guard.store(environ, reused, context.client_ip)
         g.pipeline_claims = reused
         return None
 

@@ -55,9 +55,11 @@ from typing import Any
 from urllib.parse import quote
 
 from .asgi import Receive, Scope, Send, peer_address
-from .audit import Decision, emit
+from .audit import record
+from .bearer import DEFAULT_REALM, ErrorResponse, error_response
 from .claims import PipelineClaims
 from .config import load_toml_table, verifier_from_layers, verifier_from_mapping
+from .context import RequestContext
 from .errors import (
     ConfigurationError,
     ErrorCode,
@@ -66,9 +68,11 @@ from .errors import (
     RouteDenied,
     VerificationError,
 )
-from .http import DEFAULT_REALM, ErrorResponse, Guard, TrustedProxiesSpec, error_response
+from .guard import Guard
 from .metrics import VerifierMetrics, key_sources
+from .proxies import TrustedProxiesSpec
 from .routes import RouteMatch, RouteTable
+from .tables import check_keys
 from .verifier import Verifier
 
 __all__ = [
@@ -82,11 +86,10 @@ __all__ = [
     "split_serve",
 ]
 
-
+PROTOCOLS = ("nginx", "forwarded", "envoy")
+#: One JSON line per check; decisions go to ``bbverify.audit`` as everywhere else.
 ACCESS_LOGGER = logging.getLogger("bbverify.gateway.access")
 _log = logging.getLogger("bbverify.gateway")
-
-PROTOCOLS = ("nginx", "forwarded", "envoy")
 #: Claim (as in ``PipelineClaims.summary()``) -> response header naming it.
 DEFAULT_IDENTITY_HEADERS: Mapping[str, str] = {
     "workspace": "X-Bbverify-Workspace",
@@ -171,12 +174,7 @@ def serve_settings(table: Mapping[str, Any], *, key: str = "serve") -> GatewaySe
     """
     if not isinstance(table, Mapping):
         raise ConfigurationError("must be a table ([bbverify.serve])", key=key)
-    for name in table:
-        if name not in _SERVE_KEYS:
-            raise ConfigurationError(
-                f"unknown setting {name!r}; known settings: {', '.join(sorted(_SERVE_KEYS))}",
-                key=f"{key}.{name}",
-            )
+    check_keys(table, _SERVE_KEYS, lambda name: f"{key}.{name}")
     if "protocol" not in table:
         raise ConfigurationError(f"is required: one of {', '.join(PROTOCOLS)}", key=f"{key}.protocol")
     protocol = table["protocol"]
@@ -467,7 +465,8 @@ class Gateway:
         for k, v in scope.get("headers") or ():
             headers.setdefault(k.lower(), []).append(v)
         guard = self.guard
-        client = guard.client_ip(peer_address(scope), headers.get(b"x-forwarded-for", []))
+        address = guard.client_address(peer_address(scope), headers.get(b"x-forwarded-for", []))
+        client = None if address is None else str(address)
         claims: PipelineClaims | None = None
         match: RouteMatch | None = None
         method = host = target = None
@@ -483,11 +482,10 @@ class Gateway:
                         )
             match = self.settings.routes.match(method, host, target)
             if not match.public:
-                token = guard.token(headers.get(b"authorization", []), client, match.method, match.path)
+                context = RequestContext(address, 0.0, match.method, match.path)
+                token = guard.token(headers.get(b"authorization", []), context)
                 # policy=None: the verifier's default policy (if any); its base rules always apply.
-                claims = await self.verifier.averify(
-                    token, client_ip=client, method=match.method, path=match.path, policy=match.policy
-                )
+                claims = await self.verifier.averify(token, context=context, policy=match.policy)
         except Exception as caught:
             exc = caught if isinstance(caught, VerificationError) else self._internal(caught)
             if isinstance(exc, RouteDenied):
@@ -496,7 +494,7 @@ class Gateway:
                 # spaces or controls in it cannot fake fields of the audit line.
                 path = quote((target or "").split("?", 1)[0][:512], safe=_URI_SAFE) or None
                 said = quote(method[:32], safe=_URI_SAFE) if method else None
-                emit(Decision.build(None, client, exc, method=said, path=path), self.verifier.on_decision)
+                record(exc, RequestContext(address, 0.0, said, path), self.verifier.on_decision)
             response = self._refusal(exc)
             elapsed = time.perf_counter() - start
             if match is not None and not match.public:

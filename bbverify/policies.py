@@ -199,15 +199,17 @@ class _AllowList(_BuiltinRule):
         self._values = values
         self._allowed = frozenset(values)
 
-    def _admits(self, value: str) -> bool:
-        return value in self._allowed
+    def _also_admits(self, value: str) -> bool:
+        """Whether a value that is not literally allowed still is (another spelling); no by default."""
+        return False
 
     def _refusal(self, value: str) -> PolicyDenied:
         raise NotImplementedError  # pragma: no cover
 
     def __call__(self, claims: PipelineClaims, context: RequestContext) -> None:
         value = self._claim(claims) or ""
-        if not self._admits(value):
+        # The literal look-up first: a genuine token spells the claim as configured.
+        if value not in self._allowed and not self._also_admits(value):
             raise self._refusal(value)
 
     def __repr__(self) -> str:
@@ -224,9 +226,9 @@ class _UUIDAllowList(_AllowList):
         self.uuids: tuple[str, ...] = _uuid_set(uuids, self.name)
         self._allow(self.uuids)
 
-    def _admits(self, value: str) -> bool:
+    def _also_admits(self, value: str) -> bool:
         # Bitbucket already writes {lowercase}; normalise only other spellings.
-        return value in self._allowed or try_normalize_uuid(value) in self._allowed
+        return try_normalize_uuid(value) in self._allowed
 
     def _refusal(self, value: str) -> PolicyDenied:
         return self._deny(
@@ -274,7 +276,9 @@ class Environments(_UUIDAllowList, claim="deployment_environment_uuid"):
                 "run the step with 'deployment: <environment>' in bitbucket-pipelines.yml",
                 ErrorCode.ENVIRONMENT_REQUIRED,
             )
-        super().__call__(claims, context)
+        value = claims.deployment_environment_uuid
+        if value not in self._allowed and not self._also_admits(value):
+            raise self._refusal(value)
 
 
 _GLOB_CHARS = frozenset("*?[")
@@ -466,7 +470,10 @@ class StepDuration(_BuiltinRule):
         return f"{self.max_minutes:g}+{self.start_buffer_minutes:g} minutes this service accepts"
 
     def __call__(self, claims: PipelineClaims, context: RequestContext) -> None:
-        iat = claims.issued_at.timestamp()
+        # The payload's own numbers (checked to be finite dates by the claims
+        # layer): the same instants as issued_at/expires_at, without datetime arithmetic.
+        raw = claims.raw
+        iat = raw["iat"]
         limit = self.limit_seconds
         age = context.now - iat
         if age > limit:
@@ -475,7 +482,7 @@ class StepDuration(_BuiltinRule):
                 "call this service earlier in the step, or raise max_minutes",
                 ErrorCode.STEP_TOO_LONG,
             )
-        lifetime = claims.expires_at.timestamp() - iat
+        lifetime = raw["exp"] - iat
         if self.check_lifetime and lifetime > limit:
             raise self._deny(
                 f"the token is valid for {lifetime / 60:.0f} minutes, more than the {self._limit_text()}; "

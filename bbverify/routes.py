@@ -54,6 +54,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigurationError, ErrorCode, RouteDenied
+from .tables import check_keys
 
 __all__ = [
     "Route",
@@ -384,12 +385,7 @@ class RouteTable:
     def _build(self, index: int, entry: object, key: str) -> Route:
         if not isinstance(entry, Mapping):
             raise ConfigurationError("must be a table", key=key)
-        for name in entry:
-            if name not in _ROUTE_KEYS:
-                raise ConfigurationError(
-                    f"unknown route setting {name!r}; known settings: {', '.join(sorted(_ROUTE_KEYS))}",
-                    key=f"{key}.{name}",
-                )
+        check_keys(entry, _ROUTE_KEYS, lambda name: f"{key}.{name}", what="route setting")
         host: str | None = None
         port: int | None = None
         if "host" in entry:

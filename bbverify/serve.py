@@ -30,7 +30,7 @@ from typing import Any
 from .config import load_toml_table
 from .errors import ConfigurationError
 from .gateway import Gateway, gateway_from_toml
-from .http import TrustedProxies
+from .proxies import TrustedProxies
 from .keys import RemoteKeySet
 from .metrics import key_sources
 from .stores import MemoryKeyStore

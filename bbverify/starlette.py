@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar, cast
 
 from starlette.authentication import AuthCredentials, AuthenticationBackend, AuthenticationError, BaseUser
@@ -41,22 +41,15 @@ from starlette.requests import HTTPConnection
 from starlette.responses import Response
 from starlette.websockets import WebSocket
 
-from .asgi import WS_POLICY_VIOLATION, auth_headers, peer_address, scope_path, set_scope_claims
-from .asgi import PipelineUser as _PipelineUser
+from .asgi import WS_POLICY_VIOLATION, scope_request, set_scope_claims
+from .bearer import DEFAULT_REALM, ErrorResponse, error_response, quote_header_value
 from .errors import ConfigurationError, ErrorCode, MissingToken, VerificationError
-from .http import (
-    DEFAULT_REALM,
-    ErrorResponse,
-    Guard,
-    TrustedProxiesSpec,
-    check_scope_names,
-    check_scopes,
-    error_response,
-    quote_header_value,
-    request_claims,
-    scopes_for,
-)
+from .guard import Guard, route_policies
+from .identity import PipelineUser as _PipelineUser
+from .identity import request_claims
 from .policies import Rule
+from .proxies import TrustedProxiesSpec
+from .scopes import check_scope_names, check_scopes, scopes_for
 from .verifier import Verifier
 
 __all__ = ["PipelineAuthBackend", "PipelineAuthenticationError", "PipelineUser", "requires", "to_response"]
@@ -65,7 +58,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class PipelineUser(_PipelineUser, BaseUser):
-    """:class:`bbverify.asgi.PipelineUser` that is also a Starlette ``BaseUser``."""
+    """:class:`bbverify.identity.PipelineUser` that is also a Starlette ``BaseUser``."""
 
 
 def to_response(error_response: ErrorResponse) -> Response:
@@ -98,34 +91,33 @@ class PipelineAuthBackend(AuthenticationBackend):
     middleware so that it is answered with the RFC 6750 response.
     ``policy`` names the verifier's named policy to apply (``None``: its
     default policy, if any); it is checked when the backend is built.
+    ``policies`` are rules added to the verifier's own (the name every
+    adapter uses); extra positional rules, the older spelling, still work
+    (giving both is a :class:`~bbverify.errors.ConfigurationError`).
     """
 
     def __init__(
         self,
         verifier: Verifier,
         *route_rules: Rule,
+        policy: str | None = None,
+        policies: Rule | Sequence[Rule] | None = None,
         trusted_proxies: TrustedProxiesSpec = None,
         realm: str = DEFAULT_REALM,
-        policy: str | None = None,
     ) -> None:
-        self.guard = Guard(
-            verifier, route_rules, trusted_proxies=trusted_proxies, realm=realm, policy=policy
-        )
+        rules = route_policies(policies, route_rules)
+        self.guard = Guard(verifier, rules, trusted_proxies=trusted_proxies, realm=realm, policy=policy)
 
     async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, PipelineUser] | None:
         scope = conn.scope
-        authorization, forwarded_for = auth_headers(scope)
+        authorization, context = scope_request(self.guard, scope)
         if not authorization:
             return None
-        client = self.guard.client_ip(peer_address(scope), forwarded_for)
-        method = scope.get("method", "GET")
         try:
-            claims = await self.guard.averify(
-                authorization, client=client, method=method, path=scope_path(scope)
-            )
+            claims = await self.guard.averify(authorization, context=context)
         except VerificationError as exc:
             raise PipelineAuthenticationError(exc) from None
-        set_scope_claims(scope, claims, self.guard.verifier, self.guard.applied_policy, client)
+        set_scope_claims(scope, claims, self.guard, context.client_ip)
         return AuthCredentials(scopes_for(claims)), PipelineUser(claims)
 
     def on_error(self, conn: HTTPConnection, exc: AuthenticationError) -> Response:

@@ -128,6 +128,24 @@ class _TokenCache:
                 data.pop(next(iter(data)))
             data[token] = entry
 
+    def hit(self, token: object, now: float) -> _CacheEntry | None:
+        """The entry of a verified ``token`` that still holds at ``now``, else ``None`` (a stale entry is dropped).
+
+        It holds until its ``exp`` (plus leeway) while its workspace's key set
+        is still the very one that vouched for it (identity, no key look-up):
+        so a rotated-out key stops vouching for cached tokens too.
+        """
+        if type(token) is not str:
+            return None
+        entry = self.get(token)
+        if entry is None:
+            return None
+        # An entry exists only for key sources with current_keys (check_signature).
+        if now < entry.expires and entry.trust.current_keys() is entry.key_set:  # type: ignore[misc]
+            return entry
+        self.discard(token)
+        return None
+
     def discard(self, token: str) -> None:
         with self._lock:
             self._data.pop(token, None)
@@ -592,9 +610,12 @@ class Verifier:
         ``TypeError``). The rules see the context with ``now`` from this
         verifier's clock.
         """
+        hit = self._cache.hit(token, self._clock())
+        if hit is not None and policy is None and policies is None and context is None and self._plain(hit.trust):
+            return hit.claims  # a verified token, and nothing to apply or record
         call = _Call(self, token, context, client_ip, method, path, policy, policies)
         try:
-            keys = call.start()
+            keys = call.start(hit)
             if keys is not None:
                 call.check_signature(keys.get_key(call.kid, call.alg))
             return call.admit()
@@ -613,14 +634,21 @@ class Verifier:
         path: str | None = None,
     ) -> PipelineClaims:
         """As :meth:`verify`, for event loops: a key fetch is awaited, never blocking."""
+        hit = self._cache.hit(token, self._clock())
+        if hit is not None and policy is None and policies is None and context is None and self._plain(hit.trust):
+            return hit.claims  # a verified token, and nothing to apply or record
         call = _Call(self, token, context, client_ip, method, path, policy, policies)
         try:
-            keys = call.start()
+            keys = call.start(hit)
             if keys is not None:
                 call.check_signature(await keys.aget_key(call.kid, call.alg))
             return call.admit()
         except Exception as exc:
             raise call.refused(exc)  # noqa: B904 - the refusal itself, or its fail-closed stand-in
+
+    def _plain(self, trust: _Trust) -> bool:
+        """Whether a call for ``trust``'s tokens has no rule to run and no decision to record."""
+        return not trust.rules and self._default_policy is None and not wanted(True, self.on_decision)
 
     def cache_info(self) -> dict[str, int]:
         """Sizes of the internal caches (for tests and monitoring)."""
@@ -733,22 +761,13 @@ class _Call:
     def alg(self) -> str:
         return self.jws.header.alg
 
-    def start(self) -> _keys.KeySource | None:
-        """Answer from the token cache (``None``), or read and check the token and return its key source."""
+    def start(self, hit: _CacheEntry | None) -> _keys.KeySource | None:
+        """Take the token cache's answer ``hit`` (then ``None``), or read and check the token and return its key source."""
+        if hit is not None:
+            self.trust, self.claims = hit.trust, hit.claims
+            return None
         verifier = self.verifier
-        token = self.token
-        if type(token) is str:
-            entry = verifier._cache.get(token)
-            if entry is not None:
-                trust = entry.trust
-                current = trust.current_keys
-                # The key set must still be the one that vouched (identity: no key look-up),
-                # so a rotated-out key stops vouching for cached tokens too.
-                if verifier._clock() < entry.expires and current is not None and current() is entry.key_set:
-                    self.trust, self.claims = trust, entry.claims
-                    return None
-                verifier._cache.discard(token)
-        self.jws = jws = verifier._reader.read(token)
+        self.jws = jws = verifier._reader.read(self.token)
         self.trust = trust = verifier._workspace_of(jws.payload)
         self._check_claims(trust)
         return trust.keys

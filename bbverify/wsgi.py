@@ -16,29 +16,17 @@ This module imports no framework.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from typing import Any, Unpack
 
+from .bearer import reason_phrase
 from .errors import VerificationError
-from .http import (
-    CLAIMS_KEY,
-    CLIENT_IP_KEY,
-    DEFAULT_REALM,
-    POLICY_KEY,
-    VERIFIER_KEY,
-    ErrorHandler,
-    ErrorResponse,
-    Guard,
-    TrustedProxiesSpec,
-    reason_phrase,
-    routing_path,
-    wsgi_path,
-    wsgi_peer,
-)
-from .policies import Rule
+from .guard import Guard, GuardOptions, Refusal
+from .paths import routing_path, wsgi_path
+from .proxies import wsgi_peer
 from .verifier import Verifier
 
-__all__ = ["PipelineAuthMiddleware", "environ_request"]
+__all__ = ["PipelineAuthMiddleware", "environ_request", "send_error"]
 
 Environ = MutableMapping[str, Any]
 StartResponse = Callable[..., Any]
@@ -65,11 +53,17 @@ def environ_request(environ: Mapping[str, Any]) -> tuple[list[str], str | None, 
     )
 
 
-def send_error(response: ErrorResponse, start_response: StartResponse) -> list[bytes]:
-    """Start a WSGI response for ``response`` and return its body iterable."""
-    headers = [*response.headers, ("Content-Length", str(len(response.body)))]
-    start_response(f"{response.status} {reason_phrase(response.status)}", headers)
-    return [response.body]
+def send_error(refusal: Refusal, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    """Answer a WSGI request with ``refusal`` (the WSGI side of the one ``send_error`` contract).
+
+    Runs ``refusal.native`` when ``on_error`` chose a WSGI app, else starts
+    the response with the refusal's status and headers and returns its body.
+    """
+    if callable(refusal.native):
+        return refusal.native(environ, start_response)  # type: ignore[no-any-return]
+    headers = [*refusal.headers, ("Content-Length", str(len(refusal.body)))]
+    start_response(f"{refusal.status} {reason_phrase(refusal.status)}", headers)
+    return [refusal.body]
 
 
 class PipelineAuthMiddleware:
@@ -80,30 +74,9 @@ class PipelineAuthMiddleware:
     :class:`~bbverify.http.ErrorResponse` or a WSGI app to answer with.
     """
 
-    def __init__(
-        self,
-        app: WSGIApp,
-        *,
-        verifier: Verifier,
-        exclude_paths: Iterable[str] | None = None,
-        exclude_prefixes: Iterable[str] | None = None,
-        trusted_proxies: TrustedProxiesSpec = None,
-        policies: Rule | Sequence[Rule] | None = None,
-        realm: str = DEFAULT_REALM,
-        on_error: ErrorHandler | None = None,
-        policy: str | None = None,
-    ) -> None:
+    def __init__(self, app: WSGIApp, *, verifier: Verifier, **options: Unpack[GuardOptions]) -> None:
         self.app = app
-        self.guard = Guard(
-            verifier,
-            policies,
-            exclude_paths=exclude_paths,
-            exclude_prefixes=exclude_prefixes,
-            trusted_proxies=trusted_proxies,
-            realm=realm,
-            on_error=on_error,
-            policy=policy,
-        )
+        self.guard = Guard(verifier, **options)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         # PEP 3333 latin-1 -> UTF-8, as ASGI servers and Werkzeug decode it (f14).
@@ -112,18 +85,10 @@ class PipelineAuthMiddleware:
             return self.app(environ, start_response)
         guard = self.guard
         authorization, peer, forwarded = environ_request(environ)
-        client = guard.client_ip(peer, forwarded)
+        context = guard.context(peer, forwarded, environ.get("REQUEST_METHOD"), path)
         try:
-            claims = guard.verify(
-                authorization, client=client, method=environ.get("REQUEST_METHOD"), path=path
-            )
+            claims = guard.verify(authorization, context=context)
         except VerificationError as exc:
-            response, native = guard.refusal(exc)
-            if callable(native):
-                return native(environ, start_response)
-            return send_error(response, start_response)
-        environ[CLAIMS_KEY] = claims
-        environ[VERIFIER_KEY] = guard.verifier
-        environ[POLICY_KEY] = guard.applied_policy
-        environ[CLIENT_IP_KEY] = client  # read with bbverify.http.request_client_ip(environ)
+            return send_error(guard.refusal(exc), environ, start_response)
+        guard.store(environ, claims, context.client_ip)  # read with bbverify.http.request_claims(environ)
         return self.app(environ, start_response)

@@ -47,9 +47,11 @@ from typing import Any, cast
 
 from asgiref.sync import iscoroutinefunction, sync_to_async
 
+from ..bearer import DEFAULT_REALM
 from ..config import verifier_from_mapping
 from ..errors import ConfigurationError
-from ..http import DEFAULT_REALM, ErrorHandler, Guard
+from ..guard import ErrorHandler, Guard
+from ..tables import check_keys
 from ..verifier import Verifier
 from .views import reset as reset_url_index
 from .views import url_index
@@ -173,12 +175,7 @@ def _adapter_settings(raw: object) -> dict[str, Any]:
         return {}
     if not isinstance(raw, Mapping):
         raise ConfigurationError("must be a dict of adapter settings", key=ADAPTER_SETTING)
-    for name in raw:
-        if name not in _ADAPTER_KEYS:
-            raise ConfigurationError(
-                f"unknown setting; known settings: {', '.join(_ADAPTER_KEYS)}",
-                key=setting_path(ADAPTER_SETTING, str(name)),
-            )
+    check_keys(raw, _ADAPTER_KEYS, lambda name: setting_path(ADAPTER_SETTING, name), named=False)
     return dict(raw)
 
 

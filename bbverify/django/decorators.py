@@ -27,7 +27,7 @@ from asgiref.sync import iscoroutinefunction
 from django.http import HttpRequest
 
 from ..errors import ConfigurationError, VerificationError
-from ..http import Guard
+from ..guard import Guard
 from .conf import aget_config, get_config
 from .flow import averify_request, refusal, verify_request
 

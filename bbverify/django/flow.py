@@ -14,24 +14,19 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import django
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.views.decorators.debug import sensitive_variables
 
+from ..bearer import ErrorResponse, bearer_token
 from ..claims import PipelineClaims
+from ..context import RequestContext
 from ..errors import MissingToken, VerificationError
-from ..http import (
-    CLAIMS_KEY,
-    CLIENT_IP_KEY,
-    POLICY_KEY,
-    VERIFIER_KEY,
-    ErrorResponse,
-    Guard,
-    bearer_token,
-)
+from ..guard import Guard, Refusal
+from ..identity import CLIENT_IP_KEY
 from ..wsgi import environ_request
 
 __all__ = [
@@ -41,6 +36,7 @@ __all__ = [
     "averify_request",
     "native_response",
     "refusal",
+    "send_error",
     "verify_request",
 ]
 
@@ -49,7 +45,9 @@ CLAIMS_ATTR = "pipeline_claims"
 #: ``request.pipeline_client_ip``: the client address the rules saw (``None`` when unknown).
 CLIENT_IP_ATTR = "pipeline_client_ip"
 
-_Begun = tuple[list[str], str | None, str]
+_Begun = tuple[list[str], RequestContext]
+#: Verify one request: ``Guard.verify`` made awaitable, or ``Guard.averify``.
+_Verify = Callable[..., Awaitable[PipelineClaims]]
 _log = logging.getLogger("bbverify")
 _F = TypeVar("_F", bound=Callable[..., Any])
 # The request's credentials: Django's error reports (DEBUG page, HTML error
@@ -99,11 +97,10 @@ def _scrubbed(exc: BaseException) -> BaseException:
 def _reused(guard: Guard, request: HttpRequest) -> PipelineClaims | None:
     # Claims an outer layer (this middleware, or bbverify.wsgi around Django) verified
     # under the same verifier and policy settle the request (Guard.reusable decides).
-    meta = request.META
-    claims = guard.reusable(meta.get(CLAIMS_KEY), meta.get(VERIFIER_KEY), meta.get(POLICY_KEY))
+    claims = guard.reused(request.META)
     if claims is not None:
         setattr(request, CLAIMS_ATTR, claims)
-        setattr(request, CLIENT_IP_ATTR, meta.get(CLIENT_IP_KEY))
+        setattr(request, CLIENT_IP_ATTR, request.META.get(CLIENT_IP_KEY))
     return claims
 
 
@@ -111,9 +108,9 @@ def _reused(guard: Guard, request: HttpRequest) -> PipelineClaims | None:
 def _begin(guard: Guard, request: HttpRequest, optional: bool) -> _Begun | None:
     lines, peer, forwarded = environ_request(request.META)
     authorization = _Credentials(lines)
-    client = guard.client_ip(peer, forwarded)
-    setattr(request, CLIENT_IP_ATTR, client)
-    request.META[CLIENT_IP_KEY] = client
+    context = guard.context(peer, forwarded, request.method, request.path_info or "/")
+    setattr(request, CLIENT_IP_ATTR, context.client_ip)
+    request.META[CLIENT_IP_KEY] = context.client_ip
     if optional:
         try:
             bearer_token(authorization)
@@ -123,16 +120,40 @@ def _begin(guard: Guard, request: HttpRequest, optional: bool) -> _Begun | None:
             return None
         except VerificationError:
             pass  # a malformed header: Guard.verify audits and raises it
-    return authorization, client, request.path_info or "/"
+    return authorization, context
 
 
-def _store(guard: Guard, request: HttpRequest, claims: PipelineClaims) -> PipelineClaims:
+@_sensitive_async
+async def _flow(guard: Guard, request: HttpRequest, optional: bool, verify: _Verify) -> PipelineClaims | None:
+    """The one request flow, written once: ``verify`` is the only step that differs.
+
+    :func:`verify_request` drives it synchronously (its ``verify`` never
+    suspends), :func:`averify_request` awaits it.
+    """
+    reused = _reused(guard, request)
+    if reused is not None:
+        return reused
+    try:
+        begun = _begin(guard, request, optional)
+        if begun is None:
+            return None
+        authorization, context = begun
+        claims = await verify(authorization, context=context)
+    except Exception as exc:
+        raise _scrubbed(exc) from None
     setattr(request, CLAIMS_ATTR, claims)
-    meta = request.META
-    meta[CLAIMS_KEY] = claims
-    meta[VERIFIER_KEY] = guard.verifier
-    meta[POLICY_KEY] = guard.applied_policy
+    guard.store(request.META, claims, context.client_ip)
     return claims
+
+
+def _run_sync(flow: Coroutine[Any, Any, PipelineClaims | None]) -> PipelineClaims | None:
+    # The flow awaits only a verify that never suspends: one send() runs it to the end.
+    try:
+        flow.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    flow.close()
+    raise RuntimeError("bbverify: the blocking request flow tried to suspend")
 
 
 @sensitive_variables(*_SENSITIVE)
@@ -147,18 +168,11 @@ def verify_request(guard: Guard, request: HttpRequest, *, optional: bool = False
     leaves without the frames and chained exceptions below this function, so
     an error report never shows the token.
     """
-    reused = _reused(guard, request)
-    if reused is not None:
-        return reused
-    try:
-        begun = _begin(guard, request, optional)
-        if begun is None:
-            return None
-        authorization, client, path = begun
-        claims = guard.verify(authorization, client=client, method=request.method, path=path)
-    except Exception as exc:
-        raise _scrubbed(exc) from None
-    return _store(guard, request, claims)
+
+    async def verify(authorization: Sequence[str], *, context: RequestContext) -> PipelineClaims:
+        return guard.verify(authorization, context=context)
+
+    return _run_sync(_flow(guard, request, optional, verify))
 
 
 @_sensitive_async
@@ -166,18 +180,7 @@ async def averify_request(
     guard: Guard, request: HttpRequest, *, optional: bool = False
 ) -> PipelineClaims | None:
     """As :func:`verify_request`, awaiting any key fetch (ASGI, async views)."""
-    reused = _reused(guard, request)
-    if reused is not None:
-        return reused
-    try:
-        begun = _begin(guard, request, optional)
-        if begun is None:
-            return None
-        authorization, client, path = begun
-        claims = await guard.averify(authorization, client=client, method=request.method, path=path)
-    except Exception as exc:
-        raise _scrubbed(exc) from None
-    return _store(guard, request, claims)
+    return await _flow(guard, request, optional, guard.averify)
 
 
 def as_django(response: ErrorResponse) -> HttpResponse:
@@ -225,8 +228,12 @@ def native_response(native: object) -> HttpResponseBase | None:
     return native
 
 
+def send_error(refusal: Refusal) -> HttpResponseBase:
+    """The Django answer for ``refusal``: ``on_error``'s Django response if any, else RFC 6750 JSON."""
+    chosen = native_response(refusal.native)
+    return chosen if chosen is not None else as_django(refusal)
+
+
 def refusal(guard: Guard, error: VerificationError) -> HttpResponseBase:
-    """The answer for ``error``: ``on_error``'s Django response if it gave one, else RFC 6750 JSON."""
-    response, native = guard.refusal(error)
-    chosen = native_response(native)
-    return chosen if chosen is not None else as_django(response)
+    """The Django answer for ``error`` under ``guard`` (:func:`send_error` of its :class:`Refusal`)."""
+    return send_error(guard.refusal(error))
