@@ -30,9 +30,9 @@ from typing import Any
 from .config import load_toml_table
 from .errors import ConfigurationError
 from .gateway import Gateway, gateway_from_toml
-from .proxies import TrustedProxies
 from .keys import RemoteKeySet
 from .metrics import key_sources
+from .proxies import TrustedProxies
 from .stores import MemoryKeyStore
 
 __all__ = ["CONFIG_ENV", "GRACEFUL_SHUTDOWN", "app_from_env", "run"]
