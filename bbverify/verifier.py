@@ -129,7 +129,7 @@ class _TokenCache:
             data[token] = entry
 
     def hit(self, token: object, now: float) -> _CacheEntry | None:
-        """The entry of a verified ``token`` that still holds at ``now``, else ``None`` (a stale entry is dropped).
+        """The entry of a verified ``token`` still valid at ``now``, else ``None`` (a stale one is dropped).
 
         It holds until its ``exp`` (plus leeway) while its workspace's key set
         is still the very one that vouched for it (identity, no key look-up):
@@ -611,8 +611,8 @@ class Verifier:
         verifier's clock.
         """
         hit = self._cache.hit(token, self._clock())
-        if hit is not None and policy is None and policies is None and context is None and self._plain(hit.trust):
-            return hit.claims  # a verified token, and nothing to apply or record
+        if hit is not None and self._settled(hit, context, client_ip, method, path, policy, policies):
+            return hit.claims
         call = _Call(self, token, context, client_ip, method, path, policy, policies)
         try:
             keys = call.start(hit)
@@ -635,8 +635,8 @@ class Verifier:
     ) -> PipelineClaims:
         """As :meth:`verify`, for event loops: a key fetch is awaited, never blocking."""
         hit = self._cache.hit(token, self._clock())
-        if hit is not None and policy is None and policies is None and context is None and self._plain(hit.trust):
-            return hit.claims  # a verified token, and nothing to apply or record
+        if hit is not None and self._settled(hit, context, client_ip, method, path, policy, policies):
+            return hit.claims
         call = _Call(self, token, context, client_ip, method, path, policy, policies)
         try:
             keys = call.start(hit)
@@ -646,9 +646,34 @@ class Verifier:
         except Exception as exc:
             raise call.refused(exc)  # noqa: B904 - the refusal itself, or its fail-closed stand-in
 
-    def _plain(self, trust: _Trust) -> bool:
-        """Whether a call for ``trust``'s tokens has no rule to run and no decision to record."""
-        return not trust.rules and self._default_policy is None and not wanted(True, self.on_decision)
+    def _settled(
+        self,
+        hit: _CacheEntry,
+        context: object,
+        client_ip: object,
+        method: object,
+        path: object,
+        policy: object,
+        extra: object,
+    ) -> bool:
+        """Whether the cache's answer ``hit`` is the whole answer: no rule to run, no decision to record.
+
+        The arguments must also be ones the full flow would accept (a context
+        that is a :class:`RequestContext`, and not beside ``client_ip``,
+        ``method`` or ``path``); otherwise the flow raises its ``TypeError``.
+        """
+        if context is not None:
+            if type(context) is not RequestContext:
+                return False
+            if client_ip is not None or method is not None or path is not None:
+                return False
+        return (
+            policy is None
+            and extra is None
+            and not hit.trust.rules
+            and self._default_policy is None
+            and not wanted(True, self.on_decision)
+        )
 
     def cache_info(self) -> dict[str, int]:
         """Sizes of the internal caches (for tests and monitoring)."""
@@ -762,7 +787,7 @@ class _Call:
         return self.jws.header.alg
 
     def start(self, hit: _CacheEntry | None) -> _keys.KeySource | None:
-        """Take the token cache's answer ``hit`` (then ``None``), or read and check the token and return its key source."""
+        """Take the cache answer ``hit`` (return ``None``), or read and check the token (return its keys)."""
         if hit is not None:
             self.trust, self.claims = hit.trust, hit.claims
             return None
