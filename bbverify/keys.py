@@ -33,7 +33,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias
@@ -533,29 +533,40 @@ class RemoteKeySet:
 
     def get_key(self, kid: str | None, alg: str) -> VerifyingKey:
         """Return the key, waiting (at most ``timeout``) for a fetch if one is needed."""
-        key = self._ready_key(kid, alg)
-        if key is not None:
-            return key
-        for _ in range(2):
-            key, future = self._resolve(kid, alg)
-            if key is not None:
-                return key
-            assert future is not None
-            self._wait(future)
-        return self._after_fetch(kid, alg)
+        steps = self._look_up(kid, alg)
+        step = next(steps)
+        while isinstance(step, Future):
+            self._wait(step)
+            step = next(steps)
+        return step
 
     async def aget_key(self, kid: str | None, alg: str) -> VerifyingKey:
         """As :meth:`get_key`, but awaits the shared fetch without blocking the loop."""
+        steps = self._look_up(kid, alg)
+        step = next(steps)
+        while isinstance(step, Future):
+            await self._await(step)
+            step = next(steps)
+        return step
+
+    def _look_up(self, kid: str | None, alg: str) -> Iterator[Future[bool] | VerifyingKey]:
+        """The key look-up, written once for :meth:`get_key` and :meth:`aget_key`.
+
+        Yields each shared fetch the caller must wait for (blocking or
+        awaited; at most two), then the key; raises ``InvalidToken`` or
+        ``KeysUnavailable`` on a final answer.
+        """
         key = self._ready_key(kid, alg)
-        if key is not None:
-            return key
-        for _ in range(2):
-            key, future = self._resolve(kid, alg)
-            if key is not None:
-                return key
-            assert future is not None
-            await self._await(future)
-        return self._after_fetch(kid, alg)
+        if key is None:
+            for _ in range(2):
+                key, future = self._resolve(kid, alg)
+                if key is not None:
+                    break
+                assert future is not None
+                yield future
+            else:
+                key = self._after_fetch(kid, alg)
+        yield key
 
     # -- deciding -----------------------------------------------------------
 

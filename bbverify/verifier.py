@@ -584,15 +584,9 @@ class Verifier:
         return f"Verifier({', '.join(parts)})"
 
     def verify(
-        self,
-        token: str | bytes,
-        *,
-        context: RequestContext | None = None,
-        client_ip: str | None = None,
-        policy: str | None = None,
+        self, token: str | bytes, *, context: RequestContext | None = None, policy: str | None = None,
         policies: Rule | Sequence[Rule] | None = None,
-        method: str | None = None,
-        path: str | None = None,
+        client_ip: str | None = None, method: str | None = None, path: str | None = None,
     ) -> PipelineClaims:
         """Verify ``token`` and apply the rules; return its claims.
 
@@ -613,38 +607,24 @@ class Verifier:
         hit = self._cache.hit(token, self._clock())
         if hit is not None and self._settled(hit, context, client_ip, method, path, policy, policies):
             return hit.claims
-        call = _Call(self, token, context, client_ip, method, path, policy, policies)
-        try:
-            keys = call.start(hit)
-            if keys is not None:
+        with _Call(self, token, context, client_ip, method, path, policy, policies) as call:
+            if (keys := call.start(hit)) is not None:
                 call.check_signature(keys.get_key(call.kid, call.alg))
             return call.admit()
-        except Exception as exc:
-            raise call.refused(exc)  # noqa: B904 - the refusal itself, or its fail-closed stand-in
 
     async def averify(
-        self,
-        token: str | bytes,
-        *,
-        context: RequestContext | None = None,
-        client_ip: str | None = None,
-        policy: str | None = None,
+        self, token: str | bytes, *, context: RequestContext | None = None, policy: str | None = None,
         policies: Rule | Sequence[Rule] | None = None,
-        method: str | None = None,
-        path: str | None = None,
+        client_ip: str | None = None, method: str | None = None, path: str | None = None,
     ) -> PipelineClaims:
         """As :meth:`verify`, for event loops: a key fetch is awaited, never blocking."""
         hit = self._cache.hit(token, self._clock())
         if hit is not None and self._settled(hit, context, client_ip, method, path, policy, policies):
             return hit.claims
-        call = _Call(self, token, context, client_ip, method, path, policy, policies)
-        try:
-            keys = call.start(hit)
-            if keys is not None:
+        with _Call(self, token, context, client_ip, method, path, policy, policies) as call:
+            if (keys := call.start(hit)) is not None:
                 call.check_signature(await keys.aget_key(call.kid, call.alg))
             return call.admit()
-        except Exception as exc:
-            raise call.refused(exc)  # noqa: B904 - the refusal itself, or its fail-closed stand-in
 
     def _settled(
         self,
@@ -758,6 +738,15 @@ class _Call:
         self.extra = extra
         self.trust: _Trust | None = None
         self.claims: PipelineClaims | None = None
+
+    def __enter__(self) -> _Call:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        # Whatever a step raised leaves as its refusal (or its fail-closed
+        # stand-in); BaseException (cancellation, KeyboardInterrupt) passes through.
+        if isinstance(exc, Exception):
+            raise self.refused(exc)
 
     def refused(self, exc: Exception) -> VerificationError:
         """Record the refusal of this call; return what to raise: ``exc`` itself, or its fail-closed stand-in.

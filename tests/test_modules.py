@@ -141,3 +141,52 @@ def test_every_module_states_its_job_in_its_docstrings_first_line(name: str) -> 
     assert first.endswith("."), first
     assert rest == "" or rest.startswith("\n"), f"{name}: the summary runs onto a second line"
     assert 10 < len(first) <= 106
+
+
+def _readme_section(title: str) -> str:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = text.index(f"\n## {title}")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else None]
+
+
+def test_readme_architecture_names_only_modules_that_exist() -> None:
+    import re
+
+    section = _readme_section("Architecture")
+    named = set(re.findall(r"`([a-z_]+\.py)`", section))
+    assert named, "the architecture section names no module"
+    files = {p.name for p in PACKAGE.rglob("*.py")}
+    assert named <= files, f"README's architecture names modules that do not exist: {sorted(named - files)}"
+
+
+def test_readme_places_every_module() -> None:
+    """Every module is placed in the README: on the token's path (Architecture) or in the layout (Development)."""
+    import re
+
+    text = _readme_section("Architecture") + _readme_section("Development")
+    named = set(re.findall(r"`([a-z_]+\.py|[a-z_]+/)`", text))
+    missing = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE)
+        if rel.name in {"__init__.py", "__main__.py"}:
+            continue
+        if rel.name in named or (len(rel.parts) > 1 and f"{rel.parts[0]}/" in named):
+            continue
+        missing.append(str(rel))
+    assert not missing, f"modules the README's Architecture/Development sections do not place: {missing}"
+
+
+def test_readme_architecture_steps_name_real_functions() -> None:
+    """The names the architecture section gives for the flow exist where it says."""
+    from bbverify import audit, claims, context, guard, keys, token, verifier
+
+    assert hasattr(verifier, "_Call") and hasattr(verifier._Call, "start")
+    assert hasattr(keys.RemoteKeySet, "_look_up") and hasattr(keys.RemoteKeySet, "current_keys")
+    assert hasattr(token, "JWSReader") and hasattr(token.CompactJWS, "verify_signature")
+    assert hasattr(claims, "check_claims") and hasattr(claims.PipelineClaims, "from_payload")
+    assert hasattr(context, "RequestContext") and hasattr(audit, "record")
+    assert hasattr(guard, "Refusal") and hasattr(guard, "Guard")
+    section = _readme_section("Architecture")
+    for name in ("_Call", "_look_up", "current_keys", "JWSReader", "check_claims", "from_payload", "record"):
+        assert name in section
