@@ -161,7 +161,10 @@ def test_readme_architecture_names_only_modules_that_exist() -> None:
 
 
 def test_readme_places_every_module() -> None:
-    """Every module is placed in the README: on the token's path (Architecture) or in the layout (Development)."""
+    """Every module is placed in the README: on the token's path (Architecture) or in the layout.
+
+    The layout is the Development section.
+    """
     import re
 
     text = _readme_section("Architecture") + _readme_section("Development")
