@@ -120,10 +120,14 @@ def wanted(allowed: bool, hook: DecisionHook | None) -> bool:
 _BARE = re.compile(r"[A-Za-z0-9_.:/{}@+,~%*!()\[\]-]+")
 
 
-def _field(value: str | None) -> str:
+def _field(value: object) -> str:
     """One logfmt value: ``None`` bare, safe text bare, everything else quoted and escaped."""
     if value is None:
         return "None"
+    if not isinstance(value, str):
+        # A caller's bytes or number (a script passing client_ip=b"...") is logged
+        # as its repr, quoted like any text: the audit line never raises.
+        value = repr(value)
     if value != "None" and _BARE.fullmatch(value):
         return value
     # ensure_ascii escapes every non-ASCII character too (U+2028, U+0085, bidi controls),

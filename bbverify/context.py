@@ -49,8 +49,10 @@ class RequestContext:
     now: float
     method: str | None
     path: str | None
-    client_address: IPAddress | None
-    client_ip_error: str | None = field(compare=False, repr=False)
+    # Derived from client_ip by __init__, so not arguments of their own:
+    # dataclasses.replace(context, client_ip=...) parses the new address.
+    client_address: IPAddress | None = field(init=False)
+    client_ip_error: str | None = field(init=False, compare=False, repr=False)
 
     def __init__(
         self,
@@ -72,8 +74,13 @@ class RequestContext:
         elif isinstance(client_ip, _ADDRESS_TYPES):
             text = str(client_ip)
             address = client_ip
-            if isinstance(client_ip, ipaddress.IPv6Address) and client_ip.ipv4_mapped is not None:
-                address = client_ip.ipv4_mapped
+            if isinstance(client_ip, ipaddress.IPv6Address):
+                if client_ip.scope_id is not None:
+                    # Refused as its text form is: a scoped (link-local) address is
+                    # never admitted, whichever way it arrives.
+                    address, error = None, _parse_error(text)
+                elif client_ip.ipv4_mapped is not None:
+                    address = client_ip.ipv4_mapped
         else:
             # Not a client IP at all: kept as given so the IP rule refuses it as malformed.
             text = client_ip
@@ -99,6 +106,15 @@ class RequestContext:
         _set_client_address(copy, self.client_address)
         _set_client_ip_error(copy, self.client_ip_error)
         return copy
+
+
+def _parse_error(text: str) -> str | None:
+    """Why :func:`~bbverify.addresses.parse_client_ip` refuses ``text`` (``None`` if it does not)."""
+    try:
+        parse_client_ip(text)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _slot_setter(name: str) -> Callable[[RequestContext, object], None]:

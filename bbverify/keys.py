@@ -351,7 +351,7 @@ class RemoteKeySet:
             burst=fetch_burst,
             cooldown=cooldown,
             failure_backoff=failure_backoff,
-            max_backoff=max(float(max_backoff), float(failure_backoff)),
+            max_backoff=max(seconds(max_backoff, "max_backoff"), seconds(failure_backoff, "failure_backoff")),
         )
         self.key_store = key_store
         self.store_poll = float(store_poll)

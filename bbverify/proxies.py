@@ -236,8 +236,15 @@ class TrustedProxies:
             memo[value] = (address, trusted)
         return address, trusted
 
-    def resolve(self, peer: str | bytes | None, forwarded_for: Sequence[str | bytes]) -> IPAddress | None:
-        """The client address behind these proxies, as an address object (see :func:`client_address`)."""
+    def resolve(self, peer: str | bytes | None, forwarded_for: Sequence[str | bytes]) -> str | None:
+        """The client address behind these proxies, as text (``None`` when unknown); see :func:`client_ip`."""
+        address = self.resolve_address(peer, forwarded_for)
+        return None if address is None else str(address)
+
+    def resolve_address(
+        self, peer: str | bytes | None, forwarded_for: Sequence[str | bytes]
+    ) -> IPAddress | None:
+        """As :meth:`resolve`, as an address object (what the request context keeps)."""
         entries: list[str] = []
         for line in forwarded_for:
             # Non-ASCII entries survive the split and are judged (as junk) one by one.
@@ -295,7 +302,7 @@ def client_address(
     if trusted_proxies is None:
         return parse_address(peer)
     try:
-        return trusted_proxies.resolve(peer, forwarded_for)
+        return trusted_proxies.resolve_address(peer, forwarded_for)
     except Exception:
         return None
 

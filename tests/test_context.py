@@ -170,3 +170,47 @@ def test_audit_record_builds_the_decision_from_the_context() -> None:
         (False, "missing_token", "203.0.113.10", "GET", "/x", "deploy", None),
         (True, "ok", "203.0.113.10", "GET", "/x", None, "acme"),
     ]
+
+
+@pytest.mark.parametrize("form", ["text", "object"])
+def test_scoped_ipv6_is_refused_whichever_way_it_arrives(form: str) -> None:
+    """A zone id makes the address unusable for IP rules, as text or as an ipaddress object."""
+    raw = "fe80::1%eth0"
+    client: Any = raw if form == "text" else ipaddress.IPv6Address(raw)
+    ctx = RequestContext(client, NOW)
+    assert ctx.client_address is None
+    assert ctx.client_ip_error is not None and "zone id" in ctx.client_ip_error
+    rule = IPRanges(["fe80::/10"])
+    claims: Any = object()
+    with pytest.raises(PolicyDenied) as denied:
+        rule(claims, ctx)
+    assert denied.value.code == "client_ip_invalid"
+
+
+def test_dataclasses_replace_builds_a_new_context_and_parses_again() -> None:
+    import dataclasses
+
+    ctx = RequestContext("192.0.2.1", 1.0, "GET", "/a")
+    moved = dataclasses.replace(ctx, client_ip="198.51.100.7", path="/b")
+    assert moved.client_address == ipaddress.ip_address("198.51.100.7")
+    assert (moved.client_ip, moved.now, moved.method, moved.path) == ("198.51.100.7", 1.0, "GET", "/b")
+    assert dataclasses.replace(ctx, now=2.0).client_address == ctx.client_address
+
+
+@pytest.mark.parametrize(
+    "request_fields",
+    [
+        {"client_ip": 123},
+        {"client_ip": b"192.0.2.1"},
+        {"method": 5},
+        {"path": b"/x"},
+        {"context": RequestContext(123, 0.0)},  # type: ignore[arg-type]
+        {"context": RequestContext("192.0.2.1", 0.0, b"GET", "/")},  # type: ignore[arg-type]
+    ],
+)
+def test_odd_request_fields_still_end_in_a_refusal(
+    fixed_verifier: Verifier, request_fields: dict[str, Any]
+) -> None:
+    """Only bbverify's errors leave verify(): the audit line of the refusal copes with any field type."""
+    with pytest.raises(bbverify.VerificationError):
+        fixed_verifier.verify("not-a-token", **request_fields)

@@ -501,6 +501,18 @@ def test_static_key_set_async(k1: SigningKey) -> None:
     assert asyncio.run(ks.aget_key("k1", "RS256")).kid == "k1"
 
 
+@pytest.mark.parametrize("value", ["5", True, -1, "abc", None, float("nan")])
+def test_max_backoff_is_checked_like_every_duration(value: Any) -> None:
+    with pytest.raises(ConfigurationError) as exc:
+        RemoteKeySet(jwks_url="https://example.invalid/keys.json", max_backoff=value)
+    assert exc.value.key == "max_backoff"
+
+
+def test_max_backoff_below_failure_backoff_is_raised_to_it() -> None:
+    keys = RemoteKeySet(jwks_url="https://example.invalid/keys.json", failure_backoff=30, max_backoff=10)
+    assert keys.budget.max_backoff == 30
+
+
 # -- a start during an issuer outage (finding f07) ---------------------------------------------
 
 

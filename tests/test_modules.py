@@ -161,10 +161,7 @@ def test_readme_architecture_names_only_modules_that_exist() -> None:
 
 
 def test_readme_places_every_module() -> None:
-    """Every module is placed in the README: on the token's path (Architecture) or in the layout.
-
-    The layout is the Development section.
-    """
+    """Every module is placed in the README: on the token's path (Architecture) or in the layout."""
     import re
 
     text = _readme_section("Architecture") + _readme_section("Development")

@@ -186,3 +186,16 @@ def test_uds_client_rewritten_by_uvicorn_is_not_the_peer(
         answer = client.get("/whoami", headers=headers)
     assert answer.status_code == 403
     assert answer.json()["code"] == code
+
+
+def test_trusted_proxies_resolve_keeps_returning_text() -> None:
+    """resolve() answers in text as it always did; resolve_address() gives the address object."""
+    import ipaddress
+
+    from bbverify.http import TrustedProxies
+
+    proxies = TrustedProxies.parse(["10.0.0.0/8"])
+    assert proxies is not None
+    assert proxies.resolve("10.0.0.1", ["203.0.113.9"]) == "203.0.113.9"
+    assert proxies.resolve_address("10.0.0.1", ["203.0.113.9"]) == ipaddress.ip_address("203.0.113.9")
+    assert proxies.resolve("10.0.0.1", ["junk"]) is None
