@@ -6,8 +6,13 @@ Bitbucket Cloud documentation). Every process behind one address shares that
 allowance, so a key source must spend it deliberately:
 
 * a **token bucket**: one fetch token every ``interval`` seconds, at most
-  ``burst`` saved up; every request to the issuer (discovery or key set,
-  success or failure) spends one,
+  ``burst`` saved up, never below zero; every fetch attempt (success or
+  failure) spends one when it starts: a failed discovery costs one (the key
+  set was never asked for), a key-set fetch costs one, and the one attempt
+  whose discovery succeeds sends its key-set request on the same token
+  (discovery succeeds once per key source: its key-set URL is kept, and a
+  shared store hands it to the others), so an hour holds at most
+  ``burst + 3600 / interval`` requests plus that first discovery,
 * a **floor** (``cooldown``) between fetches caused by an unknown ``kid``, so
   tokens with random ``kid`` values cannot drain the bucket faster,
 * **backoff** after a failure: ``failure_backoff`` seconds, doubled per
@@ -224,9 +229,9 @@ class FetchBudget:
         this policy sets for ``failures`` (at most ``max_backoff``) plus
         ``skew``, and ``retry_until`` at ``last_attempt + max_retry_after``
         plus its jitter and ``skew`` (seconds; ``now`` when there was no
-        attempt). ``tokens`` stays within ``[-burst, burst]``.
+        attempt). ``tokens`` stays within ``[0, burst]``.
         """
-        state.tokens = min(float(self.burst), max(-float(self.burst), state.tokens))
+        state.tokens = min(float(self.burst), max(0.0, state.tokens))
         if state.updated is not None and state.updated > now:
             state.updated = now
         if state.last_attempt is not None and state.last_attempt > now:
@@ -255,6 +260,12 @@ class FetchBudget:
             state.tokens = min(float(self.burst), state.tokens + (now - state.updated) / self.interval)
         state.updated = now
 
+    def remaining(self, state: BudgetState, now: float) -> float:
+        """Tokens the bucket holds at ``now`` (refilled, at most ``burst``); ``state`` is not changed."""
+        copy = BudgetState(**state.to_dict())
+        self._refill(copy, now)
+        return copy.tokens
+
     def wait(
         self, state: BudgetState, now: float, *, unknown_kid: bool = False, forced: bool = False
     ) -> float:
@@ -280,9 +291,14 @@ class FetchBudget:
         return self.wait(state, now, unknown_kid=unknown_kid, forced=forced) <= 0.0
 
     def spend(self, state: BudgetState, now: float, *, requests: int = 1) -> None:
-        """Record that a fetch of ``requests`` HTTP requests starts now."""
+        """Record that a fetch costing ``requests`` tokens starts now (the bucket stops at zero).
+
+        A debt below zero would delay the next attempt by whole intervals
+        after the issuer is back (a boot during an outage stayed unready for
+        minutes), so :meth:`allows` is what keeps spending within the bucket.
+        """
         self._refill(state, now)
-        state.tokens = max(-float(self.burst), state.tokens - requests)
+        state.tokens = max(0.0, state.tokens - requests)
         state.last_attempt = now
 
     def succeeded(self, state: BudgetState) -> None:

@@ -444,9 +444,25 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 # -- serve ------------------------------------------------------------------------
 
 
-def _cmd_serve(args: argparse.Namespace) -> int:
-    from .serve import run
+#: Top-level modules the ``serve`` extra installs (pyproject.toml); without them
+#: ``serve`` is a usage error naming the extra, not a traceback.
+_SERVE_EXTRA_MODULES = frozenset({"prometheus_client", "uvicorn"})
 
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from .serve import run
+
+        # serve.run imports uvicorn only when it starts; ask for it before any work.
+        __import__("uvicorn")
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in _SERVE_EXTRA_MODULES:
+            raise
+        _err(
+            f"serve needs the [serve] extra ({exc.name} is not installed): "
+            "pip install -e '.[serve]' in a checkout of bbverify"
+        )
+        return EXIT_USAGE
     try:
         return run(args.config, host=args.host, port=args.port, workers=args.workers)
     except ConfigurationError as exc:

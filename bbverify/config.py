@@ -1030,6 +1030,8 @@ def verifier_from_layers(
     path: str | os.PathLike[str] | None = None,
     environ: Mapping[str, Any] | None = None,
     prefix: str = "BBVERIFY_",
+    *,
+    table: Mapping[str, Any] | None = None,
     **overrides: Any,
 ) -> Verifier:
     """Build a verifier from a TOML file, then ``BBVERIFY_*`` variables, then ``overrides``.
@@ -1038,13 +1040,17 @@ def verifier_from_layers(
     variable ``BBVERIFY_REPOSITORIES`` replaces ``repositories`` of
     ``[bbverify.rules]``, an override ``workspace=...`` replaces both (this is
     what ``bbverify verify --config FILE`` does). ``path=None`` skips the
-    file; ``environ`` defaults to ``os.environ``. Misspellings are refused in
+    file; ``table`` is the ``[bbverify]`` table already read from one (what
+    ``bbverify serve`` passes, without ``[bbverify.serve]``) and excludes
+    ``path`` (``TypeError``); ``environ`` defaults to ``os.environ``. Misspellings are refused in
     all three layers, and an error names the setting as its layer spells it
     (``rules.repositories[1]`` or ``BBVERIFY_REPOSITORIES``). Raises
     :class:`~bbverify.errors.ConfigurationError`.
     """
     environ = os.environ if environ is None else environ
-    table: dict[str, Any] = dict(load_toml_table(path)) if path is not None else {}
+    if path is not None and table is not None:
+        raise TypeError("give path or table, not both")
+    table = dict(table) if table is not None else dict(load_toml_table(path)) if path is not None else {}
     from_env: dict[str, str] = {}  # setting name -> variable, to name the variable in errors
     for full, raw in environ.items():
         if not isinstance(full, str):

@@ -287,4 +287,11 @@ class StoreUnavailable(Exception):
 
     Raised by the stores of :mod:`bbverify.stores` (also importable as
     ``bbverify.stores.StoreUnavailable``); the key set falls back to fetching.
+    ``permanent`` (bool) is True when retrying cannot help until the
+    configuration changes: Redis refused the credentials or the ACL user's
+    permissions, or the file store's directory is not this user's to use.
     """
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent

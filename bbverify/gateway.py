@@ -58,7 +58,7 @@ from .asgi import Receive, Scope, Send, peer_address
 from .audit import record
 from .bearer import DEFAULT_REALM, ErrorResponse, error_response
 from .claims import PipelineClaims
-from .config import load_toml_table, verifier_from_mapping
+from .config import load_toml_table, verifier_from_layers, verifier_from_mapping
 from .context import RequestContext
 from .errors import (
     ConfigurationError,
@@ -367,6 +367,20 @@ class Gateway:
                 per[issuer] = False
         return all(per.values()), per
 
+    def key_stores(self) -> dict[str, str]:
+        """Per issuer with a shared key store, its state from ``status()`` (see :mod:`bbverify.keys`)."""
+        states: dict[str, str] = {}
+        for issuer, source in key_sources(self.verifier):
+            status_of = getattr(source, "status", None)
+            try:
+                state = status_of().get("key_store") if callable(status_of) else None
+            except Exception:
+                _log.exception("key source status failed for %s", issuer)
+                continue
+            if state is not None:
+                states[issuer] = str(state)
+        return states
+
     async def _readyz(self, send: Send) -> None:
         ok, per = self.ready()
         if not ok:
@@ -380,7 +394,13 @@ class Gateway:
                         refresh()
                     except Exception:
                         _log.exception("starting a key set refresh failed")
-        body = json.dumps({"ready": ok, "key_sets": per}).encode()
+        report: dict[str, Any] = {"ready": ok, "key_sets": per}
+        stores = self.key_stores()
+        if stores:
+            # Shown, not judged: without its store a worker still verifies,
+            # on its own budget; "misconfigured" needs an operator.
+            report["key_stores"] = stores
+        body = json.dumps(report).encode()
         await _send(send, 200 if ok else 503, [(b"content-type", b"application/json")], body)
 
     async def _metrics(self, send: Send) -> None:
@@ -625,6 +645,23 @@ def gateway_from_mapping(
     return Gateway(verifier, settings, metrics=metrics)
 
 
-def gateway_from_toml(path: str | os.PathLike[str], **overrides: Any) -> Gateway:
-    """A :class:`Gateway` from the ``[bbverify]`` table of a TOML file."""
-    return gateway_from_mapping(load_toml_table(path), **overrides)
+def gateway_from_toml(
+    path: str | os.PathLike[str],
+    *,
+    environ: Mapping[str, Any] | None = None,
+    metrics: VerifierMetrics | None = None,
+    **overrides: Any,
+) -> Gateway:
+    """A :class:`Gateway` from the ``[bbverify]`` table of a TOML file, with ``BBVERIFY_*`` layered over it.
+
+    The verifier settings are layered exactly as ``bbverify verify --config``
+    layers them (:func:`bbverify.config.verifier_from_layers`): each
+    ``BBVERIFY_*`` variable of ``environ`` (default ``os.environ``) replaces
+    its setting in the file, then ``overrides``; an invalid or misspelt
+    variable is a :class:`~bbverify.errors.ConfigurationError` naming it.
+    ``[bbverify.serve]`` has no variables.
+    """
+    rest, serve = split_serve(load_toml_table(path))
+    settings = serve_settings(serve)
+    verifier = verifier_from_layers(table=rest, environ=environ, **overrides)
+    return Gateway(verifier, settings, metrics=metrics)

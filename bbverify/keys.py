@@ -221,6 +221,8 @@ class _Outcome:
     last_modified: str | None = None
     document: object = None
     error: str | None = None
+    #: Read from the shared key store (another process fetched them), not fetched here.
+    from_store: bool = False
 
 
 @dataclass(frozen=True)
@@ -378,6 +380,12 @@ class RemoteKeySet:
         self._reason = "required"
         self._store_checked_at: float | None = None  # monotonic
         self._store_entry: _Entry | None = None
+        # The fleet's budget as this process last saw it in the store (wall
+        # clock); None until then, and again while the store is unavailable.
+        self._store_budget: _budget.BudgetState | None = None
+        # Why the last load had to do without the store (None: it answered).
+        self._store_failure: StoreUnavailable | None = None
+        self._store_used = False
         #: Requests this key source sent to the issuer (discovery and key set).
         self.request_count = 0
 
@@ -405,8 +413,16 @@ class RemoteKeySet:
         being unreachable or a refresh under way), ``age_seconds`` (float or
         ``None`` before the first good fetch), ``keys`` (int), ``fetches`` and
         ``failures`` (ints since start), ``last_error`` (str or ``None``),
-        ``budget_remaining`` (float: fetch tokens left in this process's
-        bucket; with a shared store the fleet's bucket lives in the store).
+        ``budget_remaining`` (float: fetch tokens left now: the fleet's
+        bucket as last read from or written to the shared store, or this
+        process's own bucket when there is no store or the last load had to
+        do without it), ``budget_source`` (``"store"`` or ``"process"``),
+        ``key_store`` (``None`` without a store; ``"unknown"`` before its
+        first use, ``"ok"`` when it last answered, ``"unavailable"`` when the
+        last load fell back to this process's own budget because of an
+        outage, ``"misconfigured"`` when it fell back because the store
+        refused this process: credentials, ACL permissions, file ownership)
+        and ``key_store_error`` (str or ``None``: why).
         """
         fetched = self._fetched_at
         age = None if fetched is None else max(0.0, self._now() - fetched)
@@ -418,7 +434,28 @@ class RemoteKeySet:
             "fetches": self.fetch_count,
             "failures": self.failure_count,
             "last_error": self._loader.last_error,
-            "budget_remaining": self._local_budget.tokens,
+            **self._budget_status(),
+            **self._store_status(),
+        }
+
+    def _store_status(self) -> dict[str, Any]:
+        if self.key_store is None:
+            return {"key_store": None, "key_store_error": None}
+        failure = self._store_failure
+        if failure is not None:
+            return {
+                "key_store": "misconfigured" if failure.permanent else "unavailable",
+                "key_store_error": str(failure),
+            }
+        return {"key_store": "ok" if self._store_used else "unknown", "key_store_error": None}
+
+    def _budget_status(self) -> dict[str, Any]:
+        shared = self._store_budget
+        if shared is not None:
+            return {"budget_remaining": self.budget.remaining(shared, self._wall()), "budget_source": "store"}
+        return {
+            "budget_remaining": self.budget.remaining(self._local_budget, self._now()),
+            "budget_source": "process",
         }
 
     @property
@@ -631,7 +668,12 @@ class RemoteKeySet:
             except StoreUnavailable as exc:
                 # Never fail a request because the store is down: this
                 # process fetches on its own, within its own budget.
-                _log.warning("key store unavailable, fetching without it: %s", exc)
+                if exc.permanent:
+                    _log.error("key store refused this process (fix its settings), fetching alone: %s", exc)
+                else:
+                    _log.warning("key store unavailable, fetching without it: %s", exc)
+                self._store_budget = None
+                self._store_failure = exc
         return self._load_local(reason, deadline)
 
     def _load_local(self, reason: str, deadline: float) -> _Outcome:
@@ -642,7 +684,9 @@ class RemoteKeySet:
                 self._local_budget, now, unknown_kid=unknown_kid, forced=reason == "warm_up"
             ):
                 return _Outcome()  # the budget is spent; the current keys stay
-            self.budget.spend(self._local_budget, now, requests=self._requests_needed())
+            # One token per attempt: a failed discovery never pays for the key
+            # set it did not ask for (see bbverify.budget on the first discovery).
+            self.budget.spend(self._local_budget, now)
             conditional = self._conditional(self._etag, self._last_modified, self._document)
             previous = self._document
         try:
@@ -658,6 +702,8 @@ class RemoteKeySet:
     def _load_shared(self, store: KeyStore, reason: str, deadline: float) -> _Outcome:
         name = self.source_name
         entry = self._read_entry(store, name)
+        self._store_failure = None  # the store answered
+        self._store_used = True
         if entry is not None and self._serves(entry, reason):
             return self._from_entry(entry)
         # Without usable keys, wait for another process's fetch (or for the
@@ -688,7 +734,7 @@ class RemoteKeySet:
                 return self._from_entry(entry) if entry is not None and entry.index else _Outcome()
             if entry is not None and entry.jwks_url and self._jwks_url is None:
                 self._adopt_jwks_url(entry.jwks_url)
-            self.budget.spend(state, wall, requests=self._requests_needed())
+            self.budget.spend(state, wall)
             # Record the spending before the request, so a crash mid-fetch still counts.
             self._write_entry(store, name, entry, state)
             previous = entry.document if entry is not None and entry.index else None
@@ -722,9 +768,6 @@ class RemoteKeySet:
         if reason == "warm_up":
             return self._fetched_wall is None or entry.fetched_wall > self._fetched_wall
         return True  # required: anything usable beats nothing; a refresh follows
-
-    def _requests_needed(self) -> int:
-        return 1 if self._jwks_url is not None else 2
 
     @staticmethod
     def _conditional(etag: str | None, modified: str | None, document: object) -> dict[str, str]:
@@ -786,6 +829,7 @@ class RemoteKeySet:
             etag=entry.etag,
             last_modified=entry.last_modified,
             document=entry.document,
+            from_store=True,
         )
 
     def _adopt_jwks_url(self, url: str) -> None:
@@ -799,6 +843,7 @@ class RemoteKeySet:
             return None
         cached = self._store_entry
         if cached is not None and cached.raw == raw:
+            self._store_budget = cached.budget
             return cached
         try:
             entry = self._parse_entry(raw, name)
@@ -807,8 +852,11 @@ class RemoteKeySet:
             # ignored (and overwritten by the next fetch), but its budget
             # counts as spent, so garbage never refills the fleet's bucket.
             _log.warning("ignoring the key store's entry for %s: %s", name, exc)
-            return self._keyless_entry(raw, self.budget.spent_state(self._wall()))
+            entry = self._keyless_entry(raw, self.budget.spent_state(self._wall()))
+            self._store_budget = entry.budget
+            return entry
         self._store_entry = entry
+        self._store_budget = entry.budget
         return entry
 
     def _parse_entry(self, raw: bytes, name: str) -> _Entry:
@@ -943,6 +991,7 @@ class RemoteKeySet:
             data.update(entry.kept)
         data["budget"] = state.to_dict()
         store.write(name, json.dumps(data, separators=(",", ":")).encode("utf-8"))
+        self._store_budget = _budget.BudgetState(**state.to_dict())
 
     # -- installing ---------------------------------------------------------
 
@@ -960,7 +1009,10 @@ class RemoteKeySet:
         self._fetched_wall = value.fetched_wall
         self._fresh_until = self._fetched_at + value.ttl
         self._etag, self._last_modified = value.etag, value.last_modified
-        if changed:
+        if changed and value.from_store:
+            count, url = len(self._all), self._jwks_url
+            _log.info("installed %d usable key(s) from the key store (fetched from %s)", count, url)
+        elif changed:
             _log.info("installed %d usable key(s) from %s", len(self._all), self._jwks_url)
 
     def _failed(self, exc: BaseException) -> str:

@@ -1,4 +1,4 @@
-"""Prometheus metrics for any app that verifies tokens (``pip install 'bbverify[metrics]'``).
+"""Prometheus metrics for any app that verifies tokens (``pip install '.[metrics]'`` in a checkout).
 
 ::
 
@@ -29,7 +29,12 @@ Families (all through :mod:`prometheus_client`):
   ``bbverify_key_fetch_failures_total``, ``bbverify_key_set_loaded``,
   ``bbverify_key_set_stale`` (1 while keys older than ``cache_ttl`` are served),
   ``bbverify_key_set_keys``, ``bbverify_key_set_age_seconds`` and, when the
-  key source reports one, ``bbverify_key_fetch_budget_remaining``;
+  key source reports one, ``bbverify_key_fetch_budget_remaining`` (with a
+  shared key store, the fleet's budget held there) and, with a key store,
+  ``bbverify_key_store_state{issuer, state}`` (1 for the current state:
+  ``ok``, ``unknown`` before first use, ``unavailable`` during an outage,
+  ``misconfigured`` when the store refused this process: either way it
+  fetches on its own budget meanwhile);
 * ``bbverify_token_cache_entries`` and ``bbverify_token_cache_limit``
   (gauges, labelled ``verifier``: the watch order, one cache per verifier).
 
@@ -112,12 +117,17 @@ class _State(Collector):
         budget = GaugeMetricFamily(
             f"{ns}_key_fetch_budget_remaining", "Key fetches the budget still allows", labels=["issuer"]
         )
+        store = GaugeMetricFamily(
+            f"{ns}_key_store_state",
+            "1 for the key store's current state (ok, unknown, unavailable, misconfigured)",
+            labels=["issuer", "state"],
+        )
         # One token cache per verifier, whatever its workspaces: labelled by watch order.
         tokens = GaugeMetricFamily(f"{ns}_token_cache_entries", "Verified tokens cached", labels=["verifier"])
         limit = GaugeMetricFamily(
             f"{ns}_token_cache_limit", "Verified-token cache capacity", labels=["verifier"]
         )
-        has_budget = False
+        has_budget = has_store = False
         for index, verifier in enumerate(verifiers):
             info = verifier.cache_info()
             tokens.add_metric([str(index)], info.get("tokens", 0))
@@ -142,8 +152,11 @@ class _State(Collector):
                 if status.get("budget_remaining") is not None:
                     has_budget = True
                     budget.add_metric([issuer], status["budget_remaining"])
+                if status.get("key_store") is not None:
+                    has_store = True
+                    store.add_metric([issuer, str(status["key_store"])], 1)
         families = [fetches, failures, loaded, stale, count, age, tokens, limit]
-        return [*families, budget] if has_budget else families
+        return [*families, *([budget] if has_budget else []), *([store] if has_store else [])]
 
 
 class VerifierMetrics:

@@ -13,7 +13,7 @@ or belongs to another key source.
 * :class:`FileKeyStore`: per host; a directory owned by this user and not
   writable by others, atomic replace, ``flock`` for the lock. Survives
   restarts, so a restarted service verifies before its first fetch.
-* :class:`RedisKeyStore`: per fleet (``pip install 'bbverify[redis]'``);
+* :class:`RedisKeyStore`: per fleet (``pip install '.[redis]'`` in a checkout);
   ``SET NX PX`` lock (redis-py's :class:`redis.lock.Lock`), a short timeout
   on every call.
 * :class:`MemoryKeyStore`: per process (several verifiers, tests).
@@ -35,6 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import parse_qs, urlsplit
 
 from .errors import ConfigurationError, StoreUnavailable
 
@@ -81,6 +82,20 @@ class KeyStore(Protocol):
         ``False`` when it timed out (another process is fetching).
         """
         ...
+
+
+#: OS errors retrying cannot mend: the directory's or file's owner, mode or kind.
+_PERMANENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.ELOOP, errno.EROFS})
+
+
+def _os_failure(what: str, path: str, exc: OSError) -> StoreUnavailable:
+    return StoreUnavailable(f"cannot {what} {path}: {exc.strerror}", permanent=exc.errno in _PERMANENT_ERRNOS)
+
+
+#: redis-py URL options that would replace the deadlines bbverify sets.
+_REDIS_DEADLINE_OPTIONS = frozenset(
+    {"socket_timeout", "socket_connect_timeout", "retry_on_timeout", "retry_on_error", "timeout"}
+)
 
 
 def _digest(name: str) -> str:
@@ -181,11 +196,13 @@ class FileKeyStore:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise StoreUnavailable(f"cannot open {path}: {exc.strerror}") from None
+            raise _os_failure("open", path, exc) from None
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
-                raise StoreUnavailable(f"{path} is not a regular file of this user, private to it")
+                raise StoreUnavailable(
+                    f"{path} is not a regular file of this user, private to it", permanent=True
+                )
             signature = (info.st_ino, info.st_mtime_ns, info.st_size)
             cached = self._last.get(name)
             if cached is not None and cached[0] == signature:
@@ -195,7 +212,7 @@ class FileKeyStore:
             with os.fdopen(fd, "rb", closefd=False) as fh:
                 data = fh.read(MAX_ENTRY_BYTES + 1)
         except OSError as exc:
-            raise StoreUnavailable(f"cannot read {path}: {exc.strerror}") from None
+            raise _os_failure("read", path, exc) from None
         finally:
             os.close(fd)
         if len(data) > MAX_ENTRY_BYTES:
@@ -215,7 +232,7 @@ class FileKeyStore:
             os.replace(tmp_name, path)
             tmp_name = None
         except OSError as exc:
-            raise StoreUnavailable(f"cannot write {path}: {exc.strerror}") from None
+            raise _os_failure("write", path, exc) from None
         finally:
             if tmp_name is not None:
                 with contextlib.suppress(OSError):
@@ -227,7 +244,7 @@ class FileKeyStore:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as exc:
-            raise StoreUnavailable(f"cannot open {path}: {exc.strerror}") from None
+            raise _os_failure("open", path, exc) from None
         self._lock_fds.add(fd)
         held = False
         try:
@@ -240,7 +257,7 @@ class FileKeyStore:
                     break
                 except OSError as exc:
                     if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                        raise StoreUnavailable(f"cannot lock {path}: {exc.strerror}") from None
+                        raise _os_failure("lock", path, exc) from None
                 if time.monotonic() >= deadline:
                     break
                 time.sleep(self._poll)
@@ -255,7 +272,7 @@ class FileKeyStore:
 
 
 class RedisKeyStore:
-    """A fleet-wide store in Redis (``pip install 'bbverify[redis]'``).
+    """A fleet-wide store in Redis (``pip install '.[redis]'`` in a checkout of bbverify).
 
     Each key source has one Redis key holding its entry (key set, fetch time,
     validators and budget) and one lock key set with ``SET NX PX`` through
@@ -290,12 +307,25 @@ class RedisKeyStore:
             import redis as redis_module
         except ImportError:  # pragma: no cover - depends on the install
             raise ConfigurationError(
-                "the Redis key store needs redis-py: pip install 'bbverify[redis]'", key="key_store.kind"
+                "the Redis key store needs redis-py: pip install '.[redis]' in a checkout of bbverify",
+                key="key_store.kind",
             ) from None
         # Any exception at all: redis-py raises AttributeError, TypeError or
         # ValueError on replies it did not expect, and every one of them must
         # become StoreUnavailable (a per-process fallback), never a 503.
         self._errors: tuple[type[BaseException], ...] = (Exception,)
+        # Refused credentials or ACL permissions: no retry mends them
+        # (AuthorizationError is missing from older redis-py).
+        self._refusals: tuple[type[BaseException], ...] = tuple(
+            getattr(redis_module.exceptions, name)
+            for name in (
+                "AuthenticationError",
+                "AuthorizationError",
+                "AuthenticationWrongNumberOfArgsError",
+                "NoPermissionError",
+            )
+            if hasattr(redis_module.exceptions, name)
+        )
         if not isinstance(timeout, int | float) or isinstance(timeout, bool) or not 0 < timeout <= 1:
             raise ConfigurationError("must be more than 0 and at most 1 second", key="key_store.timeout")
         if (url is None) == (client is None):
@@ -304,13 +334,29 @@ class RedisKeyStore:
             assert url is not None
             if not isinstance(url, str) or url.split("://", 1)[0] not in ("redis", "rediss", "unix"):
                 raise ConfigurationError("must be a redis://, rediss:// or unix:// URL", key="key_store.url")
-            client = redis_module.Redis.from_url(
-                url,
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
-                retry_on_timeout=False,
-                health_check_interval=0,
-            )
+            # redis-py lets URL options replace keyword arguments: a timeout
+            # there would undo key_store.timeout, so it is not accepted.
+            query = parse_qs(urlsplit(url).query, keep_blank_values=True)
+            overriding = sorted(set(query) & _REDIS_DEADLINE_OPTIONS)
+            if overriding:
+                raise ConfigurationError(
+                    f"must not set {', '.join(overriding)}: use key_store.timeout", key="key_store.url"
+                )
+            try:
+                client = redis_module.Redis.from_url(
+                    url,
+                    socket_timeout=timeout,
+                    socket_connect_timeout=timeout,
+                    retry_on_timeout=False,
+                    health_check_interval=0,
+                )
+                # Build (not connect) one connection now, so that a misspelt URL
+                # option is a start-up error rather than a store that never works.
+                pool = client.connection_pool
+                pool.connection_class(**pool.connection_kwargs)
+            except (TypeError, ValueError) as exc:
+                # The message names the option, never the URL (it may hold a password).
+                raise ConfigurationError(f"unusable Redis URL: {exc}", key="key_store.url") from None
         else:
             configured = client.connection_pool.connection_kwargs.get("socket_timeout")
             if not isinstance(configured, int | float) or not 0 < configured <= 1:
@@ -337,6 +383,10 @@ class RedisKeyStore:
             if self._client.pttl(key) == -1:
                 self._client.pexpire(key, int(self._lock_ttl * 1000))
 
+    def _failure(self, operation: str, exc: BaseException) -> StoreUnavailable:
+        refused = isinstance(exc, self._refusals)
+        return StoreUnavailable(f"Redis {operation} failed: {type(exc).__name__}: {exc}", permanent=refused)
+
     def _key(self, kind: str, name: str) -> str:
         return f"{self.prefix}{kind}:{_digest(name)}"
 
@@ -344,7 +394,7 @@ class RedisKeyStore:
         try:
             value: Any = self._client.get(self._key("jwks", name))
         except self._errors as exc:
-            raise StoreUnavailable(f"Redis GET failed: {type(exc).__name__}: {exc}") from None
+            raise self._failure("GET", exc) from None
         if value is None:
             return None
         if not isinstance(value, bytes):
@@ -357,7 +407,7 @@ class RedisKeyStore:
         try:
             self._client.set(self._key("jwks", name), data, ex=self._entry_ttl)
         except self._errors as exc:
-            raise StoreUnavailable(f"Redis SET failed: {type(exc).__name__}: {exc}") from None
+            raise self._failure("SET", exc) from None
 
     @contextlib.contextmanager
     def lock(self, name: str, timeout: float) -> Iterator[bool]:
@@ -372,7 +422,7 @@ class RedisKeyStore:
         try:
             held = bool(lock.acquire())
         except self._errors as exc:
-            raise StoreUnavailable(f"Redis lock failed: {type(exc).__name__}: {exc}") from None
+            raise self._failure("lock", exc) from None
         if not held:
             self._expire_if_persistent(self._key("lock", name))
         try:

@@ -54,6 +54,10 @@ _CANONICAL_LAST_2 = frozenset(ord(c) for i, c in enumerate(_ALPHABET) if i & 0x0
 _CANONICAL_LAST_3 = frozenset(ord(c) for i, c in enumerate(_ALPHABET) if i & 0x03 == 0)
 _PAD = (b"", b"", b"==", b"=")
 _TO_STD = bytes.maketrans(b"-_", b"+/")
+# For the strict decoder: base64url's two letters become standard base64's, and
+# standard base64's own '+', '/' and '=' (foreign in a base64url segment) become
+# '!', which strict a2b_base64 refuses like every other foreign byte.
+_URL_TO_STRICT = bytes.maketrans(b"-_+/=", b"+/!!!")
 # bytes.translate(None, delete) drops these in one C pass; whatever is left is
 # foreign. Much cheaper than a regex over a 1 kB payload (see benchmarks/README.md).
 _ALPHABET_BYTES = _ALPHABET.encode("ascii")
@@ -91,13 +95,36 @@ def _decode_alphabet_only(raw: bytes, what: str) -> bytes:
         raise _malformed(f"{what} is not base64url") from None
 
 
-def decode_payload(parsed: ParsedToken) -> bytes:
-    """Decode the payload segment of a token that :func:`split` accepted.
+def _decode_strict(raw: bytes) -> bytes | None:
+    """Canonical unpadded base64url ``raw`` decoded, or ``None`` when it is not.
 
-    ``split`` has already checked that the payload is non-empty base64url
-    alphabet, so only the length and canonical-encoding checks remain.
+    One translation and the standard library's strict C decoder, which
+    refuses every byte outside the alphabet: no separate alphabet pass. The
+    spare bits of the last character must be zero (RFC 4648 section 3.5).
+    The callers word the error (by the step-by-step checks) when it is ``None``.
     """
-    return _decode_alphabet_only(parsed.payload_segment.encode("ascii"), "payload")
+    rem = len(raw) & 3
+    if rem == 1 or not raw:
+        return None
+    if (rem == 2 and raw[-1] not in _CANONICAL_LAST_2) or (rem == 3 and raw[-1] not in _CANONICAL_LAST_3):
+        return None
+    try:
+        return binascii.a2b_base64(raw.translate(_URL_TO_STRICT) + _PAD[rem], strict_mode=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def decode_payload(parsed: ParsedToken) -> bytes:
+    """Decode the payload segment of a token that :func:`split` accepted; raise ``InvalidToken`` otherwise.
+
+    ``split`` checks the payload's length but leaves its alphabet to this
+    strict decode, so a 1 kB payload is read once, not twice.
+    """
+    segment = parsed.payload_segment
+    decoded = _decode_strict(segment.encode("ascii"))
+    if decoded is None:
+        return b64url_decode(segment, "payload")  # raises, worded by the step-by-step checks
+    return decoded
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -188,10 +215,19 @@ _new_parsed_token = partial(tuple.__new__, ParsedToken)
 
 
 def split(token: object, max_bytes: int = DEFAULT_MAX_TOKEN_BYTES) -> ParsedToken:
-    """Split a compact JWS and decode its signature; the payload stays encoded.
+    """Split a compact JWS and decode its signature; raise ``InvalidToken`` (``malformed``) otherwise.
 
-    The payload is decoded only after the signature holds, so unauthenticated
-    JSON never reaches the claim parser.
+    Every segment is checked to be base64url (the payload's canonical
+    encoding is left to :func:`decode_payload`); nothing is parsed as JSON.
+    """
+    return _split(token, max_bytes)[0]
+
+
+def _split(token: object, max_bytes: int) -> tuple[ParsedToken, bytes | None]:
+    """:func:`split`, and the payload decoded too when it is canonical (else ``None``).
+
+    One strict decode both checks the payload's alphabet and decodes it, so
+    :meth:`JWSReader.read` reads a 1 kB payload once, not twice.
     """
     if type(token) is not str:  # the common case skips both isinstance checks
         if isinstance(token, bytes | bytearray):
@@ -208,26 +244,27 @@ def split(token: object, max_bytes: int = DEFAULT_MAX_TOKEN_BYTES) -> ParsedToke
     if not token.isascii():
         raise _malformed(_likely_mistake(token) or "token is not ASCII")
     raw = token.encode("ascii")
-    # Fast path, one C pass over the whole token: nothing but the alphabet and
-    # exactly two dots means every alphabet check below would pass, so only
-    # the empty-segment and length checks remain, in the same order. Anything
-    # else takes the step-by-step path, which words the error as before.
-    if raw.translate(None, _ALPHABET_BYTES) != b"..":
-        return _split_checked(token)
-    first = raw.index(b".")
-    second = raw.index(b".", first + 1)
+    # Fast path: two dots, a header of alphabet bytes, non-empty segments, and a
+    # signature and payload that the strict decoder takes (which is also their
+    # alphabet check). Anything else takes the step-by-step path, which words
+    # the error as before; a payload that is base64url but not canonical is
+    # left for decode_payload to refuse, after the header, as always.
+    first = raw.find(b".")
+    second = raw.find(b".", first + 1)
+    if first < 0 or second < 0 or raw.find(b".", second + 1) >= 0:  # not exactly two dots
+        return _split_checked(token), None
+    if raw[:first].translate(None, _ALPHABET_BYTES):
+        # A foreign byte in the (short) header: a pasted 'Bearer ', a space...
+        return _split_checked(token), None
     if first == 0 or second == first + 1 or second == len(raw) - 1:
         raise _malformed("token has an empty segment")
     if (second - first - 1) & 3 == 1:
         raise _malformed("payload is not unpadded base64url")
-    return _new_parsed_token(
-        (
-            token[:first],
-            token[first + 1 : second],
-            raw[:second],
-            _decode_alphabet_only(raw[second + 1 :], "signature"),
-        )
-    )
+    signature = _decode_strict(raw[second + 1 :])
+    payload = _decode_strict(raw[first + 1 : second])
+    if signature is None or payload is None:
+        return _split_checked(token), None
+    return _new_parsed_token((token[:first], token[first + 1 : second], raw[:second], signature)), payload
 
 
 # A shell variable that reached us unexpanded ('$BITBUCKET_STEP_OIDC_TOKEN' in single quotes).
@@ -400,9 +437,11 @@ class JWSReader:
 
     def read(self, token: str | bytes) -> CompactJWS:
         """Split ``token``, check its header, parse its payload; raise ``InvalidToken`` otherwise."""
-        parsed = split(token, self.max_bytes)
+        parsed, payload = _split(token, self.max_bytes)
         header = self._header(parsed.header_segment)
-        return CompactJWS(parsed, header, parse_json_object(decode_payload(parsed), "payload"))
+        if payload is None:  # split took the step-by-step path: decode (or refuse) now, after the header
+            payload = decode_payload(parsed)
+        return CompactJWS(parsed, header, parse_json_object(payload, "payload"))
 
     def _header(self, segment: str) -> Header:
         header = self._headers.get(segment)

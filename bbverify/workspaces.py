@@ -231,9 +231,12 @@ class WorkspaceSpec:
         for i, rule in enumerate(self.policies):
             if not callable(rule):
                 raise ConfigurationError(f"{rule!r} is not a rule (a callable)", key=f"policies[{i}]")
+        name_key = "name"
         if name is None:
+            # A name derived from the workspace or issuer is reported under that setting.
+            name_key = "workspace" if isinstance(workspace, str) else "issuer"
             name = workspace.strip().lower() if isinstance(workspace, str) else issuer
-        self.name: str = check_name(name, "name")
+        self.name: str = check_name(name, name_key)
 
     @classmethod
     def coerce(cls, value: WorkspaceSpec | Mapping[str, Any], key: str) -> WorkspaceSpec:

@@ -3,7 +3,7 @@
     python -m benchmarks.fleet_sim --store file     # 16 processes share a FileKeyStore
     python -m benchmarks.fleet_sim --store redis    # 16 processes share a redis-server on 127.0.0.1
     python -m benchmarks.fleet_sim --store none --processes 4 \
-        --fetch-interval 560 --cooldown 560 --fetch-burst 1
+        --fetch-interval 660 --cooldown 660 --fetch-burst 1
 
 What runs (everything on loopback, real OS processes, real HTTP, real stores):
 

@@ -78,11 +78,26 @@ def test_bucket_allows_the_burst_then_one_fetch_per_interval() -> None:
     assert not b.allows(state, NOW + 10_000)
 
 
-def test_discovery_and_key_set_cost_two_tokens() -> None:
+def test_a_fetch_of_two_tokens_spends_both() -> None:
     b = budget(interval=100, burst=2, cooldown=0)
     state = b.new_state()
     b.spend(state, NOW, requests=2)
     assert b.wait(state, NOW) == pytest.approx(100.0)
+
+
+def test_the_bucket_never_goes_below_zero() -> None:
+    """A debt would keep a recovered issuer waiting whole intervals (finding f07)."""
+    b = budget(interval=100, burst=2, cooldown=0)
+    state = b.new_state()
+    for _ in range(3):
+        b.spend(state, NOW, requests=2)
+    assert state.tokens == 0.0
+    assert b.wait(state, NOW) == pytest.approx(100.0)
+    assert b.remaining(state, NOW + 50) == pytest.approx(0.5)
+    assert state.tokens == 0.0  # remaining() only reads
+    # A stored state written with a debt by an older version is clamped to zero.
+    state.tokens = -2.0
+    assert b.clamp(state, NOW).tokens == 0.0
 
 
 def test_unknown_kid_floor_counts_from_any_fetch() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -210,3 +211,27 @@ def test_demo_json_output() -> None:
     statuses = {row["status"] for row in data["results"]}
     assert statuses == {200, 401, 403, 503}
     assert all(row["ok"] for row in data["results"])
+
+
+@pytest.mark.parametrize("missing", ["prometheus_client", "uvicorn"])
+def test_serve_without_the_serve_extra_is_one_line_naming_it_and_exit_2(
+    missing: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A core-only install (f02): no traceback, the extra and the install line from a checkout."""
+    from bbverify.cli import main
+
+    config = tmp_path / "gw.toml"
+    config.write_text(
+        '[bbverify]\nissuer = "http://127.0.0.1:9/2.0/workspaces/acme/pipelines-config/identity/oidc"\n'
+        'workspace_uuid = "{0f2b0d1e-8c4e-4b9a-9a57-5a3c2d1e0f00}"\n'
+        '[bbverify.serve]\nprotocol = "nginx"\n[[bbverify.serve.routes]]\npath_prefix = "/"\n'
+    )
+    # Hide the module as an install without it would, and drop bbverify's
+    # modules that import it so that they are imported again.
+    monkeypatch.setitem(sys.modules, missing, None)
+    for name in ("bbverify.serve", "bbverify.gateway", "bbverify.metrics"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    assert main(["serve", "--config", str(config), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert missing in err and "pip install -e '.[serve]'" in err

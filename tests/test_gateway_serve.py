@@ -6,6 +6,7 @@ Also: the docs' examples for the gateway run as they stand.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -68,9 +69,28 @@ def _wait(url: str, client: httpx.Client, proc: subprocess.Popen[str]) -> httpx.
     raise AssertionError(f"{url} never answered 200")
 
 
+def _stale_metrics_dir(tmp_path: Path, workspace_uuid: str) -> Path:
+    """A PROMETHEUS_MULTIPROC_DIR as a previous run leaves it: 5 ok decisions already counted."""
+    directory = tmp_path / "multiproc"
+    directory.mkdir()
+    code = (
+        "from prometheus_client import Counter\n"
+        "c = Counter('bbverify_decisions', 'x', ['code', 'rule', 'workspace'])\n"
+        f"c.labels('ok', '', {workspace_uuid!r}).inc(5)\n"
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
+    assert list(directory.glob("counter_*.db"))
+    return directory
+
+
 def test_serve_two_workers_then_sigterm(issuer: FakeIssuer, tmp_path: Path, http: httpx.Client) -> None:
     port = free_port()
     config = _config(issuer, tmp_path)
+    # A user-set multiprocess directory with the last run's files (f11): emptied at start.
+    stale = _stale_metrics_dir(tmp_path, issuer.workspace_uuid)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BBVERIFY_")}
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(stale)
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -87,6 +107,7 @@ def test_serve_two_workers_then_sigterm(issuer: FakeIssuer, tmp_path: Path, http
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=env,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -119,6 +140,9 @@ def test_serve_two_workers_then_sigterm(issuer: FakeIssuer, tmp_path: Path, http
             proc.kill()
             _, err = proc.communicate(timeout=10)
     assert proc.returncode == 0, err
+    # Where it listens, once, with the number of workers (f04).
+    listening = [line for line in err.splitlines() if "listening on" in line]
+    assert listening == [f"bbverify serve: listening on http://127.0.0.1:{port} (2 workers)"], err
     # One JSON access line per check on stderr.
     lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     assert any(line.get("code") == "ok" and line.get("route") == "routes[0]" for line in lines), err

@@ -511,3 +511,56 @@ def test_max_backoff_is_checked_like_every_duration(value: Any) -> None:
 def test_max_backoff_below_failure_backoff_is_raised_to_it() -> None:
     keys = RemoteKeySet(jwks_url="https://example.invalid/keys.json", failure_backoff=30, max_backoff=10)
     assert keys.budget.max_backoff == 30
+
+
+# -- a start during an issuer outage (finding f07) ---------------------------------------------
+
+
+def test_a_failed_discovery_costs_one_token_and_the_bucket_never_goes_negative(
+    rsps: responses.RequestsMock, k1: SigningKey
+) -> None:
+    import requests as _requests
+
+    rsps.get(DISCOVERY, body=_requests.ConnectionError("network not up yet"))
+    clock = FakeClock()
+    ks = RemoteKeySet(issuer=ISSUER, timeout=1.0, monotonic=clock)  # default budget
+    with pytest.raises(KeysUnavailable):
+        ks.warm_up()
+    # One request was sent, so one token was spent (not the key set's too).
+    assert ks._local_budget.tokens == pytest.approx(2.0)
+    for _ in range(4):  # retries as fast as the backoff allows, while the issuer is down
+        clock.advance(ks.budget.wait(ks._local_budget, clock()) + 0.01)
+        ks.refresh_if_due()
+        wait_until(lambda: ks._inflight is None)
+        assert ks._local_budget.tokens >= 0.0
+    assert ks.status()["budget_remaining"] >= 0.0
+
+
+def test_a_service_started_during_an_outage_is_ready_soon_after_the_issuer_returns(
+    rsps: responses.RequestsMock, k1: SigningKey
+) -> None:
+    """Default settings, the issuer back 10 s after start: keys within a minute (docs/configuration.md)."""
+    import requests as _requests
+
+    clock = FakeClock()
+    start = clock()
+    down = rsps.get(DISCOVERY, body=_requests.ConnectionError("network not up yet"))
+    ks = RemoteKeySet(issuer=ISSUER, timeout=1.0, monotonic=clock)
+    with pytest.raises(KeysUnavailable):
+        ks.warm_up()
+    ready_at = None
+    for _ in range(60):  # a readiness probe every second of fake time, for at most a minute
+        clock.advance(1.0)
+        if clock() - start >= 10 and down is not None:
+            rsps.remove(down)
+            down = None
+            rsps.get(DISCOVERY, json={"issuer": ISSUER, "jwks_uri": JWKS})
+            rsps.get(JWKS, json=jwks(k1))
+        ks.refresh_if_due()
+        wait_until(lambda: ks._inflight is None)
+        if ks.status()["loaded"]:
+            ready_at = clock() - start
+            break
+    assert ready_at is not None and ready_at <= 30.0, ks.status()
+    assert ks.get_key("k1", "RS256") is not None
+    assert ks._local_budget.tokens >= 0.0

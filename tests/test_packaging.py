@@ -55,3 +55,36 @@ def test_docs_extra_is_part_of_dev() -> None:
     assert "mkdocs build --strict" in ci and "python -m build" in ci and "-py3-none-any.whl" in ci
     # --quiet hides mkdocs' warnings, and --strict then passes them.
     assert not re.search(r"mkdocs build[^\n]*(--quiet|-q\b)", ci)
+
+
+def _shipped_texts() -> list[Path]:
+    docs = sorted((ROOT / "docs").glob("*.md"))
+    return [ROOT / "README.md", *docs, *sorted((ROOT / "bbverify").rglob("*.py"))]
+
+
+def test_no_install_line_asks_the_package_index_for_bbverify() -> None:
+    """Not on PyPI yet: every install line, error message and docstring installs from a checkout (f08)."""
+    pattern = re.compile(r"pip install[^\n`]*?['\"]?bbverify\[")
+    hits = [
+        f"{path.relative_to(ROOT)}:{n}"
+        for path in _shipped_texts()
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert not hits
+
+
+def test_readme_install_section_lists_every_user_extra() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    install = readme.split("## Install", 1)[1].split("\n## ", 1)[0]
+    tooling = {"test", "bench", "docs", "lint", "dev"}
+    for extra in set(PROJECT["optional-dependencies"]) - tooling:
+        assert f"pip install '.[{extra}]'" in install, extra
+
+
+def test_docs_state_the_django_floor_pyproject_requires() -> None:
+    extra = PROJECT["optional-dependencies"]["django"]
+    (floor,) = [dep.split(">=", 1)[1] for dep in extra if dep.startswith("django>=")]
+    text = (ROOT / "docs" / "django.md").read_text(encoding="utf-8")
+    assert f"Django ({floor} or later)" in text
+    assert not re.search(r"Django \((?!" + re.escape(floor) + r")[0-9.]+ or later\)", text)

@@ -179,6 +179,57 @@ def test_a_corrupt_or_foreign_entry_is_ignored_and_logged(
     assert json.loads(store.read(ks.source_name) or b"")["format"] == ENTRY_FORMAT  # and repaired
 
 
+def stored_tokens(directory: Path) -> float:
+    (entry,) = directory.glob("*.json")
+    return float(json.loads(entry.read_text())["budget"]["tokens"])
+
+
+def test_status_reports_the_fleet_budget_held_in_the_store(fake: FakeIssuer, tmp_path: Path) -> None:
+    """/metrics' budget gauge reads status(): with a store, the store's bucket, not the local one (f03)."""
+    clock = FakeClock(1_800_000_000.0)
+    first = keyset(fake, clock, FileKeyStore(tmp_path))
+    first.warm_up()
+    spent = stored_tokens(tmp_path)
+    assert spent == pytest.approx(2.0)  # one attempt: discovery rode on the key-set request's token
+    assert first.status()["budget_remaining"] == pytest.approx(spent)
+    assert first.status()["budget_source"] == "store"
+    # Another process that only read the entry reports the same fleet budget.
+    second = keyset(fake, clock, FileKeyStore(tmp_path))
+    second.warm_up()
+    assert fake.jwks_requests == 1
+    assert second.status()["budget_remaining"] == pytest.approx(spent)
+    # The figure is as of now: the bucket refills on the wall clock.
+    clock.advance(90)
+    assert second.status()["budget_remaining"] == pytest.approx(spent + 0.5)
+
+
+def test_keys_read_from_the_store_are_logged_as_such(
+    fake: FakeIssuer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = FakeClock(1_800_000_000.0)
+    with caplog.at_level(logging.INFO, logger="bbverify.keys"):
+        keyset(fake, clock, FileKeyStore(tmp_path)).warm_up()
+        keyset(fake, clock, FileKeyStore(tmp_path)).warm_up()
+    lines = [r.getMessage() for r in caplog.records if "installed" in r.getMessage()]
+    assert len(lines) == 2 and fake.jwks_requests == 1
+    assert "key store" not in lines[0] and f"from {fake.jwks_url}" in lines[0]
+    assert lines[1].startswith("installed 1 usable key(s) from the key store (fetched from ")
+
+
+def test_status_reports_the_process_budget_while_the_store_is_unavailable(fake: FakeIssuer) -> None:
+    clock = FakeClock(1_800_000_000.0)
+    store = MemoryKeyStore()
+    ks = keyset(fake, clock, store)
+
+    def down(name: str) -> bytes | None:
+        raise StoreUnavailable("down")
+
+    store.read = down  # type: ignore[method-assign]
+    ks.warm_up()
+    assert ks.status()["budget_source"] == "process"
+    assert ks.status()["budget_remaining"] == pytest.approx(2.0)
+
+
 # -- Redis ------------------------------------------------------------------------------------
 
 
@@ -202,6 +253,95 @@ def test_redis_down_falls_back_to_fetching_alone(fake: FakeIssuer, caplog: pytes
     with caplog.at_level(logging.WARNING, logger="bbverify.keys"):
         assert v.verify(fake.mint(issued_at=clock())).workspace_uuid == fake.workspace_uuid
     assert any("key store unavailable" in r.message for r in caplog.records)
+
+
+def with_credentials(redis_url: str, user: str, password: str) -> str:
+    return redis_url.replace("redis://", f"redis://{user}:{password}@", 1)
+
+
+def test_redis_credentials_and_acl_user_in_the_url_work(fake: FakeIssuer, redis_url: str) -> None:
+    """The syntax docs/configuration.md gives for a Redis ACL user and password (f09)."""
+    import redis
+
+    prefix = f"acl{free_port()}:"
+    admin = redis.Redis.from_url(redis_url)
+    admin.acl_setuser(
+        "bbverify-ok",
+        enabled=True,
+        passwords=["+s3cret/pw"],
+        keys=[f"{prefix}*"],
+        commands=["+get", "+set", "+pttl", "+pexpire", "+evalsha", "+eval", "+script", "+del"],
+    )
+    url = with_credentials(redis_url, "bbverify-ok", "s3cret%2Fpw")  # percent-encoded "/"
+    ks = keyset(fake, FakeClock(1_800_000_000.0), RedisKeyStore(url, prefix=prefix))
+    ks.warm_up()
+    assert ks.status()["key_store"] == "ok" and ks.status()["budget_source"] == "store"
+    assert admin.keys(f"{prefix}*")
+
+
+@pytest.mark.parametrize("problem", ["wrong password", "no permission"])
+def test_a_redis_store_that_refuses_us_shows_as_misconfigured_and_we_still_verify(
+    problem: str, fake: FakeIssuer, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A permanent refusal differs from an outage in status() (f06); requests never fail because of it."""
+    import redis
+
+    admin = redis.Redis.from_url(redis_url)
+    admin.acl_setuser(
+        "bbverify-nokeys", enabled=True, passwords=["+right"], keys=["elsewhere:*"], commands=["+@all"]
+    )
+    password = "wrong" if problem == "wrong password" else "right"
+    clock = FakeClock(1_800_000_000.0)
+    ks = keyset(fake, clock, RedisKeyStore(with_credentials(redis_url, "bbverify-nokeys", password)))
+    v = fake.verifier(keys=ks, clock=clock)
+    with caplog.at_level(logging.WARNING, logger="bbverify.keys"):
+        assert v.verify(fake.mint(issued_at=clock())).workspace_uuid == fake.workspace_uuid
+    status = ks.status()
+    assert status["key_store"] == "misconfigured", status
+    assert status["key_store_error"] and status["budget_source"] == "process"
+    assert any(r.levelno == logging.ERROR and "refused" in r.message for r in caplog.records)
+
+
+def test_a_redis_outage_shows_as_unavailable_not_misconfigured(fake: FakeIssuer) -> None:
+    clock = FakeClock(1_800_000_000.0)
+    ks = keyset(fake, clock, RedisKeyStore(f"redis://127.0.0.1:{free_port()}/0", timeout=0.2))
+    assert ks.status()["key_store"] == "unknown"
+    ks.warm_up()
+    assert ks.status()["key_store"] == "unavailable"
+    assert keyset(fake, clock).status()["key_store"] is None  # no store at all
+
+
+def test_a_file_store_entry_others_could_write_shows_as_misconfigured(
+    fake: FakeIssuer, tmp_path: Path
+) -> None:
+    clock = FakeClock(1_800_000_000.0)
+    keyset(fake, clock, FileKeyStore(tmp_path)).warm_up()
+    (entry,) = tmp_path.glob("*.json")
+    os.chmod(entry, 0o666)  # not private: refused until someone fixes the mode
+    ks = keyset(fake, clock, FileKeyStore(tmp_path))
+    ks.warm_up()
+    assert ks.status()["key_store"] == "misconfigured"
+    assert "not a regular file of this user" in ks.status()["key_store_error"]
+
+
+def test_redis_tls_options_in_the_url_reach_the_client() -> None:
+    """The documented rediss:// options (f09) are passed on; nothing connects yet."""
+    store = RedisKeyStore(
+        "rediss://user:pw@127.0.0.1:1/0?ssl_ca_certs=/etc/ssl/redis-ca.pem&ssl_check_hostname=true"
+    )
+    options = store._client.connection_pool.connection_kwargs
+    assert options["ssl_ca_certs"] == "/etc/ssl/redis-ca.pem" and options["username"] == "user"
+    assert options["socket_timeout"] == 0.25
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["socket_timeout=30", "socket_connect_timeout=30", "retry_on_timeout=true", "ssl_ca_cert=/x", "db=zero"],
+)
+def test_redis_url_options_that_undo_our_deadlines_or_do_not_exist_are_start_up_errors(query: str) -> None:
+    with pytest.raises(ConfigurationError) as exc:
+        RedisKeyStore(f"redis://:secret@127.0.0.1:1/0?{query}")
+    assert exc.value.key == "key_store.url" and "secret" not in str(exc.value)
 
 
 def test_redis_client_without_timeouts_is_refused() -> None:
