@@ -57,6 +57,8 @@ def test_real_audiences_still_build() -> None:
         (lambda t: t + '"', "wrapped in quotes"),
         (lambda t: f"\u201c{t}\u201d", "wrapped in quotes"),
         (lambda t: t[:30] + "\n" + t[30:], "whitespace inside it"),
+        (lambda t: t[: t.index(".") + 40] + " " + t[t.index(".") + 40 :], "whitespace inside it"),
+        (lambda t: t[:-20] + "\r\n" + t[-20:], "whitespace inside it"),
         (lambda t: "$BITBUCKET_STEP_OIDC_TOKEN", "name of a shell variable"),
         (lambda t: "<token>", "placeholder"),
         (lambda t: "Authorization: Bearer " + t, "without the header name"),
