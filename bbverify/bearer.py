@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import (
+    ConfigurationError,
     ErrorCode,
     InvalidRequest,
     KeysUnavailable,
@@ -36,6 +37,7 @@ __all__ = [
     "DEFAULT_REALM",
     "ErrorResponse",
     "bearer_token",
+    "check_realm",
     "error_response",
     "quote_header_value",
     "reason_phrase",
@@ -51,6 +53,19 @@ _B64TOKEN_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234567
 # RFC 6750 section 3: error_description and realm use %x20-21 / %x23-5B / %x5D-7E.
 _UNSAFE_HEADER_CHARS = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
 _MAX_DESCRIPTION = 200
+
+
+def check_realm(realm: object, key: str = "realm") -> str:
+    """``realm`` if it can be the ``realm`` of ``WWW-Authenticate``; else :class:`ConfigurationError`.
+
+    The one realm check of every adapter: a non-empty ``str`` of at most 100
+    printable ASCII characters without ``"`` or ``\\`` (RFC 6750 section 3).
+    An empty or non-``str`` realm is an error (``key``, default ``"realm"``),
+    never quietly replaced by :data:`DEFAULT_REALM`.
+    """
+    if not isinstance(realm, str) or not realm or quote_header_value(realm, 100) != realm:
+        raise ConfigurationError("must be printable ASCII without quotes or backslashes", key=key)
+    return realm
 
 
 def _as_text(value: str | bytes) -> str | None:

@@ -180,7 +180,7 @@ class PipelineAuth(HTTPBearer):
                 claims = await guard.averify(authorization, context=context)
                 if CLAIMS_KEY not in scope:
                     set_scope_claims(scope, claims, guard, context.client_ip)
-            check_scopes(claims, required, scope)
+            check_scopes(claims, required, scope, policy=guard.policy)
         except VerificationError as exc:
             refusal = guard.refusal(exc)
             native = refusal.native if isinstance(refusal.native, Response) else None

@@ -38,7 +38,7 @@ from typing import Any, TypeVar, cast
 from flask import Flask, current_app, g, has_app_context, make_response, request
 from flask.typing import ResponseReturnValue
 
-from .bearer import DEFAULT_REALM
+from .bearer import DEFAULT_REALM, check_realm
 from .claims import PipelineClaims
 from .errors import ConfigurationError, VerificationError
 from .guard import ErrorHandler, Guard, Refusal, route_policies
@@ -92,7 +92,8 @@ class BBVerify:
     ) -> None:
         self._verifier = verifier
         self._trusted_proxies = trusted_proxies
-        self._realm = realm
+        # Checked now (the one realm check, bearer.check_realm): "" or 0 is a mistake, not "use the default".
+        self._realm = realm if realm is None else check_realm(realm)
         self._on_error = on_error
         self._policy = policy
         if app is not None:
@@ -108,7 +109,10 @@ class BBVerify:
         trusted = self._trusted_proxies
         if trusted is None:
             trusted = app.config.get("BBVERIFY_TRUSTED_PROXIES")
-        realm = self._realm or app.config.get("BBVERIFY_REALM") or DEFAULT_REALM
+        realm = self._realm
+        if realm is None:
+            configured = app.config.get("BBVERIFY_REALM")
+            realm = DEFAULT_REALM if configured is None else check_realm(configured, key="BBVERIFY_REALM")
         app.extensions[EXTENSION_KEY] = _State(verifier, trusted, realm, self._on_error, self._policy)
         # Views registered already are checked now; views registered later (the usual
         # order: BBVerify(app) first, routes below, blueprints after) are checked as
@@ -181,7 +185,7 @@ class _State:
                 base.verifier,
                 rules,
                 trusted_proxies=trusted if trusted is not None else base.trusted_proxies,
-                realm=realm or base.realm,
+                realm=realm if realm is not None else base.realm,
                 on_error=on_error or base.on_error,
                 policy=policy if policy is not None else base.policy,
             )
@@ -257,6 +261,8 @@ def require_pipeline(
             "(write @require_pipeline() to use the app's BBVerify extension)",
             key="verifier",
         )
+    if realm is not None:
+        check_realm(realm)  # now, also when the app's extension supplies the rest
     rules = as_rules(route_policies(policies, route_rules))
     own: Guard | None = None
     if verifier is not None:
@@ -264,7 +270,7 @@ def require_pipeline(
             verifier,
             rules,
             trusted_proxies=trusted_proxies,
-            realm=realm or DEFAULT_REALM,
+            realm=realm if realm is not None else DEFAULT_REALM,
             on_error=on_error,
             policy=policy,
         )

@@ -470,6 +470,7 @@ class Gateway:
         claims: PipelineClaims | None = None
         match: RouteMatch | None = None
         method = host = target = None
+        audited = False
         try:
             method, host, target = self._original(scope, headers)
             if not self.settings.allow_override_headers:
@@ -483,18 +484,25 @@ class Gateway:
             match = self.settings.routes.match(method, host, target)
             if not match.public:
                 context = RequestContext(address, 0.0, match.method, match.path)
-                token = guard.token(headers.get(b"authorization", []), context)
-                # policy=None: the verifier's default policy (if any); its base rules always apply.
+                # From here on a refusal is audited where it is decided: the token step
+                # and the verifier record it under the route's policy (None: the default).
+                audited = True
+                token = guard.token(headers.get(b"authorization", []), context, policy=match.policy)
                 claims = await self.verifier.averify(token, context=context, policy=match.policy)
         except Exception as caught:
             exc = caught if isinstance(caught, VerificationError) else self._internal(caught)
-            if isinstance(exc, RouteDenied):
-                # The verifier never saw it: audit it like the verifier's own refusals.
-                # The path as the proxy sent it (it did not normalise), quoted so that
-                # spaces or controls in it cannot fake fields of the audit line.
+            if not (audited and isinstance(caught, VerificationError)):
+                # The verifier never saw it (a route denial, an internal error): audit it
+                # once here like the verifier's own refusals. The path as the proxy sent it
+                # (it did not normalise), quoted so that spaces or controls in it cannot
+                # fake fields of the audit line.
                 path = quote((target or "").split("?", 1)[0][:512], safe=_URI_SAFE) or None
                 said = quote(method[:32], safe=_URI_SAFE) if method else None
-                record(exc, RequestContext(address, 0.0, said, path), self.verifier.on_decision)
+                unseen = RequestContext(address, 0.0, said, path)
+                if match is None:
+                    record(exc, unseen, self.verifier.on_decision)  # no route: no policy applies
+                else:
+                    self.verifier.record_refusal(exc, unseen, policy=match.policy)
             response = self._refusal(exc)
             elapsed = time.perf_counter() - start
             if match is not None and not match.public:

@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from typing import TypedDict
 
 from .addresses import IPAddress
-from .audit import record
-from .bearer import DEFAULT_REALM, ErrorResponse, bearer_token, error_response, quote_header_value
+from .bearer import DEFAULT_REALM, ErrorResponse, bearer_token, check_realm, error_response
 from .claims import PipelineClaims
 from .context import RequestContext
 from .errors import ConfigurationError, VerificationError
@@ -161,9 +160,7 @@ class Guard:
                 key="exclude_prefixes",
             )
         self.trusted_proxies = TrustedProxies.parse(trusted_proxies)
-        if not isinstance(realm, str) or quote_header_value(realm, 100) != realm or not realm:
-            raise ConfigurationError("must be printable ASCII without quotes or backslashes", key="realm")
-        self.realm = realm
+        self.realm = check_realm(realm)
         if on_error is not None and not callable(on_error):
             raise ConfigurationError("must be a callable", key="on_error")
         self.on_error = on_error
@@ -214,13 +211,30 @@ class Guard:
                 contexts[key] = context
         return context
 
-    def token(self, authorization: Sequence[str | bytes], context: RequestContext) -> str:
-        """The bearer token; a refusal is audited like the verifier's own."""
+    def token(
+        self, authorization: Sequence[str | bytes], context: RequestContext, *, policy: str | None = None
+    ) -> str:
+        """The bearer token; a refusal is audited like the verifier's own (:meth:`record_refusal`).
+
+        ``policy`` names the route's policy when it is not this guard's (the
+        gateway's routes); ``None``: this guard's ``policy``.
+        """
         try:
             return bearer_token(authorization)
         except VerificationError as exc:
-            record(exc, context, self.verifier.on_decision, policy=self.applied_policy)
+            self.verifier.record_refusal(exc, context, policy=policy if policy is not None else self.policy)
             raise
+
+    def record_refusal(
+        self, error: VerificationError, context: RequestContext, claims: PipelineClaims | None = None
+    ) -> None:
+        """Audit a refusal this guard decided (the verifier never saw it), under this guard's policy.
+
+        One :class:`~bbverify.audit.Decision` through
+        :meth:`bbverify.Verifier.record_refusal`, naming the guard's applied
+        policy, and the workspace and issuer of ``claims`` when given.
+        """
+        self.verifier.record_refusal(error, context, policy=self.policy, claims=claims)
 
     def verify(self, authorization: Sequence[str | bytes], *, context: RequestContext) -> PipelineClaims:
         """Parse the header and verify the token under ``context`` (blocking; for WSGI and Flask).

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from .audit import record
 from .claims import PipelineClaims
 from .context import RequestContext
 from .errors import ConfigurationError, ErrorCode, PolicyDenied
-from .identity import VERIFIER_KEY, request_client_ip
+from .identity import POLICY_KEY, VERIFIER_KEY, request_client_ip
 from .paths import routing_path, wsgi_path
 from .verifier import Verifier
 
@@ -24,6 +23,9 @@ __all__ = ["KNOWN_SCOPES", "check_scope_names", "check_scopes", "scopes_for"]
 #: ``pipeline``; tokens of deployment steps (``deploymentEnvironmentUuid``
 #: present) also have ``deployment``.
 KNOWN_SCOPES = ("pipeline", "deployment")
+
+# check_scopes(policy=) left out: the policy the claims passed, as stored in the carrier.
+_STORED = object()
 
 
 def scopes_for(claims: PipelineClaims) -> list[str]:
@@ -49,14 +51,23 @@ def check_scope_names(scopes: Iterable[str], key: str = "scopes") -> tuple[str, 
 
 
 def check_scopes(
-    claims: PipelineClaims, required: Iterable[str], carrier: Mapping[str, object] | None = None
+    claims: PipelineClaims,
+    required: Iterable[str],
+    carrier: Mapping[str, object] | None = None,
+    *,
+    policy: str | object | None = _STORED,
 ) -> None:
     """Raise :class:`~bbverify.errors.PolicyDenied` (403, code ``insufficient_scope``)
     when ``claims`` lack one of the ``required`` scopes (RFC 6750 section 3.1).
 
     ``carrier`` is the request's ASGI scope or WSGI environ: the refusal is
-    then audited like the verifier's own, through the verifier that
-    produced the claims, with the request's method and path.
+    then audited once (:meth:`bbverify.Verifier.record_refusal`) through the
+    verifier that produced the claims, with the request's method and path,
+    the claims' workspace and issuer, and the route's named policy:
+    ``policy`` (a name, or ``None`` for the verifier's default) when given,
+    else the policy the claims passed (``carrier["bbverify.policy"]``). The
+    verifier's own allow of the same token stays in the log before this
+    denial: the token was valid, the route wanted more.
     """
     try:
         _check_scopes(claims, required)
@@ -71,7 +82,10 @@ def check_scopes(
             )
             method = method if isinstance(method, str) else None
             context = RequestContext(request_client_ip(carrier), 0.0, method, routed)
-            record(exc, context, verifier.on_decision, claims=claims)
+            named = carrier.get(POLICY_KEY) if policy is _STORED else policy
+            verifier.record_refusal(
+                exc, context, policy=named if isinstance(named, str) else None, claims=claims
+            )
         raise
 
 

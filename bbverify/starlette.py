@@ -41,10 +41,12 @@ from starlette.requests import HTTPConnection
 from starlette.responses import Response
 from starlette.websockets import WebSocket
 
-from .asgi import WS_POLICY_VIOLATION, scope_request, set_scope_claims
-from .bearer import DEFAULT_REALM, ErrorResponse, error_response, quote_header_value
+from .asgi import WS_POLICY_VIOLATION, scope_path, scope_request, set_scope_claims
+from .audit import record
+from .bearer import DEFAULT_REALM, ErrorResponse, check_realm, error_response
+from .context import RequestContext
 from .errors import ConfigurationError, ErrorCode, MissingToken, VerificationError
-from .guard import Guard, route_policies
+from .guard import ErrorHandler, Guard, Refusal, route_policies
 from .identity import PipelineUser as _PipelineUser
 from .identity import request_claims
 from .policies import Rule
@@ -55,6 +57,9 @@ from .verifier import Verifier
 __all__ = ["PipelineAuthBackend", "PipelineAuthenticationError", "PipelineUser", "requires", "to_response"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: Where :class:`PipelineAuthBackend` notes its :class:`~bbverify.guard.Guard` for :func:`requires`.
+GUARD_KEY = "bbverify.guard"
 
 
 class PipelineUser(_PipelineUser, BaseUser):
@@ -94,6 +99,13 @@ class PipelineAuthBackend(AuthenticationBackend):
     ``policies`` are rules added to the verifier's own (the name every
     adapter uses); extra positional rules, the older spelling, still work
     (giving both is a :class:`~bbverify.errors.ConfigurationError`).
+    ``realm`` and ``on_error`` are those of every adapter
+    (:class:`~bbverify.guard.Guard`): ``on_error(error)`` may return an
+    :class:`~bbverify.http.ErrorResponse` or a Starlette ``Response`` to send
+    instead of the RFC 6750 answer, both for this backend's refusals and for
+    those of :func:`requires` on the routes behind it (which also audit a
+    missing token under this backend's verifier and policy). The backend's
+    guard is noted in ``scope["bbverify.guard"]`` for :func:`requires`.
     """
 
     def __init__(
@@ -104,12 +116,17 @@ class PipelineAuthBackend(AuthenticationBackend):
         policies: Rule | Sequence[Rule] | None = None,
         trusted_proxies: TrustedProxiesSpec = None,
         realm: str = DEFAULT_REALM,
+        on_error: ErrorHandler | None = None,
     ) -> None:
         rules = route_policies(policies, route_rules)
-        self.guard = Guard(verifier, rules, trusted_proxies=trusted_proxies, realm=realm, policy=policy)
+        self.guard = Guard(
+            verifier, rules, trusted_proxies=trusted_proxies, realm=realm, on_error=on_error, policy=policy
+        )
 
     async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, PipelineUser] | None:
         scope = conn.scope
+        # Anonymous requests too: requires() refuses them and audits the refusal here.
+        scope[GUARD_KEY] = self.guard
         authorization, context = scope_request(self.guard, scope)
         if not authorization:
             return None
@@ -123,11 +140,18 @@ class PipelineAuthBackend(AuthenticationBackend):
     def on_error(self, conn: HTTPConnection, exc: AuthenticationError) -> Response:
         """Render a refusal the RFC 6750 way (for ``AuthenticationMiddleware(on_error=...)``)."""
         if isinstance(exc, PipelineAuthenticationError):
-            return to_response(self.guard.error_response(exc.error))
+            return _answer(self.guard.refusal(exc.error))
         return Response(str(exc), status_code=400)
 
 
-def requires(scopes: str | Iterable[str] = "pipeline", *, realm: str = DEFAULT_REALM) -> Callable[[F], F]:
+def _answer(refusal: Refusal) -> Response:
+    """A refusal as a Starlette ``Response``: ``on_error``'s own, else status, headers, body."""
+    if isinstance(refusal.native, Response):
+        return refusal.native
+    return to_response(refusal.response)
+
+
+def requires(scopes: str | Iterable[str] = "pipeline", *, realm: str | None = None) -> Callable[[F], F]:
     """Guard a Starlette endpoint (function taking ``request`` or ``websocket``) by scope.
 
     Use it instead of ``starlette.authentication.requires`` behind
@@ -139,21 +163,49 @@ def requires(scopes: str | Iterable[str] = "pipeline", *, realm: str = DEFAULT_R
     ``WWW-Authenticate: Bearer realm=...`` (code ``missing_token``); one whose
     token lacks a scope gets 403 with ``error="insufficient_scope"`` and
     bbverify's JSON body. A refused WebSocket is closed with code 1008.
+
+    Behind :class:`PipelineAuthBackend` the refusal is that backend's: its
+    ``on_error`` answers, its realm is the default ``realm``, and a missing
+    token is audited once (:meth:`bbverify.Verifier.record_refusal`) under
+    its verifier and policy. Without one, a missing token is still logged on
+    ``bbverify.audit``. ``realm`` (``None``: the backend's, else
+    ``"bbverify"``) is checked like every adapter's
+    (:func:`bbverify.bearer.check_realm`).
     """
     needed = check_scope_names(scopes)
-    if not isinstance(realm, str) or not realm or quote_header_value(realm, 100) != realm:
-        raise ConfigurationError("must be printable ASCII without quotes or backslashes", key="realm")
+    if realm is not None:
+        check_realm(realm)
 
     def refusal(conn: object) -> VerificationError | None:
         claims = request_claims(conn)
-        if claims is None:
-            return MissingToken("this resource needs a pipeline token", code=ErrorCode.MISSING_TOKEN)
         scope = getattr(conn, "scope", None)
+        carrier = scope if isinstance(scope, dict) else None
+        if claims is None:
+            error = MissingToken("this resource needs a pipeline token", code=ErrorCode.MISSING_TOKEN)
+            guard = _guard_of(carrier)
+            if guard is not None and carrier is not None:
+                guard.record_refusal(error, scope_request(guard, carrier)[1])
+            elif carrier is not None:
+                # No backend to name a verifier: the audit log still sees the refusal.
+                record(error, RequestContext(None, 0.0, carrier.get("method"), scope_path(carrier)), None)
+            return error
         try:
-            check_scopes(claims, needed, scope if isinstance(scope, dict) else None)
+            check_scopes(claims, needed, carrier)
         except VerificationError as exc:
             return exc
         return None
+
+    def answer(conn: object, error: VerificationError) -> Response:
+        scope = getattr(conn, "scope", None)
+        guard = _guard_of(scope if isinstance(scope, dict) else None)
+        if guard is None:
+            return to_response(error_response(error, realm or DEFAULT_REALM))
+        if realm is None or realm == guard.realm:
+            return _answer(guard.refusal(error))
+        custom = guard.custom_error(error)
+        if isinstance(custom, Response):
+            return custom
+        return to_response(custom if isinstance(custom, ErrorResponse) else error_response(error, realm))
 
     def decorate(func: F) -> F:
         names = list(inspect.signature(func).parameters)
@@ -179,17 +231,23 @@ def requires(scopes: str | Iterable[str] = "pipeline", *, realm: str = DEFAULT_R
                 if isinstance(conn, WebSocket):
                     await conn.close(code=WS_POLICY_VIOLATION)
                     return None
-                return to_response(error_response(error, realm))
+                return answer(conn, error)
 
             return cast(F, async_wrapper)
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            error = refusal(connection(args, kwargs))
+            conn = connection(args, kwargs)
+            error = refusal(conn)
             if error is None:
                 return func(*args, **kwargs)
-            return to_response(error_response(error, realm))
+            return answer(conn, error)
 
         return cast(F, wrapper)
 
     return decorate
+
+
+def _guard_of(scope: dict[str, Any] | None) -> Guard | None:
+    guard = scope.get(GUARD_KEY) if scope is not None else None
+    return guard if isinstance(guard, Guard) else None

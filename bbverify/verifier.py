@@ -518,6 +518,41 @@ class Verifier:
             known = ", ".join(repr(n) for n in self._named) or "none are configured"
             raise ConfigurationError(f"unknown policy {name!r}; named policies: {known}", key=key)
 
+    def record_refusal(
+        self,
+        error: VerificationError,
+        context: RequestContext,
+        *,
+        policy: str | None = None,
+        claims: PipelineClaims | None = None,
+    ) -> None:
+        """Audit a refusal an adapter or the gateway decided without this verifier.
+
+        For refusals the verifier never saw (no token, a malformed
+        ``Authorization`` header, a route the gateway denies, a missing
+        scope): one :class:`~bbverify.audit.Decision` through
+        :func:`bbverify.audit.record`, like the verifier's own, to the audit
+        logger and ``on_decision``. ``policy`` is the route's named policy
+        (``None``: this verifier's default policy); the workspace name and
+        issuer come from ``claims`` (their exact ``iss``) when given. Never
+        raises.
+        """
+        if not wanted(False, self.on_decision):
+            return
+        trust = None
+        if claims is not None:
+            iss = claims.issuer
+            trust = self._by_issuer.get(iss) if type(iss) is str else None
+        record(
+            error,
+            context,
+            self.on_decision,
+            claims=claims,
+            workspace_name=trust.name if trust is not None else None,
+            issuer=trust.issuer if trust is not None else None,
+            policy=policy if policy is not None else self._default_policy,
+        )
+
     def _policy_rules(self, name: str | None) -> tuple[Rule, ...]:
         if name is None:
             name = self._default_policy
