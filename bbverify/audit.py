@@ -4,7 +4,10 @@ Every call of :meth:`bbverify.Verifier.verify` ends in one :class:`Decision`,
 built by :func:`record` from the request's
 :class:`~bbverify.context.RequestContext`; adapters that refuse a request
 before the verifier sees it (no token, a malformed ``Authorization`` header,
-a route that denies) call :func:`record` too.
+a route that denies, a missing scope) go through
+:meth:`bbverify.Verifier.record_refusal`, which calls :func:`record` once
+with the route's policy and, when the claims are known, their workspace and
+issuer.
 It is logged on the ``bbverify.audit`` logger (INFO for allow, WARNING for
 deny) and passed to the verifier's ``on_decision`` hook, if any. A decision
 names the pipeline, never the token.

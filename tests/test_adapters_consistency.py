@@ -444,3 +444,166 @@ def test_routing_path_agrees_with_starlettes_router() -> None:
                 # the request is a 404 whatever bbverify decides.
                 continue
             assert routing_path(path, root) == expected, (path, root)
+
+
+# -- every refusal audited once, under the route's policy (findings f03, f04, f08) ------------
+
+
+def _allow(claims: Any, context: Any) -> None:
+    return None
+
+
+@pytest.fixture(scope="module")
+def policed(issuer: FakeIssuer) -> Iterator[tuple[list[Decision], dict[str, str]]]:
+    """One route per adapter, each under the named policy "deploy" (the default is "build")."""
+    from bbverify.gateway import Gateway, serve_settings
+
+    seen: list[Decision] = []
+    verifier = issuer.verifier(
+        named_policies={"deploy": [_allow], "build": [_allow]}, default_policy="build", on_decision=seen.append
+    )
+    fast = FastAPI()
+    install_error_handler(fast)
+    auth = PipelineAuth(verifier, policy="deploy")
+
+    @fast.post("/deploy")
+    async def fast_deploy(claims: PipelineClaims = Security(auth, scopes=["deployment"])) -> Any:
+        return {}
+
+    @requires("deployment")
+    async def star_deploy(request: Request) -> JSONResponse:
+        return JSONResponse({})
+
+    backend = PipelineAuthBackend(verifier, policy="deploy")
+    star = Starlette(
+        routes=[Route("/deploy", star_deploy, methods=["POST"])],
+        middleware=[Middleware(AuthenticationMiddleware, backend=backend, on_error=backend.on_error)],
+    )
+    flask = Flask(__name__)
+
+    @flask.post("/deploy")
+    @require_pipeline(verifier, policy="deploy")
+    def flask_deploy() -> Any:
+        return {}
+
+    gateway = Gateway(
+        verifier,
+        serve_settings({"protocol": "forwarded", "routes": [{"path_prefix": "/deploy", "policy": "deploy"}]}),
+    )
+    with serve_asgi(fast) as f, serve_asgi(star) as s, serve_wsgi(flask) as w, serve_asgi(gateway) as g:
+        yield seen, {"fastapi": f, "starlette": s, "flask": w, "gateway": g}
+
+
+def _ask(http: httpx.Client, urls: dict[str, str], adapter: str, token: str | None) -> httpx.Response:
+    headers = bearer(token) if token is not None else {}
+    if adapter == "gateway":
+        from bbverify.gateway import AUTH_PATH
+
+        headers.update({"X-Forwarded-Method": "POST", "X-Forwarded-Host": "svc", "X-Forwarded-Uri": "/deploy"})
+        return http.get(urls[adapter] + AUTH_PATH, headers=headers)
+    return http.post(urls[adapter] + "/deploy", headers=headers)
+
+
+@pytest.mark.parametrize("adapter", ["fastapi", "starlette", "flask", "gateway"])
+def test_every_refusal_is_audited_once_under_the_route_policy(
+    policed: tuple[list[Decision], dict[str, str]], http: httpx.Client, issuer: FakeIssuer, adapter: str
+) -> None:
+    seen, urls = policed
+    for token, code in ((None, "missing_token"), ("not.a.token", "malformed")):
+        seen.clear()
+        assert _ask(http, urls, adapter, token).status_code == 401
+        assert [(d.allowed, d.code, d.policy, d.path) for d in seen] == [(False, code, "deploy", "/deploy")]
+
+
+@pytest.mark.parametrize("adapter", ["fastapi", "starlette"])
+def test_scope_refusal_names_the_route_policy_workspace_and_issuer(
+    policed: tuple[list[Decision], dict[str, str]], http: httpx.Client, issuer: FakeIssuer, adapter: str
+) -> None:
+    seen, urls = policed
+    seen.clear()
+    assert _ask(http, urls, adapter, issuer.mint()).status_code == 403
+    # The verifier's allow of the valid token stays; the scope denial follows it, once.
+    assert [(d.allowed, d.code, d.policy) for d in seen] == [
+        (True, "ok", "deploy"),
+        (False, "insufficient_scope", "deploy"),
+    ]
+    assert seen[1].issuer == seen[0].issuer == issuer.issuer
+    assert seen[1].workspace_name == seen[0].workspace_name
+    assert seen[1].repository == seen[0].repository is not None
+
+
+# -- PipelineAuthBackend takes on_error like every adapter (f09) -------------------------------
+
+
+def test_starlette_backend_on_error_answers_for_itself_and_requires(
+    issuer: FakeIssuer, http: httpx.Client
+) -> None:
+    from bbverify.http import ErrorResponse
+
+    def teapot(error: Any) -> Any:
+        if error.code == "missing_token":
+            return JSONResponse({"teapot": error.code}, status_code=418)
+        return ErrorResponse(418, (("X-Code", str(error.code)),), b"teapot")
+
+    @requires("pipeline")
+    async def build(request: Request) -> JSONResponse:
+        return JSONResponse({})
+
+    @requires("pipeline", realm="own")
+    async def own(request: Request) -> JSONResponse:
+        return JSONResponse({})
+
+    quiet = PipelineAuthBackend(issuer.verifier(), realm="backend")
+    loud = PipelineAuthBackend(issuer.verifier(), on_error=teapot)
+    routes = [Route("/build", build), Route("/own", own)]
+    plain = Starlette(
+        routes=routes,
+        middleware=[Middleware(AuthenticationMiddleware, backend=quiet, on_error=quiet.on_error)],
+    )
+    hooked = Starlette(
+        routes=routes,
+        middleware=[Middleware(AuthenticationMiddleware, backend=loud, on_error=loud.on_error)],
+    )
+    with serve_asgi(plain) as p, serve_asgi(hooked) as h:
+        # The backend's realm is requires()'s default; requires(realm=) still overrides it.
+        assert http.get(p + "/build").headers["www-authenticate"] == 'Bearer realm="backend"'
+        assert http.get(p + "/own").headers["www-authenticate"] == 'Bearer realm="own"'
+        bad = http.get(h + "/build", headers=bearer("not.a.token"))
+        assert (bad.status_code, bad.headers["x-code"], bad.content) == (418, "malformed", b"teapot")
+        missing = http.get(h + "/build")
+        assert (missing.status_code, missing.json()) == (418, {"teapot": "missing_token"})
+        assert http.get(h + "/build", headers=bearer(issuer.mint())).status_code == 200
+
+
+# -- one realm check for every adapter (f02) ---------------------------------------------------
+
+
+@pytest.mark.parametrize("realm", ["", 0, 'a"b'])
+def test_every_adapter_checks_realm_the_same_way(issuer: FakeIssuer, realm: Any) -> None:
+    from bbverify.flask import BBVerify
+
+    verifier = issuer.verifier()
+    builds = [
+        lambda: PipelineAuth(verifier, realm=realm),
+        lambda: PipelineAuthBackend(verifier, realm=realm),
+        lambda: PipelineAuthMiddleware(Starlette(), verifier=verifier, realm=realm),
+        lambda: WSGIPipelineAuthMiddleware(wsgi_app, verifier=verifier, realm=realm),
+        lambda: require_pipeline(verifier, realm=realm),
+        lambda: require_pipeline(realm=realm),
+        lambda: BBVerify(Flask(__name__), verifier=verifier, realm=realm),
+        lambda: requires("pipeline", realm=realm),
+    ]
+    for build in builds:
+        with pytest.raises(ConfigurationError) as caught:
+            build()
+        assert caught.value.key == "realm"
+
+
+def test_flask_realm_setting_is_checked(issuer: FakeIssuer) -> None:
+    from bbverify.flask import BBVerify
+
+    app = Flask(__name__)
+    app.config["BBVERIFY_REALM"] = ""
+    with pytest.raises(ConfigurationError) as caught:
+        BBVerify(app, verifier=issuer.verifier())
+    assert caught.value.key == "BBVERIFY_REALM"
