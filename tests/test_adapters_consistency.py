@@ -460,7 +460,9 @@ def policed(issuer: FakeIssuer) -> Iterator[tuple[list[Decision], dict[str, str]
 
     seen: list[Decision] = []
     verifier = issuer.verifier(
-        named_policies={"deploy": [_allow], "build": [_allow]}, default_policy="build", on_decision=seen.append
+        named_policies={"deploy": [_allow], "build": [_allow]},
+        default_policy="build",
+        on_decision=seen.append,
     )
     fast = FastAPI()
     install_error_handler(fast)
@@ -499,7 +501,9 @@ def _ask(http: httpx.Client, urls: dict[str, str], adapter: str, token: str | No
     if adapter == "gateway":
         from bbverify.gateway import AUTH_PATH
 
-        headers.update({"X-Forwarded-Method": "POST", "X-Forwarded-Host": "svc", "X-Forwarded-Uri": "/deploy"})
+        headers.update(
+            {"X-Forwarded-Method": "POST", "X-Forwarded-Host": "svc", "X-Forwarded-Uri": "/deploy"}
+        )
         return http.get(urls[adapter] + AUTH_PATH, headers=headers)
     return http.post(urls[adapter] + "/deploy", headers=headers)
 
