@@ -276,9 +276,7 @@ class Environments(_UUIDAllowList, claim="deployment_environment_uuid"):
                 "run the step with 'deployment: <environment>' in bitbucket-pipelines.yml",
                 ErrorCode.ENVIRONMENT_REQUIRED,
             )
-        value = claims.deployment_environment_uuid
-        if value not in self._allowed and not self._also_admits(value):
-            raise self._refusal(value)
+        super().__call__(claims, context)
 
 
 _GLOB_CHARS = frozenset("*?[")

@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 import requests
 
 from . import keys as _keys
-from .audit import AUDIT_LOGGER, DecisionHook, record, wanted
+from .audit import DecisionHook, record, wanted
 from .claims import PipelineClaims, check_claims, recheck_times
 from .context import RequestContext
 from .errors import ConfigurationError, ErrorCode, InvalidToken, VerificationError
@@ -98,8 +98,6 @@ class _CacheEntry(NamedTuple):
 
 
 _TOKEN_CACHES: weakref.WeakSet[_TokenCache] = weakref.WeakSet()
-# The audit logger's own level check, bound once (what audit.wanted calls).
-_audit_enabled = AUDIT_LOGGER.isEnabledFor
 
 
 class _TokenCache:
@@ -689,8 +687,7 @@ class Verifier:
             and extra is None
             and not hit.trust.rules
             and self._default_policy is None
-            and self.on_decision is None
-            and not _audit_enabled(logging.INFO)  # as audit.wanted(True, None), one call fewer
+            and not wanted(True, self.on_decision)
         )
 
     def cache_info(self) -> dict[str, int]:
